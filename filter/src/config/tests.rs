@@ -1,0 +1,133 @@
+use super::*;
+
+fn parse(json: &str) -> Result<Config, ConfigError> {
+    Config::parse(json.as_bytes())
+}
+
+fn refused(json: &str) -> ConfigError {
+    match parse(json) {
+        Ok(config) => panic!("accepted {json}: {config:?}"),
+        Err(err) => err,
+    }
+}
+
+#[test]
+fn empty_configuration_means_defaults() {
+    for empty in ["", "  \n", "{}"] {
+        assert_eq!(parse(empty).unwrap(), Config::default());
+    }
+    let config = Config::default();
+    assert_eq!(config.detection.window_size, 100);
+    assert_eq!(config.detection.min_requests, 20);
+    assert!(config.detection.failure_statuses.contains(503));
+    assert!(!config.detection.failure_statuses.contains(404));
+    assert_eq!(config.ejection.base_ejection_time, Millis(30_000));
+    assert_eq!(config.steering.header, "x-meshguard-upstream");
+}
+
+#[test]
+fn the_documented_example_parses() {
+    let config = parse(
+        r#"{"detection": {"windowSize": 100, "minRequests": 20, "degradedFailurePercent": 30,
+            "unhealthyFailurePercent": 50, "recoveredFailurePercent": 10, "consecutive5xxErrors": 5,
+            "consecutiveGatewayErrors": 0, "consecutiveLocalOriginFailures": 5,
+            "failureStatusCodes": ["5xx", "429"], "grpcFailureCodes": [14, 4],
+            "slowCallThreshold": "250ms", "slowCallPercent": 50},
+         "ejection": {"baseEjectionTime": "30s", "maxEjectionTime": "300s", "maxEjectionPercent": 50,
+            "ejectionJitter": "1s", "warmupDuration": "60s", "degradedWeightPercent": 50},
+         "steering": {"enabled": true, "header": "X-MeshGuard-Upstream", "encoding": "base64"}}"#,
+    )
+    .unwrap();
+    assert!(config.detection.failure_statuses.contains(429));
+    assert!(config.detection.grpc_code_is_failure(4));
+    assert!(!config.detection.grpc_code_is_failure(5));
+    assert_eq!(config.detection.slow_call_threshold, Millis(250));
+    assert_eq!(config.ejection.ejection_jitter, Millis(1000));
+    assert_eq!(config.steering.header, "x-meshguard-upstream", "header names are lower-cased");
+    assert_eq!(config.steering.encoding, Encoding::Base64);
+}
+
+#[test]
+fn partial_objects_keep_defaults_for_the_rest() {
+    let config = parse(r#"{"ejection": {"baseEjectionTime": "5s"}}"#).unwrap();
+    assert_eq!(config.ejection.base_ejection_time, Millis(5000));
+    assert_eq!(config.ejection.max_ejection_time, Millis(300_000));
+    assert_eq!(config.detection, Detection::default());
+}
+
+#[test]
+fn a_typo_is_an_error_naming_the_field() {
+    let err = refused(r#"{"detection": {"windowSze": 50}}"#);
+    assert!(err.field.starts_with("detection"), "{err}");
+    assert!(err.reason.contains("windowSze"), "{err}");
+    let err = refused(r#"{"detektion": {}}"#);
+    assert!(err.reason.contains("detektion"), "{err}");
+}
+
+#[test]
+fn wrong_types_name_the_field() {
+    let err = refused(r#"{"detection": {"windowSize": "big"}}"#);
+    assert_eq!(err.field, "detection.windowSize");
+    let err = refused(r#"{"ejection": {"baseEjectionTime": 30}}"#);
+    assert_eq!(err.field, "ejection.baseEjectionTime");
+    let err = refused(r#"{"ejection": {"baseEjectionTime": "30"}}"#);
+    assert_eq!(err.field, "ejection.baseEjectionTime");
+    assert!(err.reason.contains("no unit"), "{err}");
+    let err = refused(r#"{"steering": {"encoding": "hex"}}"#);
+    assert_eq!(err.field, "steering.encoding");
+    let err = refused(r#"{"detection": {"degradedFailurePercent": 300}}"#);
+    assert_eq!(err.field, "detection.degradedFailurePercent");
+}
+
+#[test]
+fn malformed_input_is_refused_not_defaulted() {
+    assert_eq!(refused("{").field, "(configuration)");
+    assert_eq!(refused("[]").field, "(configuration)");
+    assert_eq!(refused("{} {}").field, "(configuration)");
+    assert_eq!(Config::parse(&[0xff, 0xfe]).unwrap_err().field, "(configuration)");
+}
+
+#[test]
+fn out_of_range_values_are_refused() {
+    let cases = [
+        (r#"{"detection": {"windowSize": 0}}"#, "detection.windowSize"),
+        (r#"{"detection": {"windowSize": 5000}}"#, "detection.windowSize"),
+        (r#"{"detection": {"minRequests": 0}}"#, "detection.minRequests"),
+        (r#"{"detection": {"windowSize": 10, "minRequests": 20}}"#, "detection.minRequests"),
+        (r#"{"detection": {"degradedFailurePercent": 101}}"#, "detection.degradedFailurePercent"),
+        (r#"{"detection": {"unhealthyFailurePercent": 0}}"#, "detection.unhealthyFailurePercent"),
+        (r#"{"detection": {"slowCallPercent": 0}}"#, "detection.slowCallPercent"),
+        (r#"{"detection": {"failureStatusCodes": ["5xx", "6xx"]}}"#, "detection.failureStatusCodes[1]"),
+        (r#"{"detection": {"grpcFailureCodes": [14, 0]}}"#, "detection.grpcFailureCodes[1]"),
+        (r#"{"detection": {"grpcFailureCodes": [17]}}"#, "detection.grpcFailureCodes[0]"),
+        (r#"{"ejection": {"baseEjectionTime": "0s"}}"#, "ejection.baseEjectionTime"),
+        (r#"{"ejection": {"maxEjectionPercent": 101}}"#, "ejection.maxEjectionPercent"),
+        (r#"{"ejection": {"degradedWeightPercent": 120}}"#, "ejection.degradedWeightPercent"),
+        (r#"{"steering": {"header": ""}}"#, "steering.header"),
+        (r#"{"steering": {"header": "x bad"}}"#, "steering.header"),
+        (r#"{"steering": {"header": ":authority"}}"#, "steering.header"),
+        (r#"{"steering": {"header": "content-length"}}"#, "steering.header"),
+        (r#"{"limits": {"maxServices": 0}}"#, "limits.maxServices"),
+        (r#"{"limits": {"maxHostsPerService": 100000}}"#, "limits.maxHostsPerService"),
+    ];
+    for (json, field) in cases {
+        assert_eq!(refused(json).field, field, "for {json}");
+    }
+}
+
+#[test]
+fn inconsistent_thresholds_are_refused() {
+    let err = refused(r#"{"detection": {"recoveredFailurePercent": 30, "degradedFailurePercent": 30}}"#);
+    assert_eq!(err.field, "detection.recoveredFailurePercent");
+    assert!(err.reason.contains("never recover"), "{err}");
+    let err = refused(r#"{"detection": {"degradedFailurePercent": 60, "unhealthyFailurePercent": 50}}"#);
+    assert_eq!(err.field, "detection.degradedFailurePercent");
+    let err = refused(r#"{"ejection": {"baseEjectionTime": "60s", "maxEjectionTime": "30s"}}"#);
+    assert_eq!(err.field, "ejection.maxEjectionTime");
+}
+
+#[test]
+fn the_error_reads_as_one_line_for_the_log() {
+    let err = refused(r#"{"detection": {"windowSize": 0}}"#);
+    assert_eq!(err.to_string(), "detection.windowSize: 0 is out of range (1-1000)");
+}

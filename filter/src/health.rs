@@ -1,0 +1,442 @@
+//! The grade of one upstream host: a small state machine over its outcome
+//! window and failure streaks, with hysteresis, ejection backoff and a
+//! warm-up ramp. Policy only: time comes in as milliseconds, the ejection
+//! guard's answer comes in as `may_eject`, and nothing here talks to Envoy.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::classify::Outcome;
+use crate::config::Config;
+use crate::window::OutcomeWindow;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HostState {
+    Healthy,
+    /// Gets `degradedWeightPercent` of a healthy host's traffic.
+    Degraded,
+    /// Ejected: gets no traffic until its ejection time is over.
+    Unhealthy,
+    /// Back from ejection, on a ramp of growing weight.
+    WarmingUp,
+}
+
+impl fmt::Display for HostState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HostState::Healthy => "Healthy",
+            HostState::Degraded => "Degraded",
+            HostState::Unhealthy => "Unhealthy",
+            HostState::WarmingUp => "WarmingUp",
+        })
+    }
+}
+
+/// Which run of consecutive failures tripped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Streak {
+    Failures,
+    GatewayErrors,
+    LocalOriginFailures,
+}
+
+/// Why a host changed grade, with the numbers behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    FailureRate { failures: u16, volume: u16, threshold: u8 },
+    SlowCalls { slow: u16, volume: u16, threshold: u8 },
+    Consecutive { streak: Streak, count: u16 },
+    FailedInWarmup { failures: u16, volume: u16 },
+    Recovered { failures: u16, slow: u16, volume: u16, threshold: u8 },
+    EjectionOver,
+    WarmupOver { failures: u16, volume: u16 },
+}
+
+fn percent(count: u16, volume: u16) -> u32 {
+    if volume == 0 {
+        0
+    } else {
+        u32::from(count) * 100 / u32::from(volume)
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Reason::FailureRate { failures, volume, threshold } => write!(
+                f,
+                "failure {}% over {volume} > {threshold}%",
+                percent(failures, volume)
+            ),
+            Reason::SlowCalls { slow, volume, threshold } => write!(
+                f,
+                "slow calls {}% over {volume} > {threshold}%",
+                percent(slow, volume)
+            ),
+            Reason::Consecutive { streak, count } => {
+                let what = match streak {
+                    Streak::Failures => "failures",
+                    Streak::GatewayErrors => "gateway errors",
+                    Streak::LocalOriginFailures => "local-origin failures",
+                };
+                write!(f, "{count} consecutive {what}")
+            }
+            Reason::FailedInWarmup { failures, volume } => {
+                write!(f, "failed during warm-up ({failures} of {volume})")
+            }
+            Reason::Recovered { failures, slow, volume, threshold } => write!(
+                f,
+                "failure {}% and slow {}% over {volume} < {threshold}%",
+                percent(failures, volume),
+                percent(slow, volume)
+            ),
+            Reason::EjectionOver => f.write_str("ejection time over"),
+            Reason::WarmupOver { failures, volume } => write!(
+                f,
+                "warm-up over with failure {}% over {volume}",
+                percent(failures, volume)
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    pub from: HostState,
+    pub to: HostState,
+    pub reason: Reason,
+    pub at_ms: u64,
+    /// Set when `to` is Unhealthy.
+    pub ejected_for_ms: Option<u64>,
+    /// How many times the host has been ejected, this ejection included.
+    pub times_ejected: u16,
+}
+
+/// What recording one outcome did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Recorded {
+    pub transition: Option<Transition>,
+    /// The host earned ejection but the ejection guard said no.
+    pub ejection_refused: Option<Reason>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+struct Streaks {
+    failures: u16,
+    gateway: u16,
+    local_origin: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostHealth {
+    state: HostState,
+    /// When the current state began (ejection, return, recovery...).
+    state_since_ms: u64,
+    ejected_until_ms: u64,
+    times_ejected: u16,
+    last_seen_ms: u64,
+    streaks: Streaks,
+    window: OutcomeWindow,
+}
+
+/// Warm-up weights, in percent of a healthy host's, for each third of the
+/// warm-up period; full weight after it.
+const WARMUP_STEPS: [u8; 3] = [10, 30, 50];
+
+impl HostHealth {
+    pub fn new(now: u64, window_size: u16) -> Self {
+        HostHealth {
+            state: HostState::Healthy,
+            state_since_ms: now,
+            ejected_until_ms: 0,
+            times_ejected: 0,
+            last_seen_ms: now,
+            streaks: Streaks::default(),
+            window: OutcomeWindow::new(window_size),
+        }
+    }
+
+    pub fn state(&self) -> HostState {
+        self.state
+    }
+
+    pub fn window(&self) -> &OutcomeWindow {
+        &self.window
+    }
+
+    pub fn times_ejected(&self) -> u16 {
+        self.times_ejected
+    }
+
+    pub fn ejected_until_ms(&self) -> u64 {
+        self.ejected_until_ms
+    }
+
+    pub fn last_seen_ms(&self) -> u64 {
+        self.last_seen_ms
+    }
+
+    /// Last traffic or grade change, whichever is later: an ejected host
+    /// sees no traffic, yet is not idle.
+    pub fn last_active_ms(&self) -> u64 {
+        self.last_seen_ms.max(self.state_since_ms)
+    }
+
+    pub fn record(
+        &mut self,
+        outcome: Outcome,
+        now: u64,
+        config: &Config,
+        may_eject: bool,
+        jitter_ms: u64,
+    ) -> Recorded {
+        let detection = &config.detection;
+        self.last_seen_ms = self.last_seen_ms.max(now);
+        if self.window.capacity() != detection.window_size {
+            // The window size changed with a new configuration.
+            self.window = OutcomeWindow::new(detection.window_size);
+        }
+        if self.state == HostState::Unhealthy {
+            // Requests already in flight when the host was ejected.
+            return Recorded::default();
+        }
+        self.window.push(outcome.failed(), outcome.slow);
+        self.count_streaks(outcome);
+
+        if let Some(reason) = self.ejection_reason(outcome, config) {
+            if may_eject {
+                return Recorded {
+                    transition: Some(self.eject(now, reason, config, jitter_ms)),
+                    ejection_refused: None,
+                };
+            }
+            let transition = match self.state {
+                HostState::Healthy => Some(self.enter(HostState::Degraded, now, reason)),
+                _ => None,
+            };
+            return Recorded {
+                transition,
+                ejection_refused: Some(reason),
+            };
+        }
+        if self.window.len() < detection.min_requests {
+            return Recorded::default();
+        }
+        let transition = match self.state {
+            HostState::Healthy => self
+                .degradation_reason(config)
+                .map(|reason| self.enter(HostState::Degraded, now, reason)),
+            HostState::Degraded => self
+                .recovery_reason(config)
+                .map(|reason| self.enter(HostState::Healthy, now, reason)),
+            HostState::Unhealthy | HostState::WarmingUp => None,
+        };
+        Recorded {
+            transition,
+            ejection_refused: None,
+        }
+    }
+
+    /// Applies what the passage of time alone changes: an ejection ending,
+    /// a warm-up ending. Call repeatedly until it returns `None`.
+    pub fn advance(&mut self, now: u64, config: &Config) -> Option<Transition> {
+        match self.state {
+            HostState::Unhealthy if now >= self.ejected_until_ms => {
+                // Judge the returning host on what it does from now on.
+                self.window = OutcomeWindow::new(config.detection.window_size);
+                self.streaks = Streaks::default();
+                let at = self.ejected_until_ms;
+                let to = if config.ejection.warmup_duration.0 == 0 {
+                    HostState::Healthy
+                } else {
+                    HostState::WarmingUp
+                };
+                Some(self.enter(to, at, Reason::EjectionOver))
+            }
+            HostState::WarmingUp => {
+                let end = self
+                    .state_since_ms
+                    .saturating_add(config.ejection.warmup_duration.0);
+                if now < end {
+                    return None;
+                }
+                let reason = Reason::WarmupOver {
+                    failures: self.window.failures(),
+                    volume: self.window.len(),
+                };
+                let to = if self.recovery_reason(config).is_some() {
+                    HostState::Healthy
+                } else {
+                    HostState::Degraded
+                };
+                Some(self.enter(to, end, reason))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether `advance` would change something at `now`.
+    pub fn due(&self, now: u64, config: &Config) -> bool {
+        match self.state {
+            HostState::Unhealthy => now >= self.ejected_until_ms,
+            HostState::WarmingUp => {
+                now >= self
+                    .state_since_ms
+                    .saturating_add(config.ejection.warmup_duration.0)
+            }
+            _ => false,
+        }
+    }
+
+    /// Share of a healthy host's traffic this host should get, in percent.
+    /// Pure in `now`, so every worker computes the same ramp from the same
+    /// record even before anyone has written the time-driven transition.
+    pub fn weight_percent(&self, now: u64, config: &Config) -> u8 {
+        let warmup = config.ejection.warmup_duration.0;
+        match self.state {
+            HostState::Healthy => 100,
+            HostState::Degraded => config.ejection.degraded_weight_percent,
+            HostState::Unhealthy if now < self.ejected_until_ms => 0,
+            HostState::Unhealthy => ramp(now - self.ejected_until_ms, warmup),
+            HostState::WarmingUp => ramp(now.saturating_sub(self.state_since_ms), warmup),
+        }
+    }
+
+    fn count_streaks(&mut self, outcome: Outcome) {
+        let streaks = &mut self.streaks;
+        match outcome.failure {
+            Some(kind) => {
+                streaks.failures = streaks.failures.saturating_add(1);
+                streaks.gateway = if kind.is_gateway_like() {
+                    streaks.gateway.saturating_add(1)
+                } else {
+                    0
+                };
+                streaks.local_origin = if kind.is_local_origin() {
+                    streaks.local_origin.saturating_add(1)
+                } else {
+                    0
+                };
+            }
+            None => *streaks = Streaks::default(),
+        }
+    }
+
+    fn ejection_reason(&self, outcome: Outcome, config: &Config) -> Option<Reason> {
+        let detection = &config.detection;
+        let tripped = |count: u16, threshold: u16| threshold > 0 && count >= threshold;
+        let streaks = self.streaks;
+        let streak = if tripped(streaks.local_origin, detection.consecutive_local_origin_failures) {
+            Some((Streak::LocalOriginFailures, streaks.local_origin))
+        } else if tripped(streaks.gateway, detection.consecutive_gateway_errors) {
+            Some((Streak::GatewayErrors, streaks.gateway))
+        } else if tripped(streaks.failures, detection.consecutive_5xx_errors) {
+            Some((Streak::Failures, streaks.failures))
+        } else {
+            None
+        };
+        if let Some((streak, count)) = streak {
+            return Some(Reason::Consecutive { streak, count });
+        }
+        let window = &self.window;
+        let (failures, volume) = (window.failures(), window.len());
+        let threshold = detection.unhealthy_failure_percent;
+        if volume >= detection.min_requests && window.exceeds(failures, threshold) {
+            return Some(Reason::FailureRate { failures, volume, threshold });
+        }
+        // A returning host must prove itself: failing again at the
+        // ejection rate sends it straight back, without waiting for volume.
+        if self.state == HostState::WarmingUp
+            && outcome.failed()
+            && !window.below(failures, threshold)
+        {
+            return Some(Reason::FailedInWarmup { failures, volume });
+        }
+        None
+    }
+
+    fn degradation_reason(&self, config: &Config) -> Option<Reason> {
+        let detection = &config.detection;
+        let window = &self.window;
+        let volume = window.len();
+        if window.exceeds(window.failures(), detection.degraded_failure_percent) {
+            return Some(Reason::FailureRate {
+                failures: window.failures(),
+                volume,
+                threshold: detection.degraded_failure_percent,
+            });
+        }
+        if detection.slow_calls_enabled() && window.exceeds(window.slow(), detection.slow_call_percent) {
+            return Some(Reason::SlowCalls {
+                slow: window.slow(),
+                volume,
+                threshold: detection.slow_call_percent,
+            });
+        }
+        None
+    }
+
+    /// Healthy again only once both failures and slow calls are below
+    /// `recoveredFailurePercent`: the gap to the degrade threshold is the
+    /// hysteresis band that stops a host at the threshold from flapping.
+    fn recovery_reason(&self, config: &Config) -> Option<Reason> {
+        let threshold = config.detection.recovered_failure_percent;
+        let window = &self.window;
+        let slow_ok = !config.detection.slow_calls_enabled() || window.below(window.slow(), threshold);
+        (window.below(window.failures(), threshold) && slow_ok).then_some(Reason::Recovered {
+            failures: window.failures(),
+            slow: window.slow(),
+            volume: window.len(),
+            threshold,
+        })
+    }
+
+    fn eject(&mut self, now: u64, reason: Reason, config: &Config, jitter_ms: u64) -> Transition {
+        let base = config.ejection.base_ejection_time.0.max(1);
+        // Time spent back at full weight since the last ejection earns the
+        // backoff back, one step per base ejection time (Envoy decrements
+        // its multiplier while a host stays healthy, too).
+        let back_since = self
+            .ejected_until_ms
+            .saturating_add(config.ejection.warmup_duration.0);
+        let earned = now.saturating_sub(back_since) / base;
+        let earned = u16::try_from(earned).unwrap_or(u16::MAX);
+        self.times_ejected = self.times_ejected.saturating_sub(earned);
+        self.times_ejected = self.times_ejected.saturating_add(1);
+        let duration = base
+            .saturating_mul(u64::from(self.times_ejected))
+            .min(config.ejection.max_ejection_time.0)
+            .saturating_add(jitter_ms);
+        self.ejected_until_ms = now.saturating_add(duration);
+        self.streaks = Streaks::default();
+        let mut transition = self.enter(HostState::Unhealthy, now, reason);
+        transition.ejected_for_ms = Some(duration);
+        transition
+    }
+
+    fn enter(&mut self, to: HostState, at: u64, reason: Reason) -> Transition {
+        let from = self.state;
+        self.state = to;
+        self.state_since_ms = at;
+        Transition {
+            from,
+            to,
+            reason,
+            at_ms: at,
+            ejected_for_ms: None,
+            times_ejected: self.times_ejected,
+        }
+    }
+}
+
+fn ramp(elapsed: u64, warmup: u64) -> u8 {
+    if warmup == 0 || elapsed >= warmup {
+        return 100;
+    }
+    let third = (elapsed.saturating_mul(3) / warmup).min(2);
+    WARMUP_STEPS[third as usize]
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,13 @@
+//! meshguard: passive upstream health for Envoy, as a proxy-wasm filter.
+//!
+//! Everything but `shell` is a pure, deterministic core (time and randomness
+//! are passed in) that is unit-tested natively; `shell` is the thin layer
+//! that talks to Envoy through the proxy-wasm ABI.
+
+pub mod classify;
+pub mod config;
+pub mod guard;
+pub mod health;
+pub mod service;
+pub mod steering;
+pub mod window;

@@ -1,0 +1,233 @@
+//! The health record of one upstream service (an Envoy cluster): its known
+//! hosts, bounded, with the ejection guard applied across them. This is the
+//! unit that workers share through Envoy's shared data.
+
+use serde::{Deserialize, Serialize};
+
+use crate::classify::Outcome;
+use crate::config::Config;
+use crate::guard;
+use crate::health::{HostHealth, HostState, Reason, Transition};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostEntry {
+    pub address: String,
+    pub health: HostHealth,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ServiceHealth {
+    /// The cluster this record belongs to, so a reused shared-data slot is
+    /// recognised as someone else's.
+    pub service: String,
+    pub hosts: Vec<HostEntry>,
+}
+
+/// Outcomes one worker has seen for one host and not yet written.
+/// Successes are only counted (their order does not matter); failures keep
+/// their order, up to a bound.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Pending {
+    pub successes: u32,
+    pub slow_successes: u32,
+    pub failures: Vec<Outcome>,
+}
+
+/// Failures a worker holds for one host before dropping the oldest: they
+/// are normally written at once, this only bounds memory if writes fail.
+pub const MAX_PENDING_FAILURES: usize = 64;
+
+impl Pending {
+    pub fn add(&mut self, outcome: Outcome) {
+        match (outcome.failed(), outcome.slow) {
+            (false, false) => self.successes = self.successes.saturating_add(1),
+            (false, true) => self.slow_successes = self.slow_successes.saturating_add(1),
+            (true, _) => {
+                if self.failures.len() == MAX_PENDING_FAILURES {
+                    self.failures.remove(0);
+                }
+                self.failures.push(outcome);
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.successes == 0 && self.slow_successes == 0 && self.failures.is_empty()
+    }
+}
+
+/// Something worth telling the operator about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Transition {
+        address: String,
+        transition: Transition,
+    },
+    /// A host earned ejection but the guard kept it in (max ejection percent).
+    EjectionRefused { address: String, reason: Reason },
+    /// The host table is full of hosts that may not be forgotten.
+    HostNotTracked { address: String },
+}
+
+impl ServiceHealth {
+    pub fn new(service: &str) -> Self {
+        ServiceHealth {
+            service: service.to_string(),
+            hosts: Vec::new(),
+        }
+    }
+
+    pub fn host(&self, address: &str) -> Option<&HostEntry> {
+        self.hosts.iter().find(|h| h.address == address)
+    }
+
+    pub fn ejected(&self) -> usize {
+        self.hosts
+            .iter()
+            .filter(|h| h.health.state() == HostState::Unhealthy)
+            .count()
+    }
+
+    /// Writes one worker's pending outcomes for `address` into the record.
+    /// `random` supplies ejection jitter.
+    pub fn apply(
+        &mut self,
+        address: &str,
+        pending: &Pending,
+        now: u64,
+        config: &Config,
+        random: &mut dyn FnMut() -> u64,
+        events: &mut Vec<Event>,
+    ) {
+        self.advance(now, config, events);
+        let Some(index) = self.slot_for(address, now, config) else {
+            events.push(Event::HostNotTracked {
+                address: address.to_string(),
+            });
+            return;
+        };
+        let capacity = u32::from(config.detection.window_size);
+        let successes = [
+            (pending.successes.min(capacity), Outcome::SUCCESS),
+            (
+                pending.slow_successes.min(capacity),
+                Outcome {
+                    failure: None,
+                    slow: true,
+                },
+            ),
+        ];
+        let batch = successes
+            .iter()
+            .flat_map(|(count, outcome)| (0..*count).map(move |_| *outcome))
+            .chain(pending.failures.iter().copied());
+        let max_percent = config.ejection.max_ejection_percent;
+        let jitter = config.ejection.ejection_jitter.0;
+        for outcome in batch {
+            // Only a failure can earn ejection; skip counting for successes.
+            let may_eject = outcome.failed()
+                && guard::may_eject(self.ejected(), self.hosts.len(), max_percent);
+            let jitter_ms = if jitter > 0 { random() % (jitter + 1) } else { 0 };
+            let entry = &mut self.hosts[index];
+            let recorded = entry.health.record(outcome, now, config, may_eject, jitter_ms);
+            if let Some(transition) = recorded.transition {
+                events.push(Event::Transition {
+                    address: entry.address.clone(),
+                    transition,
+                });
+            }
+            if let Some(reason) = recorded.ejection_refused {
+                events.push(Event::EjectionRefused {
+                    address: entry.address.clone(),
+                    reason,
+                });
+            }
+        }
+    }
+
+    /// Applies time-driven changes (ejections ending, warm-ups ending) and
+    /// forgets Healthy hosts idle past `hostIdleTimeout`. Returns whether
+    /// the record changed.
+    pub fn advance(&mut self, now: u64, config: &Config, events: &mut Vec<Event>) -> bool {
+        let mut changed = false;
+        for entry in &mut self.hosts {
+            // At most: ejection over, then warm-up over.
+            for _ in 0..2 {
+                let Some(transition) = entry.health.advance(now, config) else {
+                    break;
+                };
+                changed = true;
+                events.push(Event::Transition {
+                    address: entry.address.clone(),
+                    transition,
+                });
+            }
+        }
+        let before = self.hosts.len();
+        let idle = config.limits.host_idle_timeout.0;
+        self.hosts.retain(|h| !forgettable(h, now, idle));
+        changed || self.hosts.len() != before
+    }
+
+    /// Whether `advance` would change anything at `now`.
+    pub fn due(&self, now: u64, config: &Config) -> bool {
+        let idle = config.limits.host_idle_timeout.0;
+        self.hosts
+            .iter()
+            .any(|h| h.health.due(now, config) || forgettable(h, now, idle))
+    }
+
+    /// Each host's share of a healthy host's traffic, in percent, in the
+    /// order of `hosts`.
+    pub fn weights(&self, now: u64, config: &Config) -> Vec<u8> {
+        self.hosts
+            .iter()
+            .map(|h| h.health.weight_percent(now, config))
+            .collect()
+    }
+
+    fn slot_for(&mut self, address: &str, now: u64, config: &Config) -> Option<usize> {
+        if let Some(index) = self.hosts.iter().position(|h| h.address == address) {
+            return Some(index);
+        }
+        let entry = HostEntry {
+            address: address.to_string(),
+            health: HostHealth::new(now, config.detection.window_size),
+        };
+        if self.hosts.len() < usize::from(config.limits.max_hosts_per_service) {
+            self.hosts.push(entry);
+            return Some(self.hosts.len() - 1);
+        }
+        // Full: replace the least recently seen Healthy host. Hosts in any
+        // other state carry an ejection or a grade that must not be lost.
+        let victim = self
+            .hosts
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.health.state() == HostState::Healthy)
+            .min_by_key(|(_, h)| h.health.last_active_ms())
+            .map(|(index, _)| index)?;
+        self.hosts[victim] = entry;
+        Some(victim)
+    }
+}
+
+fn forgettable(entry: &HostEntry, now: u64, idle_ms: u64) -> bool {
+    idle_ms > 0
+        && entry.health.state() == HostState::Healthy
+        && now.saturating_sub(entry.health.last_active_ms()) >= idle_ms
+}
+
+/// Shared-data encoding of a service record. A record that does not decode
+/// (another version's layout, corruption) is treated as empty: losing some
+/// history is better than trapping.
+pub fn encode(record: &ServiceHealth) -> Option<Vec<u8>> {
+    postcard::to_allocvec(record).ok()
+}
+
+pub fn decode(bytes: &[u8]) -> Option<ServiceHealth> {
+    postcard::from_bytes(bytes).ok()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,231 @@
+use super::*;
+use crate::classify::FailureKind;
+
+const FAIL: Outcome = Outcome {
+    failure: Some(FailureKind::Gateway(503)),
+    slow: false,
+};
+
+fn config() -> Config {
+    Config::parse(
+        br#"{"detection": {"windowSize": 10, "minRequests": 10},
+             "ejection": {"baseEjectionTime": "10s", "warmupDuration": "30s"},
+             "limits": {"maxHostsPerService": 4, "hostIdleTimeout": "60s"}}"#,
+    )
+    .unwrap()
+}
+
+fn host(n: usize) -> String {
+    format!("10.0.0.{n}:8080")
+}
+
+fn successes(count: u32) -> Pending {
+    Pending {
+        successes: count,
+        ..Pending::default()
+    }
+}
+
+fn failures(count: usize) -> Pending {
+    Pending {
+        failures: vec![FAIL; count],
+        ..Pending::default()
+    }
+}
+
+struct Service {
+    record: ServiceHealth,
+    config: Config,
+    events: Vec<Event>,
+}
+
+impl Service {
+    fn new(config: Config) -> Self {
+        Service {
+            record: ServiceHealth::new("outbound|80||reviews"),
+            config,
+            events: Vec::new(),
+        }
+    }
+
+    fn apply(&mut self, address: &str, pending: Pending, now: u64) {
+        let mut random = || 0;
+        self.record
+            .apply(address, &pending, now, &self.config, &mut random, &mut self.events);
+    }
+
+    fn state(&self, address: &str) -> HostState {
+        self.record.host(address).expect("known host").health.state()
+    }
+
+    fn refusals(&self) -> usize {
+        self.events
+            .iter()
+            .filter(|e| matches!(e, Event::EjectionRefused { .. }))
+            .count()
+    }
+}
+
+/// With `hosts` hosts all failing hard, how many end up ejected.
+fn ejected_when_all_fail(hosts: usize, max_percent: u8) -> usize {
+    let mut config = config();
+    config.limits.max_hosts_per_service = 64;
+    config.ejection.max_ejection_percent = max_percent;
+    let mut service = Service::new(config);
+    for n in 0..hosts {
+        service.apply(&host(n), successes(1), 0);
+    }
+    for n in 0..hosts {
+        service.apply(&host(n), failures(20), 1);
+    }
+    service.record.ejected()
+}
+
+#[test]
+fn ejection_cap_with_1_2_3_and_10_hosts() {
+    assert_eq!(ejected_when_all_fail(1, 50), 1, "one host may always go");
+    assert_eq!(ejected_when_all_fail(2, 50), 1);
+    assert_eq!(ejected_when_all_fail(3, 50), 1);
+    assert_eq!(ejected_when_all_fail(10, 50), 5);
+    assert_eq!(ejected_when_all_fail(3, 10), 1, "small services are protected");
+    assert_eq!(ejected_when_all_fail(10, 100), 10);
+}
+
+#[test]
+fn hosts_kept_in_by_the_cap_are_degraded_and_reported() {
+    let mut service = Service::new(config());
+    service.apply(&host(1), successes(1), 0);
+    service.apply(&host(2), successes(1), 0);
+    service.apply(&host(1), failures(10), 1);
+    service.apply(&host(2), failures(10), 1);
+    assert_eq!(service.state(&host(1)), HostState::Unhealthy);
+    assert_eq!(service.state(&host(2)), HostState::Degraded);
+    assert!(service.refusals() > 0);
+}
+
+#[test]
+fn a_returning_host_frees_a_place_under_the_cap() {
+    let mut service = Service::new(config());
+    service.apply(&host(1), successes(1), 0);
+    service.apply(&host(2), successes(1), 0);
+    service.apply(&host(1), failures(10), 1);
+    service.apply(&host(2), failures(10), 1);
+    // host 1's ejection (10 s) ends; host 2 keeps failing and now goes.
+    service.apply(&host(2), failures(1), 10_001);
+    assert_eq!(service.state(&host(1)), HostState::WarmingUp);
+    assert_eq!(service.state(&host(2)), HostState::Unhealthy);
+}
+
+#[test]
+fn successes_written_before_failures_reset_the_streak() {
+    let mut service = Service::new(config());
+    let mixed = Pending {
+        successes: 3,
+        slow_successes: 0,
+        failures: vec![FAIL; 4],
+    };
+    service.apply(&host(1), mixed, 0);
+    assert_eq!(service.state(&host(1)), HostState::Healthy, "4 in a row, not 5");
+    let window = service.record.host(&host(1)).unwrap().health.window().clone();
+    assert_eq!((window.len(), window.failures()), (7, 4));
+}
+
+#[test]
+fn weights_reflect_grades() {
+    let mut service = Service::new(config());
+    for n in 1..=3 {
+        service.apply(&host(n), successes(10), 0);
+    }
+    service.apply(&host(2), failures(4), 1);
+    service.apply(&host(3), failures(10), 1);
+    let weights = service.record.weights(2, &service.config);
+    assert_eq!(weights, [100, 50, 0]);
+    // host 3 returns after 10 s and ramps.
+    assert_eq!(service.record.weights(10_001, &service.config), [100, 50, 10]);
+}
+
+#[test]
+fn time_driven_changes_are_due_and_applied() {
+    let mut service = Service::new(config());
+    service.apply(&host(1), failures(10), 0);
+    assert!(!service.record.due(9_999, &service.config));
+    assert!(service.record.due(10_000, &service.config));
+    let mut events = Vec::new();
+    assert!(service.record.advance(45_000, &service.config, &mut events));
+    let states: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Transition { transition, .. } => Some(transition.to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(states, [HostState::WarmingUp, HostState::Healthy]);
+}
+
+#[test]
+fn the_host_table_is_bounded() {
+    let mut service = Service::new(config());
+    for n in 0..100 {
+        service.apply(&host(n), successes(1), n as u64);
+    }
+    assert_eq!(service.record.hosts.len(), 4);
+    // The most recently seen hosts are the ones kept.
+    assert!(service.record.host(&host(99)).is_some());
+    assert!(service.record.host(&host(0)).is_none());
+}
+
+#[test]
+fn graded_hosts_are_never_evicted_for_newcomers() {
+    let mut service = Service::new(config());
+    for n in 0..4 {
+        service.apply(&host(n), failures(10), 0);
+    }
+    // One is ejected, the others Degraded under the cap: nothing to evict.
+    service.apply(&host(50), successes(1), 1);
+    assert!(service.record.host(&host(50)).is_none());
+    assert!(service
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::HostNotTracked { .. })));
+    assert_eq!(service.record.hosts.len(), 4);
+}
+
+#[test]
+fn idle_healthy_hosts_are_forgotten() {
+    let mut service = Service::new(config());
+    service.apply(&host(1), successes(1), 0);
+    service.apply(&host(2), failures(10), 0);
+    let mut events = Vec::new();
+    assert!(service.record.due(60_000, &service.config));
+    service.record.advance(60_000, &service.config, &mut events);
+    assert!(service.record.host(&host(1)).is_none(), "scaled-down host forgotten");
+    assert!(service.record.host(&host(2)).is_some(), "graded host kept");
+}
+
+#[test]
+fn pending_failures_are_bounded() {
+    let mut pending = Pending::default();
+    for _ in 0..1000 {
+        pending.add(FAIL);
+    }
+    pending.add(Outcome::SUCCESS);
+    assert_eq!(pending.failures.len(), MAX_PENDING_FAILURES);
+    assert_eq!(pending.successes, 1);
+    assert!(!pending.is_empty());
+}
+
+#[test]
+fn records_survive_the_shared_data_round_trip() {
+    let mut service = Service::new(config());
+    service.apply(&host(1), successes(5), 0);
+    service.apply(&host(2), failures(10), 0);
+    let bytes = encode(&service.record).unwrap();
+    assert_eq!(decode(&bytes).as_ref(), Some(&service.record));
+    assert!(bytes.len() < 200, "small enough to copy per read: {}", bytes.len());
+}
+
+#[test]
+fn garbage_does_not_decode() {
+    assert_eq!(decode(&[0xff; 7]), None);
+    assert_eq!(decode(&[]), None);
+}
