@@ -236,7 +236,10 @@ mod tests {
             ..ResponseFacts::default()
         };
         let cases = [
-            (flags::UPSTREAM_CONNECTION_FAILURE, LocalOrigin::ConnectFailure),
+            (
+                flags::UPSTREAM_CONNECTION_FAILURE,
+                LocalOrigin::ConnectFailure,
+            ),
             (flags::UPSTREAM_REMOTE_RESET, LocalOrigin::Reset),
             (flags::UPSTREAM_CONNECTION_TERMINATION, LocalOrigin::Reset),
             (flags::UPSTREAM_PROTOCOL_ERROR, LocalOrigin::Reset),
@@ -271,7 +274,11 @@ mod tests {
                 flags: bits,
                 ..ResponseFacts::default()
             };
-            assert_eq!(classify(&facts, &d), Err(Ignored::NotTheHostsFault), "{bits:#x}");
+            assert_eq!(
+                classify(&facts, &d),
+                Err(Ignored::NotTheHostsFault),
+                "{bits:#x}"
+            );
         }
     }
 

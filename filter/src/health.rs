@@ -44,13 +44,35 @@ pub enum Streak {
 /// Why a host changed grade, with the numbers behind it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
-    FailureRate { failures: u16, volume: u16, threshold: u8 },
-    SlowCalls { slow: u16, volume: u16, threshold: u8 },
-    Consecutive { streak: Streak, count: u16 },
-    FailedInWarmup { failures: u16, volume: u16 },
-    Recovered { failures: u16, slow: u16, volume: u16, threshold: u8 },
+    FailureRate {
+        failures: u16,
+        volume: u16,
+        threshold: u8,
+    },
+    SlowCalls {
+        slow: u16,
+        volume: u16,
+        threshold: u8,
+    },
+    Consecutive {
+        streak: Streak,
+        count: u16,
+    },
+    FailedInWarmup {
+        failures: u16,
+        volume: u16,
+    },
+    Recovered {
+        failures: u16,
+        slow: u16,
+        volume: u16,
+        threshold: u8,
+    },
     EjectionOver,
-    WarmupOver { failures: u16, volume: u16 },
+    WarmupOver {
+        failures: u16,
+        volume: u16,
+    },
 }
 
 fn percent(count: u16, volume: u16) -> u32 {
@@ -64,12 +86,20 @@ fn percent(count: u16, volume: u16) -> u32 {
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Reason::FailureRate { failures, volume, threshold } => write!(
+            Reason::FailureRate {
+                failures,
+                volume,
+                threshold,
+            } => write!(
                 f,
                 "failure {}% over {volume} > {threshold}%",
                 percent(failures, volume)
             ),
-            Reason::SlowCalls { slow, volume, threshold } => write!(
+            Reason::SlowCalls {
+                slow,
+                volume,
+                threshold,
+            } => write!(
                 f,
                 "slow calls {}% over {volume} > {threshold}%",
                 percent(slow, volume)
@@ -85,7 +115,12 @@ impl fmt::Display for Reason {
             Reason::FailedInWarmup { failures, volume } => {
                 write!(f, "failed during warm-up ({failures} of {volume})")
             }
-            Reason::Recovered { failures, slow, volume, threshold } => write!(
+            Reason::Recovered {
+                failures,
+                slow,
+                volume,
+                threshold,
+            } => write!(
                 f,
                 "failure {}% and slow {}% over {volume} < {threshold}%",
                 percent(failures, volume),
@@ -175,6 +210,12 @@ impl HostHealth {
 
     pub fn last_seen_ms(&self) -> u64 {
         self.last_seen_ms
+    }
+
+    /// Healthy with no failure streak running: nothing an outcome could
+    /// change soon, so it can be written lazily.
+    pub fn is_quiet(&self) -> bool {
+        self.state == HostState::Healthy && self.streaks == Streaks::default()
     }
 
     /// Last traffic or grade change, whichever is later: an ejected host
@@ -327,7 +368,10 @@ impl HostHealth {
         let detection = &config.detection;
         let tripped = |count: u16, threshold: u16| threshold > 0 && count >= threshold;
         let streaks = self.streaks;
-        let streak = if tripped(streaks.local_origin, detection.consecutive_local_origin_failures) {
+        let streak = if tripped(
+            streaks.local_origin,
+            detection.consecutive_local_origin_failures,
+        ) {
             Some((Streak::LocalOriginFailures, streaks.local_origin))
         } else if tripped(streaks.gateway, detection.consecutive_gateway_errors) {
             Some((Streak::GatewayErrors, streaks.gateway))
@@ -343,7 +387,11 @@ impl HostHealth {
         let (failures, volume) = (window.failures(), window.len());
         let threshold = detection.unhealthy_failure_percent;
         if volume >= detection.min_requests && window.exceeds(failures, threshold) {
-            return Some(Reason::FailureRate { failures, volume, threshold });
+            return Some(Reason::FailureRate {
+                failures,
+                volume,
+                threshold,
+            });
         }
         // A returning host must prove itself: failing again at the
         // ejection rate sends it straight back, without waiting for volume.
@@ -367,7 +415,9 @@ impl HostHealth {
                 threshold: detection.degraded_failure_percent,
             });
         }
-        if detection.slow_calls_enabled() && window.exceeds(window.slow(), detection.slow_call_percent) {
+        if detection.slow_calls_enabled()
+            && window.exceeds(window.slow(), detection.slow_call_percent)
+        {
             return Some(Reason::SlowCalls {
                 slow: window.slow(),
                 volume,
@@ -383,7 +433,8 @@ impl HostHealth {
     fn recovery_reason(&self, config: &Config) -> Option<Reason> {
         let threshold = config.detection.recovered_failure_percent;
         let window = &self.window;
-        let slow_ok = !config.detection.slow_calls_enabled() || window.below(window.slow(), threshold);
+        let slow_ok =
+            !config.detection.slow_calls_enabled() || window.below(window.slow(), threshold);
         (window.below(window.failures(), threshold) && slow_ok).then_some(Reason::Recovered {
             failures: window.failures(),
             slow: window.slow(),

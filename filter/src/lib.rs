@@ -11,3 +11,6 @@ pub mod health;
 pub mod service;
 pub mod steering;
 pub mod window;
+
+#[cfg(target_arch = "wasm32")]
+mod shell;

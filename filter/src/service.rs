@@ -17,9 +17,11 @@ pub struct HostEntry {
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ServiceHealth {
-    /// The cluster this record belongs to, so a reused shared-data slot is
-    /// recognised as someone else's.
+    /// The cluster this record belongs to and the slot generation it was
+    /// written under, so a record left in a reused shared-data slot is
+    /// recognised as stale.
     pub service: String,
+    pub epoch: u32,
     pub hosts: Vec<HostEntry>,
 }
 
@@ -70,15 +72,22 @@ pub enum Event {
 }
 
 impl ServiceHealth {
-    pub fn new(service: &str) -> Self {
+    pub fn new(service: &str, epoch: u32) -> Self {
         ServiceHealth {
             service: service.to_string(),
+            epoch,
             hosts: Vec::new(),
         }
     }
 
     pub fn host(&self, address: &str) -> Option<&HostEntry> {
         self.hosts.iter().find(|h| h.address == address)
+    }
+
+    /// No host is held below full weight by a grade, a streak or a ramp:
+    /// successes can then wait for the periodic flush.
+    pub fn is_quiet(&self, address: &str) -> bool {
+        self.host(address).is_none_or(|h| h.health.is_quiet())
     }
 
     pub fn ejected(&self) -> usize {
@@ -125,11 +134,17 @@ impl ServiceHealth {
         let jitter = config.ejection.ejection_jitter.0;
         for outcome in batch {
             // Only a failure can earn ejection; skip counting for successes.
-            let may_eject = outcome.failed()
-                && guard::may_eject(self.ejected(), self.hosts.len(), max_percent);
-            let jitter_ms = if jitter > 0 { random() % (jitter + 1) } else { 0 };
+            let may_eject =
+                outcome.failed() && guard::may_eject(self.ejected(), self.hosts.len(), max_percent);
+            let jitter_ms = if jitter > 0 {
+                random() % (jitter + 1)
+            } else {
+                0
+            };
             let entry = &mut self.hosts[index];
-            let recorded = entry.health.record(outcome, now, config, may_eject, jitter_ms);
+            let recorded = entry
+                .health
+                .record(outcome, now, config, may_eject, jitter_ms);
             if let Some(transition) = recorded.transition {
                 events.push(Event::Transition {
                     address: entry.address.clone(),

@@ -139,8 +139,9 @@ mod tests {
     fn deterministic_for_a_seed_and_spread_across_seeds() {
         let weights = [100, 100, 100];
         assert_eq!(run(&weights, 9, 50), run(&weights, 9, 50));
-        let firsts: std::collections::HashSet<usize> =
-            (1..40u64).map(|seed| run(&weights, seed * 7919, 1)[0]).collect();
+        let firsts: std::collections::HashSet<usize> = (1..40u64)
+            .map(|seed| run(&weights, seed * 7919, 1)[0])
+            .collect();
         assert!(firsts.len() > 1, "workers should not all start on one host");
     }
 

@@ -167,12 +167,18 @@ mod tests {
         let mut window = OutcomeWindow::new(10);
         window.push_many(3, true, false);
         window.push_many(7, false, false);
-        assert!(!window.exceeds(window.failures(), 30), "30% is not above 30%");
+        assert!(
+            !window.exceeds(window.failures(), 30),
+            "30% is not above 30%"
+        );
         assert!(window.exceeds(window.failures(), 29));
         assert!(!window.below(window.failures(), 30));
         assert!(window.below(window.failures(), 31));
         assert_eq!(window.percent(window.failures()), 30);
-        assert!(OutcomeWindow::new(10).below(0, 10), "an empty window has no failures");
+        assert!(
+            OutcomeWindow::new(10).below(0, 10),
+            "an empty window has no failures"
+        );
     }
 
     #[test]

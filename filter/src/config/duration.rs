@@ -1,7 +1,5 @@
 //! Durations written the way Envoy and Istio users write them: `30s`, `500ms`, `1.5s`, `2m`.
 
-use serde::{Deserialize, Deserializer};
-
 /// A non-negative duration in whole milliseconds (the core's time unit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Millis(pub u64);
@@ -26,7 +24,11 @@ pub fn parse(text: &str) -> Result<Millis, String> {
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
-        _ => return Err(format!("`{text}` has unknown unit `{unit}` (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "`{text}` has unknown unit `{unit}` (use ms, s, m or h)"
+            ))
+        }
     };
     let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
     if whole.is_empty() && fraction.is_empty() {
@@ -54,13 +56,6 @@ pub fn parse(text: &str) -> Result<Millis, String> {
             .ok_or_else(|| format!("`{text}` is too large"))?;
     }
     Ok(Millis(millis))
-}
-
-impl<'de> Deserialize<'de> for Millis {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        parse(&text).map_err(serde::de::Error::custom)
-    }
 }
 
 #[cfg(test)]

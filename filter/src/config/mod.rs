@@ -3,12 +3,14 @@
 //! an inconsistent threshold set from silently changing behaviour.
 
 mod duration;
+mod json;
 mod status_set;
 
 pub use duration::Millis;
 pub use status_set::{StatusSet, StatusSpec};
 
-use serde::Deserialize;
+use json::{each, whole_number, Object};
+use serde_json::Value;
 
 /// Why a configuration was refused: the field path (`detection.windowSize`)
 /// and the reason, so the one log line tells the operator what to fix.
@@ -28,8 +30,7 @@ impl ConfigError {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Config {
     pub detection: Detection,
     pub ejection: Ejection,
@@ -38,8 +39,7 @@ pub struct Config {
 }
 
 /// How outcomes are judged and when a host's grade changes.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Detection {
     /// Outcomes remembered per host (count-based sliding window).
     pub window_size: u16,
@@ -49,15 +49,11 @@ pub struct Detection {
     pub unhealthy_failure_percent: u8,
     pub recovered_failure_percent: u8,
     /// Consecutive failures of any kind that eject a host (0 disables).
-    #[serde(rename = "consecutive5xxErrors")]
     pub consecutive_5xx_errors: u16,
     /// Consecutive 502/503/504 (and local-origin failures) that eject (0 disables).
     pub consecutive_gateway_errors: u16,
     /// Consecutive connect failures, resets and timeouts that eject (0 disables).
     pub consecutive_local_origin_failures: u16,
-    #[serde(rename = "failureStatusCodes")]
-    pub failure_status_specs: Vec<StatusSpec>,
-    #[serde(skip)]
     pub failure_statuses: StatusSet,
     pub grpc_failure_codes: Vec<u8>,
     /// Calls slower than this count as slow (`0s` disables slow-call detection).
@@ -79,8 +75,7 @@ impl Default for Detection {
             consecutive_5xx_errors: 5,
             consecutive_gateway_errors: 0,
             consecutive_local_origin_failures: 5,
-            failure_status_specs: vec![StatusSpec::Text("5xx".to_string())],
-            failure_statuses: five_xx(),
+            failure_statuses: StatusSet::server_errors(),
             grpc_failure_codes: vec![14],
             slow_call_threshold: Millis(0),
             slow_call_percent: 50,
@@ -89,13 +84,11 @@ impl Default for Detection {
     }
 }
 
-fn five_xx() -> StatusSet {
-    StatusSet::compile(&[StatusSpec::Text("5xx".to_string())]).unwrap_or_default()
-}
-
 impl Detection {
     pub fn grpc_code_is_failure(&self, code: u32) -> bool {
-        self.grpc_failure_codes.iter().any(|c| u32::from(*c) == code)
+        self.grpc_failure_codes
+            .iter()
+            .any(|c| u32::from(*c) == code)
     }
 
     pub fn slow_calls_enabled(&self) -> bool {
@@ -104,8 +97,7 @@ impl Detection {
 }
 
 /// How long ejections last and how returning hosts are eased back in.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ejection {
     pub base_ejection_time: Millis,
     pub max_ejection_time: Millis,
@@ -129,8 +121,7 @@ impl Default for Ejection {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
     /// `ip:port`, for Envoy's `override_host` load-balancing policy.
     Plain,
@@ -139,10 +130,10 @@ pub enum Encoding {
     Base64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Steering {
     pub enabled: bool,
+    /// Lower-cased header name.
     pub header: String,
     pub encoding: Encoding,
 }
@@ -158,8 +149,7 @@ impl Default for Steering {
 }
 
 /// Bounds on what the filter tracks, so traffic cannot grow its memory.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub max_services: u16,
     pub max_hosts_per_service: u16,
@@ -177,6 +167,15 @@ impl Default for Limits {
     }
 }
 
+/// Upper bound of `windowSize`: keeps a host record small enough that the
+/// per-service shared-data record stays cheap to copy.
+pub const MAX_WINDOW_SIZE: u16 = 1000;
+
+/// Hard ceilings on the limits themselves: a service record is copied on
+/// every shared-data read, so it must stay small.
+pub const MAX_SERVICES: u16 = 1024;
+pub const MAX_HOSTS_PER_SERVICE: u16 = 512;
+
 impl Config {
     /// Parses and checks a plugin configuration. Empty input means all defaults.
     pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
@@ -185,180 +184,261 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        // serde would also fill a struct from a JSON array, by position.
-        if !text.trim_start().starts_with('{') {
-            return Err(ConfigError::new("(configuration)", "must be a JSON object"));
-        }
-        let mut json = serde_json::Deserializer::from_str(text);
-        let mut config: Config = serde_path_to_error::deserialize(&mut json).map_err(|err| {
-            let path = err.path().to_string();
-            // serde_path_to_error says "." for the root and "?" when the
-            // document ended before any field was reached.
-            let field = if path == "." || path == "?" {
-                "(configuration)".to_string()
-            } else {
-                path
-            };
-            ConfigError::new(field, strip_position(&err.inner().to_string()))
+        let value: Value = serde_json::from_str(text).map_err(|err| {
+            ConfigError::new("(configuration)", format!("is not valid JSON: {err}"))
         })?;
-        json.end()
-            .map_err(|_| ConfigError::new("(configuration)", "trailing characters after the JSON object"))?;
+        let mut config = Config::default();
+        config.apply(&Object::root(&value)?)?;
         config.validate()?;
         Ok(config)
     }
 
-    fn validate(&mut self) -> Result<(), ConfigError> {
-        self.detection.validate()?;
-        self.ejection.validate()?;
-        self.steering.validate()?;
-        self.limits.validate()
-    }
-}
-
-/// serde_json appends "at line 1 column 42"; the field path already says where.
-fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(index) => message[..index].to_string(),
-        None => message.to_string(),
-    }
-}
-
-fn check_percent(field: &str, value: u8, min: u8, max: u8) -> Result<(), ConfigError> {
-    if value < min || value > max {
-        return Err(ConfigError::new(
-            field,
-            format!("{value} is out of range ({min}-{max})"),
-        ));
-    }
-    Ok(())
-}
-
-/// Upper bound of `windowSize`: keeps a host record small enough that the
-/// per-service shared-data record stays cheap to copy.
-pub const MAX_WINDOW_SIZE: u16 = 1000;
-
-impl Detection {
-    fn validate(&mut self) -> Result<(), ConfigError> {
-        const D: &str = "detection";
-        if self.window_size == 0 || self.window_size > MAX_WINDOW_SIZE {
-            return Err(ConfigError::new(
-                format!("{D}.windowSize"),
-                format!("{} is out of range (1-{MAX_WINDOW_SIZE})", self.window_size),
-            ));
+    /// Applies a configuration object, possibly partial, over this one.
+    fn apply(&mut self, object: &Object) -> Result<(), ConfigError> {
+        object.only(&["detection", "ejection", "steering", "limits"])?;
+        if let Some(section) = object.object("detection")? {
+            self.detection.apply(&section)?;
         }
-        if self.min_requests == 0 || self.min_requests > self.window_size {
-            return Err(ConfigError::new(
-                format!("{D}.minRequests"),
-                format!(
-                    "{} is out of range (1 to windowSize, {})",
-                    self.min_requests, self.window_size
-                ),
-            ));
+        if let Some(section) = object.object("ejection")? {
+            self.ejection.apply(&section)?;
         }
-        check_percent(&format!("{D}.degradedFailurePercent"), self.degraded_failure_percent, 1, 100)?;
-        check_percent(&format!("{D}.unhealthyFailurePercent"), self.unhealthy_failure_percent, 1, 100)?;
-        check_percent(&format!("{D}.recoveredFailurePercent"), self.recovered_failure_percent, 0, 99)?;
-        check_percent(&format!("{D}.slowCallPercent"), self.slow_call_percent, 1, 100)?;
-        if self.recovered_failure_percent >= self.degraded_failure_percent {
-            return Err(ConfigError::new(
-                format!("{D}.recoveredFailurePercent"),
-                format!(
-                    "{} must be below degradedFailurePercent ({}), or hosts could never recover",
-                    self.recovered_failure_percent, self.degraded_failure_percent
-                ),
-            ));
+        if let Some(section) = object.object("steering")? {
+            self.steering.apply(&section)?;
         }
-        if self.degraded_failure_percent > self.unhealthy_failure_percent {
-            return Err(ConfigError::new(
-                format!("{D}.degradedFailurePercent"),
-                format!(
-                    "{} must not exceed unhealthyFailurePercent ({})",
-                    self.degraded_failure_percent, self.unhealthy_failure_percent
-                ),
-            ));
-        }
-        self.failure_statuses = StatusSet::compile(&self.failure_status_specs).map_err(
-            |(index, reason)| ConfigError::new(format!("{D}.failureStatusCodes[{index}]"), reason),
-        )?;
-        for (index, code) in self.grpc_failure_codes.iter().enumerate() {
-            if !(1..=16).contains(code) {
-                return Err(ConfigError::new(
-                    format!("{D}.grpcFailureCodes[{index}]"),
-                    format!("{code} is not a gRPC error status (1-16)"),
-                ));
-            }
+        if let Some(section) = object.object("limits")? {
+            self.limits.apply(&section)?;
         }
         Ok(())
+    }
+
+    /// Rules that span fields, checked once everything is applied.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let d = &self.detection;
+        if d.min_requests > d.window_size {
+            return Err(ConfigError::new(
+                "detection.minRequests",
+                format!(
+                    "{} is more than windowSize ({}), so no window would ever be judged",
+                    d.min_requests, d.window_size
+                ),
+            ));
+        }
+        if d.recovered_failure_percent >= d.degraded_failure_percent {
+            return Err(ConfigError::new(
+                "detection.recoveredFailurePercent",
+                format!(
+                    "{} must be below degradedFailurePercent ({}), or hosts could never recover",
+                    d.recovered_failure_percent, d.degraded_failure_percent
+                ),
+            ));
+        }
+        if d.degraded_failure_percent > d.unhealthy_failure_percent {
+            return Err(ConfigError::new(
+                "detection.degradedFailurePercent",
+                format!(
+                    "{} must not exceed unhealthyFailurePercent ({})",
+                    d.degraded_failure_percent, d.unhealthy_failure_percent
+                ),
+            ));
+        }
+        let e = &self.ejection;
+        if e.base_ejection_time.0 == 0 {
+            return Err(ConfigError::new(
+                "ejection.baseEjectionTime",
+                "must be longer than 0s",
+            ));
+        }
+        if e.max_ejection_time < e.base_ejection_time {
+            return Err(ConfigError::new(
+                "ejection.maxEjectionTime",
+                format!(
+                    "{}ms is shorter than baseEjectionTime ({}ms)",
+                    e.max_ejection_time.0, e.base_ejection_time.0
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+const PERCENT: u64 = 100;
+const COUNT: u64 = u16::MAX as u64;
+
+impl Detection {
+    fn apply(&mut self, o: &Object) -> Result<(), ConfigError> {
+        o.only(&[
+            "windowSize",
+            "minRequests",
+            "degradedFailurePercent",
+            "unhealthyFailurePercent",
+            "recoveredFailurePercent",
+            "consecutive5xxErrors",
+            "consecutiveGatewayErrors",
+            "consecutiveLocalOriginFailures",
+            "failureStatusCodes",
+            "grpcFailureCodes",
+            "slowCallThreshold",
+            "slowCallPercent",
+            "countClientCancellations",
+        ])?;
+        let window_max = u64::from(MAX_WINDOW_SIZE);
+        o.number("windowSize", &mut self.window_size, 1, window_max)?;
+        o.number("minRequests", &mut self.min_requests, 1, window_max)?;
+        o.number(
+            "degradedFailurePercent",
+            &mut self.degraded_failure_percent,
+            1,
+            PERCENT,
+        )?;
+        o.number(
+            "unhealthyFailurePercent",
+            &mut self.unhealthy_failure_percent,
+            1,
+            PERCENT,
+        )?;
+        o.number(
+            "recoveredFailurePercent",
+            &mut self.recovered_failure_percent,
+            0,
+            99,
+        )?;
+        o.number(
+            "consecutive5xxErrors",
+            &mut self.consecutive_5xx_errors,
+            0,
+            COUNT,
+        )?;
+        o.number(
+            "consecutiveGatewayErrors",
+            &mut self.consecutive_gateway_errors,
+            0,
+            COUNT,
+        )?;
+        o.number(
+            "consecutiveLocalOriginFailures",
+            &mut self.consecutive_local_origin_failures,
+            0,
+            COUNT,
+        )?;
+        if let Some(items) = o.array("failureStatusCodes")? {
+            let path = o.path("failureStatusCodes");
+            let specs = each(&path, items, |item| match item {
+                Value::String(text) => Ok(StatusSpec::Text(text.clone())),
+                number @ Value::Number(_) => whole_number(number)
+                    .and_then(|n| u16::try_from(n).ok())
+                    .map(StatusSpec::Code)
+                    .ok_or_else(|| "is not an HTTP status".to_string()),
+                _ => Err(
+                    "expected a status (503), class (\"5xx\") or range (\"500-504\")".to_string(),
+                ),
+            })?;
+            self.failure_statuses = StatusSet::compile(&specs)
+                .map_err(|(index, reason)| ConfigError::new(format!("{path}[{index}]"), reason))?;
+        }
+        if let Some(items) = o.array("grpcFailureCodes")? {
+            self.grpc_failure_codes = each(&o.path("grpcFailureCodes"), items, |item| {
+                whole_number(item)
+                    .filter(|code| (1..=16).contains(code))
+                    .map(|code| code as u8)
+                    .ok_or_else(|| "is not a gRPC error status (1-16)".to_string())
+            })?;
+        }
+        o.millis("slowCallThreshold", &mut self.slow_call_threshold)?;
+        o.number("slowCallPercent", &mut self.slow_call_percent, 1, PERCENT)?;
+        o.bool(
+            "countClientCancellations",
+            &mut self.count_client_cancellations,
+        )
     }
 }
 
 impl Ejection {
-    fn validate(&self) -> Result<(), ConfigError> {
-        const E: &str = "ejection";
-        if self.base_ejection_time.0 == 0 {
-            return Err(ConfigError::new(
-                format!("{E}.baseEjectionTime"),
-                "must be longer than 0s",
-            ));
-        }
-        if self.max_ejection_time < self.base_ejection_time {
-            return Err(ConfigError::new(
-                format!("{E}.maxEjectionTime"),
-                format!(
-                    "{}ms is shorter than baseEjectionTime ({}ms)",
-                    self.max_ejection_time.0, self.base_ejection_time.0
-                ),
-            ));
-        }
-        check_percent(&format!("{E}.maxEjectionPercent"), self.max_ejection_percent, 0, 100)?;
-        check_percent(&format!("{E}.degradedWeightPercent"), self.degraded_weight_percent, 0, 100)
+    fn apply(&mut self, o: &Object) -> Result<(), ConfigError> {
+        o.only(&[
+            "baseEjectionTime",
+            "maxEjectionTime",
+            "maxEjectionPercent",
+            "ejectionJitter",
+            "warmupDuration",
+            "degradedWeightPercent",
+        ])?;
+        o.millis("baseEjectionTime", &mut self.base_ejection_time)?;
+        o.millis("maxEjectionTime", &mut self.max_ejection_time)?;
+        o.number(
+            "maxEjectionPercent",
+            &mut self.max_ejection_percent,
+            0,
+            PERCENT,
+        )?;
+        o.millis("ejectionJitter", &mut self.ejection_jitter)?;
+        o.millis("warmupDuration", &mut self.warmup_duration)?;
+        o.number(
+            "degradedWeightPercent",
+            &mut self.degraded_weight_percent,
+            0,
+            PERCENT,
+        )
     }
 }
 
 impl Steering {
-    fn validate(&mut self) -> Result<(), ConfigError> {
-        let name = self.header.trim().to_ascii_lowercase();
-        let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-        if name.is_empty() || !name.chars().all(token) {
-            return Err(ConfigError::new(
-                "steering.header",
-                format!("`{}` is not a valid HTTP header name", self.header),
-            ));
-        }
-        if matches!(name.as_str(), "host" | "content-length" | "transfer-encoding" | "connection") {
-            return Err(ConfigError::new(
-                "steering.header",
-                format!("`{name}` is a header HTTP itself depends on"),
-            ));
-        }
-        self.header = name;
+    fn apply(&mut self, o: &Object) -> Result<(), ConfigError> {
+        o.only(&["enabled", "header", "encoding"])?;
+        o.bool("enabled", &mut self.enabled)?;
+        let mut header = self.header.clone();
+        o.string("header", &mut header)?;
+        self.header =
+            header_name(&header).map_err(|reason| ConfigError::new(o.path("header"), reason))?;
+        let mut encoding = String::new();
+        o.string("encoding", &mut encoding)?;
+        self.encoding = match encoding.as_str() {
+            "" => self.encoding,
+            "plain" => Encoding::Plain,
+            "base64" => Encoding::Base64,
+            other => {
+                return Err(ConfigError::new(
+                    o.path("encoding"),
+                    format!("`{other}` is not one of: plain, base64"),
+                ))
+            }
+        };
         Ok(())
     }
 }
 
-/// Hard ceilings on the limits themselves: a service record is copied on
-/// every shared-data read, so it must stay small.
-pub const MAX_SERVICES: u16 = 1024;
-pub const MAX_HOSTS_PER_SERVICE: u16 = 512;
+/// A header name meshguard may set: a lower-cased HTTP token that is not
+/// a pseudo-header or a header HTTP framing depends on.
+fn header_name(text: &str) -> Result<String, String> {
+    let name = text.trim().to_ascii_lowercase();
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(token) {
+        return Err(format!("`{text}` is not a valid HTTP header name"));
+    }
+    if matches!(
+        name.as_str(),
+        "host" | "content-length" | "transfer-encoding" | "connection"
+    ) {
+        return Err(format!("`{name}` is a header HTTP itself depends on"));
+    }
+    Ok(name)
+}
 
 impl Limits {
-    fn validate(&self) -> Result<(), ConfigError> {
-        if self.max_services == 0 || self.max_services > MAX_SERVICES {
-            return Err(ConfigError::new(
-                "limits.maxServices",
-                format!("{} is out of range (1-{MAX_SERVICES})", self.max_services),
-            ));
-        }
-        if self.max_hosts_per_service == 0 || self.max_hosts_per_service > MAX_HOSTS_PER_SERVICE {
-            return Err(ConfigError::new(
-                "limits.maxHostsPerService",
-                format!(
-                    "{} is out of range (1-{MAX_HOSTS_PER_SERVICE})",
-                    self.max_hosts_per_service
-                ),
-            ));
-        }
-        Ok(())
+    fn apply(&mut self, o: &Object) -> Result<(), ConfigError> {
+        o.only(&["maxServices", "maxHostsPerService", "hostIdleTimeout"])?;
+        o.number(
+            "maxServices",
+            &mut self.max_services,
+            1,
+            u64::from(MAX_SERVICES),
+        )?;
+        o.number(
+            "maxHostsPerService",
+            &mut self.max_hosts_per_service,
+            1,
+            u64::from(MAX_HOSTS_PER_SERVICE),
+        )?;
+        o.millis("hostIdleTimeout", &mut self.host_idle_timeout)
     }
 }
 

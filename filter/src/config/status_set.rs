@@ -1,11 +1,8 @@
 //! Which HTTP status codes count as failures, written as `"5xx"`, `"429"`,
 //! `"500-504"` or a bare number.
 
-use serde::Deserialize;
-
 /// One entry of `failureStatusCodes` as written in the configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StatusSpec {
     Code(u16),
     Text(String),
@@ -16,6 +13,13 @@ pub enum StatusSpec {
 pub struct StatusSet([u64; 10]);
 
 impl StatusSet {
+    /// 500-599, the default failure set.
+    pub fn server_errors() -> StatusSet {
+        let mut set = StatusSet::default();
+        set.insert_range(500, 599);
+        set
+    }
+
     pub fn contains(&self, code: u16) -> bool {
         let code = usize::from(code);
         code < 640 && self.0[code / 64] & (1 << (code % 64)) != 0
@@ -55,7 +59,8 @@ fn range_of(spec: &StatusSpec) -> Result<(u16, u16), String> {
                 };
             }
             let parse = |part: &str| part.trim().parse::<u16>().ok().filter(|c| valid(*c));
-            let bad = || format!("`{text}` is not a status, class (\"5xx\") or range (\"500-504\")");
+            let bad =
+                || format!("`{text}` is not a status, class (\"5xx\") or range (\"500-504\")");
             match text.split_once('-') {
                 Some((from, to)) => match (parse(from), parse(to)) {
                     (Some(from), Some(to)) if from <= to => Ok((from, to)),

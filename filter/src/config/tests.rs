@@ -43,7 +43,10 @@ fn the_documented_example_parses() {
     assert!(!config.detection.grpc_code_is_failure(5));
     assert_eq!(config.detection.slow_call_threshold, Millis(250));
     assert_eq!(config.ejection.ejection_jitter, Millis(1000));
-    assert_eq!(config.steering.header, "x-meshguard-upstream", "header names are lower-cased");
+    assert_eq!(
+        config.steering.header, "x-meshguard-upstream",
+        "header names are lower-cased"
+    );
     assert_eq!(config.steering.encoding, Encoding::Base64);
 }
 
@@ -58,10 +61,27 @@ fn partial_objects_keep_defaults_for_the_rest() {
 #[test]
 fn a_typo_is_an_error_naming_the_field() {
     let err = refused(r#"{"detection": {"windowSze": 50}}"#);
-    assert!(err.field.starts_with("detection"), "{err}");
-    assert!(err.reason.contains("windowSze"), "{err}");
-    let err = refused(r#"{"detektion": {}}"#);
-    assert!(err.reason.contains("detektion"), "{err}");
+    assert_eq!(err.field, "detection.windowSze");
+    assert!(err.reason.starts_with("unknown field"), "{err}");
+    assert!(
+        err.reason.contains("windowSize"),
+        "the message lists the real names: {err}"
+    );
+    assert_eq!(refused(r#"{"detektion": {}}"#).field, "detektion");
+}
+
+#[test]
+fn istio_struct_numbers_are_accepted_when_whole() {
+    // Istio's pluginConfig is a protobuf Struct: every number is a double.
+    let config =
+        parse(r#"{"detection": {"windowSize": 50.0, "grpcFailureCodes": [14.0]}}"#).unwrap();
+    assert_eq!(config.detection.window_size, 50);
+    assert!(config.detection.grpc_code_is_failure(14));
+    let err = refused(r#"{"detection": {"windowSize": 50.5}}"#);
+    assert_eq!(err.field, "detection.windowSize");
+    assert!(err.reason.contains("whole number"), "{err}");
+    let err = refused(r#"{"detection": {"windowSize": -5}}"#);
+    assert_eq!(err.reason, "-5 is out of range (1-1000)");
 }
 
 #[test]
@@ -75,6 +95,14 @@ fn wrong_types_name_the_field() {
     assert!(err.reason.contains("no unit"), "{err}");
     let err = refused(r#"{"steering": {"encoding": "hex"}}"#);
     assert_eq!(err.field, "steering.encoding");
+    assert!(err.reason.contains("plain, base64"), "{err}");
+    let err = refused(r#"{"steering": {"enabled": "yes"}}"#);
+    assert_eq!(err.field, "steering.enabled");
+    let err = refused(r#"{"detection": []}"#);
+    assert_eq!(
+        (err.field.as_str(), err.reason.as_str()),
+        ("detection", "expected an object, not an array")
+    );
     let err = refused(r#"{"detection": {"degradedFailurePercent": 300}}"#);
     assert_eq!(err.field, "detection.degradedFailurePercent");
 }
@@ -84,31 +112,82 @@ fn malformed_input_is_refused_not_defaulted() {
     assert_eq!(refused("{").field, "(configuration)");
     assert_eq!(refused("[]").field, "(configuration)");
     assert_eq!(refused("{} {}").field, "(configuration)");
-    assert_eq!(Config::parse(&[0xff, 0xfe]).unwrap_err().field, "(configuration)");
+    assert_eq!(
+        Config::parse(&[0xff, 0xfe]).unwrap_err().field,
+        "(configuration)"
+    );
 }
 
 #[test]
 fn out_of_range_values_are_refused() {
     let cases = [
-        (r#"{"detection": {"windowSize": 0}}"#, "detection.windowSize"),
-        (r#"{"detection": {"windowSize": 5000}}"#, "detection.windowSize"),
-        (r#"{"detection": {"minRequests": 0}}"#, "detection.minRequests"),
-        (r#"{"detection": {"windowSize": 10, "minRequests": 20}}"#, "detection.minRequests"),
-        (r#"{"detection": {"degradedFailurePercent": 101}}"#, "detection.degradedFailurePercent"),
-        (r#"{"detection": {"unhealthyFailurePercent": 0}}"#, "detection.unhealthyFailurePercent"),
-        (r#"{"detection": {"slowCallPercent": 0}}"#, "detection.slowCallPercent"),
-        (r#"{"detection": {"failureStatusCodes": ["5xx", "6xx"]}}"#, "detection.failureStatusCodes[1]"),
-        (r#"{"detection": {"grpcFailureCodes": [14, 0]}}"#, "detection.grpcFailureCodes[1]"),
-        (r#"{"detection": {"grpcFailureCodes": [17]}}"#, "detection.grpcFailureCodes[0]"),
-        (r#"{"ejection": {"baseEjectionTime": "0s"}}"#, "ejection.baseEjectionTime"),
-        (r#"{"ejection": {"maxEjectionPercent": 101}}"#, "ejection.maxEjectionPercent"),
-        (r#"{"ejection": {"degradedWeightPercent": 120}}"#, "ejection.degradedWeightPercent"),
+        (
+            r#"{"detection": {"windowSize": 0}}"#,
+            "detection.windowSize",
+        ),
+        (
+            r#"{"detection": {"windowSize": 5000}}"#,
+            "detection.windowSize",
+        ),
+        (
+            r#"{"detection": {"minRequests": 0}}"#,
+            "detection.minRequests",
+        ),
+        (
+            r#"{"detection": {"windowSize": 10, "minRequests": 20}}"#,
+            "detection.minRequests",
+        ),
+        (
+            r#"{"detection": {"degradedFailurePercent": 101}}"#,
+            "detection.degradedFailurePercent",
+        ),
+        (
+            r#"{"detection": {"unhealthyFailurePercent": 0}}"#,
+            "detection.unhealthyFailurePercent",
+        ),
+        (
+            r#"{"detection": {"slowCallPercent": 0}}"#,
+            "detection.slowCallPercent",
+        ),
+        (
+            r#"{"detection": {"failureStatusCodes": ["5xx", "6xx"]}}"#,
+            "detection.failureStatusCodes[1]",
+        ),
+        (
+            r#"{"detection": {"grpcFailureCodes": [14, 0]}}"#,
+            "detection.grpcFailureCodes[1]",
+        ),
+        (
+            r#"{"detection": {"grpcFailureCodes": [17]}}"#,
+            "detection.grpcFailureCodes[0]",
+        ),
+        (
+            r#"{"ejection": {"baseEjectionTime": "0s"}}"#,
+            "ejection.baseEjectionTime",
+        ),
+        (
+            r#"{"ejection": {"maxEjectionPercent": 101}}"#,
+            "ejection.maxEjectionPercent",
+        ),
+        (
+            r#"{"ejection": {"degradedWeightPercent": 120}}"#,
+            "ejection.degradedWeightPercent",
+        ),
         (r#"{"steering": {"header": ""}}"#, "steering.header"),
         (r#"{"steering": {"header": "x bad"}}"#, "steering.header"),
-        (r#"{"steering": {"header": ":authority"}}"#, "steering.header"),
-        (r#"{"steering": {"header": "content-length"}}"#, "steering.header"),
+        (
+            r#"{"steering": {"header": ":authority"}}"#,
+            "steering.header",
+        ),
+        (
+            r#"{"steering": {"header": "content-length"}}"#,
+            "steering.header",
+        ),
         (r#"{"limits": {"maxServices": 0}}"#, "limits.maxServices"),
-        (r#"{"limits": {"maxHostsPerService": 100000}}"#, "limits.maxHostsPerService"),
+        (
+            r#"{"limits": {"maxHostsPerService": 100000}}"#,
+            "limits.maxHostsPerService",
+        ),
     ];
     for (json, field) in cases {
         assert_eq!(refused(json).field, field, "for {json}");
@@ -117,10 +196,12 @@ fn out_of_range_values_are_refused() {
 
 #[test]
 fn inconsistent_thresholds_are_refused() {
-    let err = refused(r#"{"detection": {"recoveredFailurePercent": 30, "degradedFailurePercent": 30}}"#);
+    let err =
+        refused(r#"{"detection": {"recoveredFailurePercent": 30, "degradedFailurePercent": 30}}"#);
     assert_eq!(err.field, "detection.recoveredFailurePercent");
     assert!(err.reason.contains("never recover"), "{err}");
-    let err = refused(r#"{"detection": {"degradedFailurePercent": 60, "unhealthyFailurePercent": 50}}"#);
+    let err =
+        refused(r#"{"detection": {"degradedFailurePercent": 60, "unhealthyFailurePercent": 50}}"#);
     assert_eq!(err.field, "detection.degradedFailurePercent");
     let err = refused(r#"{"ejection": {"baseEjectionTime": "60s", "maxEjectionTime": "30s"}}"#);
     assert_eq!(err.field, "ejection.maxEjectionTime");
@@ -129,5 +210,8 @@ fn inconsistent_thresholds_are_refused() {
 #[test]
 fn the_error_reads_as_one_line_for_the_log() {
     let err = refused(r#"{"detection": {"windowSize": 0}}"#);
-    assert_eq!(err.to_string(), "detection.windowSize: 0 is out of range (1-1000)");
+    assert_eq!(
+        err.to_string(),
+        "detection.windowSize: 0 is out of range (1-1000)"
+    );
 }

@@ -57,7 +57,9 @@ impl Host {
         for _ in 0..count {
             self.now += 10;
             self.tick();
-            let recorded = self.health.record(outcome, self.now, &self.config, may_eject, 0);
+            let recorded = self
+                .health
+                .record(outcome, self.now, &self.config, may_eject, 0);
             self.transitions.extend(recorded.transition);
             self.refusals += usize::from(recorded.ejection_refused.is_some());
         }
@@ -120,7 +122,12 @@ fn hysteresis_a_host_at_20_percent_stays_degraded() {
         host.feed(OK, 4).feed(E500, 1);
         assert_eq!(host.state(), HostState::Degraded);
     }
-    assert_eq!(host.transitions.len(), 1, "no flapping: {:?}", host.transitions);
+    assert_eq!(
+        host.transitions.len(),
+        1,
+        "no flapping: {:?}",
+        host.transitions
+    );
 }
 
 #[test]
@@ -154,7 +161,11 @@ fn consecutive_failures_eject_before_the_window_is_judged() {
     cfg.detection.consecutive_5xx_errors = 5;
     let mut host = Host::new(cfg);
     host.feed(E500, 4).feed(OK, 1).feed(E500, 4);
-    assert_eq!(host.state(), HostState::Healthy, "a success resets the streak");
+    assert_eq!(
+        host.state(),
+        HostState::Healthy,
+        "a success resets the streak"
+    );
     host.feed(E500, 1);
     assert_eq!(host.state(), HostState::Unhealthy);
     assert_eq!(
@@ -173,7 +184,10 @@ fn consecutive_gateway_errors_reset_on_other_server_errors() {
     assert_eq!(host.state(), HostState::Healthy);
     host.feed(E503, 1);
     assert_eq!(host.state(), HostState::Unhealthy);
-    assert_eq!(host.last().reason.to_string(), "3 consecutive gateway errors");
+    assert_eq!(
+        host.last().reason.to_string(),
+        "3 consecutive gateway errors"
+    );
 }
 
 #[test]
@@ -182,9 +196,16 @@ fn consecutive_local_origin_failures() {
     cfg.detection.consecutive_local_origin_failures = 3;
     let mut host = Host::new(cfg);
     host.feed(REFUSED, 2).feed(E503, 1).feed(REFUSED, 2);
-    assert_eq!(host.state(), HostState::Healthy, "an answer from the host resets it");
+    assert_eq!(
+        host.state(),
+        HostState::Healthy,
+        "an answer from the host resets it"
+    );
     host.feed(REFUSED, 1);
-    assert_eq!(host.last().reason.to_string(), "3 consecutive local-origin failures");
+    assert_eq!(
+        host.last().reason.to_string(),
+        "3 consecutive local-origin failures"
+    );
 }
 
 #[test]
@@ -208,7 +229,10 @@ fn returns_through_the_warmup_ramp() {
     host.at(ejected_at + 10_000);
     assert_eq!(host.state(), HostState::WarmingUp);
     assert_eq!(host.last().reason, Reason::EjectionOver);
-    assert!(host.health.window().is_empty(), "judged afresh after return");
+    assert!(
+        host.health.window().is_empty(),
+        "judged afresh after return"
+    );
     let start = ejected_at + 10_000;
     let mut weights = Vec::new();
     for offset in [0, 9_999, 10_000, 19_999, 20_000, 29_999] {
@@ -243,7 +267,13 @@ fn failing_during_warmup_ejects_again_at_once_for_longer() {
     host.feed(E503, 1);
     assert_eq!(host.state(), HostState::Unhealthy);
     let second = host.last();
-    assert!(matches!(second.reason, Reason::FailedInWarmup { failures: 1, volume: 1 }));
+    assert!(matches!(
+        second.reason,
+        Reason::FailedInWarmup {
+            failures: 1,
+            volume: 1
+        }
+    ));
     assert_eq!(first.ejected_for_ms, Some(10_000));
     assert_eq!(second.ejected_for_ms, Some(20_000), "base x times ejected");
 }
@@ -254,7 +284,11 @@ fn an_isolated_failure_in_warmup_is_tolerated() {
     host.feed(E503, 10);
     host.at(host.now + 10_000);
     host.feed(OK, 3).feed(E500, 1);
-    assert_eq!(host.state(), HostState::WarmingUp, "1 of 4 is below the ejection rate");
+    assert_eq!(
+        host.state(),
+        HostState::WarmingUp,
+        "1 of 4 is below the ejection rate"
+    );
 }
 
 #[test]
@@ -310,16 +344,25 @@ fn a_refused_ejection_degrades_instead() {
 
 #[test]
 fn slow_calls_degrade_but_never_eject() {
-    let mut host = Host::new(config(r#", "slowCallThreshold": "100ms", "slowCallPercent": 50"#));
+    let mut host = Host::new(config(
+        r#", "slowCallThreshold": "100ms", "slowCallPercent": 50"#,
+    ));
     host.feed(OK, 5).feed(SLOW, 5);
     assert_eq!(host.state(), HostState::Healthy, "50% is not above 50%");
     host.feed(SLOW, 1);
     assert_eq!(host.state(), HostState::Degraded);
-    assert_eq!(host.last().reason.to_string(), "slow calls 60% over 10 > 50%");
+    assert_eq!(
+        host.last().reason.to_string(),
+        "slow calls 60% over 10 > 50%"
+    );
     host.feed(SLOW, 50);
     assert_eq!(host.state(), HostState::Degraded);
     host.feed(OK, 9);
-    assert_eq!(host.state(), HostState::Degraded, "10% slow is not recovered");
+    assert_eq!(
+        host.state(),
+        HostState::Degraded,
+        "10% slow is not recovered"
+    );
     host.feed(OK, 1);
     assert_eq!(host.state(), HostState::Healthy);
 }

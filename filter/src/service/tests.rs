@@ -42,7 +42,7 @@ struct Service {
 impl Service {
     fn new(config: Config) -> Self {
         Service {
-            record: ServiceHealth::new("outbound|80||reviews"),
+            record: ServiceHealth::new("outbound|80||reviews", 1),
             config,
             events: Vec::new(),
         }
@@ -50,12 +50,22 @@ impl Service {
 
     fn apply(&mut self, address: &str, pending: Pending, now: u64) {
         let mut random = || 0;
-        self.record
-            .apply(address, &pending, now, &self.config, &mut random, &mut self.events);
+        self.record.apply(
+            address,
+            &pending,
+            now,
+            &self.config,
+            &mut random,
+            &mut self.events,
+        );
     }
 
     fn state(&self, address: &str) -> HostState {
-        self.record.host(address).expect("known host").health.state()
+        self.record
+            .host(address)
+            .expect("known host")
+            .health
+            .state()
     }
 
     fn refusals(&self) -> usize {
@@ -87,7 +97,11 @@ fn ejection_cap_with_1_2_3_and_10_hosts() {
     assert_eq!(ejected_when_all_fail(2, 50), 1);
     assert_eq!(ejected_when_all_fail(3, 50), 1);
     assert_eq!(ejected_when_all_fail(10, 50), 5);
-    assert_eq!(ejected_when_all_fail(3, 10), 1, "small services are protected");
+    assert_eq!(
+        ejected_when_all_fail(3, 10),
+        1,
+        "small services are protected"
+    );
     assert_eq!(ejected_when_all_fail(10, 100), 10);
 }
 
@@ -125,8 +139,18 @@ fn successes_written_before_failures_reset_the_streak() {
         failures: vec![FAIL; 4],
     };
     service.apply(&host(1), mixed, 0);
-    assert_eq!(service.state(&host(1)), HostState::Healthy, "4 in a row, not 5");
-    let window = service.record.host(&host(1)).unwrap().health.window().clone();
+    assert_eq!(
+        service.state(&host(1)),
+        HostState::Healthy,
+        "4 in a row, not 5"
+    );
+    let window = service
+        .record
+        .host(&host(1))
+        .unwrap()
+        .health
+        .window()
+        .clone();
     assert_eq!((window.len(), window.failures()), (7, 4));
 }
 
@@ -141,7 +165,10 @@ fn weights_reflect_grades() {
     let weights = service.record.weights(2, &service.config);
     assert_eq!(weights, [100, 50, 0]);
     // host 3 returns after 10 s and ramps.
-    assert_eq!(service.record.weights(10_001, &service.config), [100, 50, 10]);
+    assert_eq!(
+        service.record.weights(10_001, &service.config),
+        [100, 50, 10]
+    );
 }
 
 #[test]
@@ -198,7 +225,10 @@ fn idle_healthy_hosts_are_forgotten() {
     let mut events = Vec::new();
     assert!(service.record.due(60_000, &service.config));
     service.record.advance(60_000, &service.config, &mut events);
-    assert!(service.record.host(&host(1)).is_none(), "scaled-down host forgotten");
+    assert!(
+        service.record.host(&host(1)).is_none(),
+        "scaled-down host forgotten"
+    );
     assert!(service.record.host(&host(2)).is_some(), "graded host kept");
 }
 
@@ -221,7 +251,11 @@ fn records_survive_the_shared_data_round_trip() {
     service.apply(&host(2), failures(10), 0);
     let bytes = encode(&service.record).unwrap();
     assert_eq!(decode(&bytes).as_ref(), Some(&service.record));
-    assert!(bytes.len() < 200, "small enough to copy per read: {}", bytes.len());
+    assert!(
+        bytes.len() < 200,
+        "small enough to copy per read: {}",
+        bytes.len()
+    );
 }
 
 #[test]

@@ -1,0 +1,49 @@
+//! Envoy properties and headers meshguard reads, decoded defensively: a
+//! missing property, a host error or an unexpected encoding all read as
+//! "unknown", never as a panic.
+
+use super::host::{self, Map};
+
+const CLUSTER_NAME: &[u8] = b"xds\0cluster_name";
+const UPSTREAM_ADDRESS: &[u8] = b"upstream\0address";
+const RESPONSE_CODE: &[u8] = b"response\0code";
+const RESPONSE_FLAGS: &[u8] = b"response\0flags";
+const PLUGIN_NAME: &[u8] = b"plugin_name";
+
+fn string(path: &[u8]) -> Option<String> {
+    let bytes = host::property(path).ok()??;
+    let text = String::from_utf8(bytes).ok()?;
+    (!text.is_empty()).then_some(text)
+}
+
+/// Envoy encodes integer properties as 8 little-endian bytes.
+fn integer(path: &[u8]) -> Option<i64> {
+    let bytes = host::property(path).ok()??;
+    let bytes: [u8; 8] = bytes.as_slice().try_into().ok()?;
+    Some(i64::from_le_bytes(bytes))
+}
+
+pub fn cluster_name() -> Option<String> {
+    string(CLUSTER_NAME)
+}
+
+pub fn upstream_address() -> Option<String> {
+    string(UPSTREAM_ADDRESS)
+}
+
+pub fn plugin_name() -> Option<String> {
+    string(PLUGIN_NAME)
+}
+
+pub fn response_code() -> Option<u16> {
+    integer(RESPONSE_CODE).and_then(|code| u16::try_from(code).ok())
+}
+
+pub fn response_flags() -> Option<u64> {
+    integer(RESPONSE_FLAGS).and_then(|flags| u64::try_from(flags).ok())
+}
+
+pub fn grpc_status(map: Map) -> Option<u32> {
+    let value = host::header(map, "grpc-status").ok()??;
+    std::str::from_utf8(&value).ok()?.trim().parse().ok()
+}
