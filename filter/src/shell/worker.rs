@@ -39,7 +39,6 @@ struct Plan {
 pub struct Worker {
     pub config: Rc<Config>,
     store: Store,
-    plugin: String,
     services: Vec<LocalService>,
     random: u64,
     /// Time of the last tick: precise enough for bookkeeping, and saves a
@@ -52,7 +51,6 @@ impl Worker {
         Worker {
             config,
             store: Store::new(plugin),
-            plugin: plugin.to_string(),
             services: Vec::new(),
             random: now | 1,
             clock_ms: now,
@@ -159,7 +157,7 @@ impl Worker {
                 service.pending.clear();
                 service.snapshot = record;
                 for event in &events {
-                    log_event(&self.plugin, &service.name, event);
+                    log_event(&service.name, event);
                 }
                 self.after_sync(position, now);
                 true
@@ -301,14 +299,16 @@ fn plan(
     })
 }
 
-fn log_event(plugin: &str, service: &str, event: &Event) {
+/// One line per grade change. Envoy already prefixes wasm logs with the
+/// plugin's name, root id and VM id.
+fn log_event(service: &str, event: &Event) {
     match event {
         Event::Transition {
             address,
             transition: t,
         } => match t.ejected_for_ms {
             Some(ms) => log::info!(
-                "meshguard[{plugin}]: {service} host {address}: {} -> {}: {}; ejected for {}.{:03}s (ejection #{})",
+                "meshguard: {service} host {address}: {} -> {}: {}; ejected for {}.{:03}s (ejection #{})",
                 t.from,
                 t.to,
                 t.reason,
@@ -317,17 +317,17 @@ fn log_event(plugin: &str, service: &str, event: &Event) {
                 t.times_ejected
             ),
             None => log::info!(
-                "meshguard[{plugin}]: {service} host {address}: {} -> {}: {}",
+                "meshguard: {service} host {address}: {} -> {}: {}",
                 t.from,
                 t.to,
                 t.reason
             ),
         },
         Event::EjectionRefused { address, reason } => log::info!(
-            "meshguard[{plugin}]: {service} host {address}: ejection refused by maxEjectionPercent ({reason})"
+            "meshguard: {service} host {address}: ejection refused by maxEjectionPercent ({reason})"
         ),
         Event::HostNotTracked { address } => log::warn!(
-            "meshguard[{plugin}]: {service} host {address}: not tracked, host table full (limits.maxHostsPerService)"
+            "meshguard: {service} host {address}: not tracked, host table full (limits.maxHostsPerService)"
         ),
     }
 }

@@ -1,0 +1,75 @@
+# meshguard: a new user on a fresh machine runs only `make run` or `make test`;
+# every target installs what it needs itself.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := build
+
+ROOT        := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+WASM_TARGET := wasm32-wasip1
+WASM_DIR    := $(ROOT)/target/$(WASM_TARGET)/release
+WASM        := $(WASM_DIR)/meshguard.wasm
+WASM_OPT    := $(WASM_DIR)/meshguard.opt.wasm
+# Envoy keeps one VM per worker thread; a small module keeps memory and
+# startup cheap. 250 KB = 256000 bytes.
+MAX_WASM_BYTES := 256000
+# The features rustc enables by default for wasm32-wasip1; wasm-opt refuses
+# the module unless they are allowed, and V8 in Envoy supports all of them.
+WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+                  --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types
+
+# What the tests and the demo load: the optimized module when binaryen made one.
+HAVE_WASM_OPT := $(shell command -v wasm-opt 2>/dev/null)
+MODULE := $(if $(HAVE_WASM_OPT),$(WASM_OPT),$(WASM))
+
+.PHONY: build lint test run envoy toolchain clean distclean
+
+toolchain:
+	@command -v rustup >/dev/null || { echo "rustup is required (https://rustup.rs)" >&2; exit 1; }
+	@rustup target list --installed | grep -qx '$(WASM_TARGET)' || rustup target add $(WASM_TARGET)
+	@for c in rustfmt clippy; do \
+	    rustup component list --installed | grep -q "^$$c" || rustup component add $$c; \
+	done
+
+build: toolchain
+	cargo build --release --target $(WASM_TARGET) -p meshguard
+	@if [[ -n "$(HAVE_WASM_OPT)" ]]; then \
+	    wasm-opt $(WASM_OPT_FLAGS) '$(WASM)' -o '$(WASM_OPT)'; \
+	else \
+	    echo "wasm-opt (binaryen) not on PATH: skipping meshguard.opt.wasm"; \
+	fi
+	@for f in '$(WASM)' $(if $(HAVE_WASM_OPT),'$(WASM_OPT)'); do \
+	    size=$$(stat -c %s "$$f"); \
+	    echo "$${f#$(ROOT)/}: $$size bytes ($$(( size / 1024 )) KB, limit $$(( $(MAX_WASM_BYTES) / 1024 )) KB)"; \
+	done
+	@# The limit applies to the plain build: wasm-opt is optional, so only
+	@# that one is the same on every machine.
+	@size=$$(stat -c %s '$(WASM)'); if (( size > $(MAX_WASM_BYTES) )); then \
+	    echo "error: meshguard.wasm is $$size bytes, over the $(MAX_WASM_BYTES)-byte limit" >&2; exit 1; \
+	fi
+
+lint: toolchain
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p meshguard --target $(WASM_TARGET) -- -D warnings
+
+envoy:
+	@scripts/ensure-envoy.sh
+
+# `cargo test --workspace` runs the filter's unit tests and host-tests,
+# including the real-Envoy checks, which need the module and Envoy.
+test: lint build
+	MESHGUARD_WASM='$(MODULE)' MESHGUARD_ENVOY="$$(scripts/ensure-envoy.sh)" cargo test --workspace
+
+run: build
+	cargo build -p host-tests --bin mg-upstream
+	MESHGUARD_WASM='$(MODULE)' MESHGUARD_ENVOY="$$(scripts/ensure-envoy.sh)" \
+	    MG_UPSTREAM='$(ROOT)/target/debug/mg-upstream' scripts/run-demo.sh
+
+clean:
+	cargo clean
+	rm -rf .run
+
+# Also drops the Envoy virtualenv (reinstalled on the next test or run).
+distclean: clean
+	rm -rf .venv

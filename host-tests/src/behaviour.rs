@@ -1,0 +1,183 @@
+//! What an mg-upstream server does with requests, as set through its admin port.
+
+use serde::{Deserialize, Serialize};
+
+/// The behaviour of an mg-upstream data port (`PUT /behaviour` body).
+///
+/// Every field is optional on the wire and a missing one means its default,
+/// so `{}` makes the server healthy again. A *fault* is one of `reset`,
+/// `grpcStatus` or `status` (checked in that order); `errorPercent` of the
+/// requests get the fault, spread evenly (see [`ErrorSpreader`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
+pub struct Behaviour {
+    /// HTTP status of faulty answers.
+    pub status: Option<u16>,
+    /// Share of requests that get the fault; defaults to 100 when a fault is
+    /// configured, else 0.
+    pub error_percent: Option<u8>,
+    /// Added before every answer (faulty or not).
+    pub latency_ms: u64,
+    /// Faulty requests get their connection closed without an answer.
+    pub reset: bool,
+    /// Stop listening on the data port and drop open connections, as if the
+    /// host had crashed; connections are refused until this is false again.
+    pub refuse: bool,
+    /// Answer gRPC-style: 200, `content-type: application/grpc` and a
+    /// `grpc-status` trailer: this code on faulty requests, 0 on the others.
+    pub grpc_status: Option<u32>,
+}
+
+impl Behaviour {
+    /// Healthy: every request answered 200 at once.
+    pub fn healthy() -> Self {
+        Self::default()
+    }
+
+    /// Every request answered with `status`.
+    pub fn status(status: u16) -> Self {
+        Self {
+            status: Some(status),
+            ..Self::default()
+        }
+    }
+
+    /// `percent` of the requests answered with `status`, the rest 200.
+    pub fn grey(status: u16, percent: u8) -> Self {
+        Self {
+            status: Some(status),
+            error_percent: Some(percent),
+            ..Self::default()
+        }
+    }
+
+    /// Every answer delayed by `ms` milliseconds.
+    pub fn slow(ms: u64) -> Self {
+        Self {
+            latency_ms: ms,
+            ..Self::default()
+        }
+    }
+
+    pub fn has_fault(&self) -> bool {
+        self.reset || self.grpc_status.is_some() || self.status.is_some()
+    }
+
+    /// The share of requests that get the fault, after defaults.
+    pub fn effective_error_percent(&self) -> u8 {
+        match self.error_percent {
+            Some(p) => p,
+            None if self.has_fault() => 100,
+            None => 0,
+        }
+    }
+
+    /// Checks values a server cannot honour; the message is shown to the caller.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(s) = self.status {
+            if !(100..=599).contains(&s) {
+                return Err(format!("status {s} is not an HTTP status (100-599)"));
+            }
+        }
+        if let Some(p) = self.error_percent {
+            if p > 100 {
+                return Err(format!("errorPercent {p} is above 100"));
+            }
+        }
+        if let Some(g) = self.grpc_status {
+            if g > 16 {
+                return Err(format!("grpcStatus {g} is not a gRPC code (0-16)"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The same behaviour with `errorPercent` spelled out, as the server reports it.
+    pub fn normalized(mut self) -> Self {
+        self.error_percent = Some(self.effective_error_percent());
+        self
+    }
+}
+
+/// Decides which requests get the fault so that exactly `percent` of every
+/// 100 consecutive requests do, evenly spread (Bresenham-style). Tests then
+/// see the same sequence on every run instead of a random one.
+#[derive(Debug, Clone, Default)]
+pub struct ErrorSpreader {
+    percent: u64,
+    seen: u64,
+}
+
+impl ErrorSpreader {
+    pub fn new(percent: u8) -> Self {
+        Self {
+            percent: u64::from(percent.min(100)),
+            seen: 0,
+        }
+    }
+
+    /// True when this request should get the fault.
+    pub fn next_is_fault(&mut self) -> bool {
+        let before = self.seen * self.percent / 100;
+        self.seen += 1;
+        let after = self.seen * self.percent / 100;
+        after > before
+    }
+}
+
+/// `GET /stats` of an mg-upstream server.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub name: String,
+    /// Requests received on the data port since start or the last reset.
+    pub requests: u64,
+    /// Of those, how many got the fault.
+    pub errors: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spreader_hits_exact_share_evenly() {
+        for p in [0u8, 1, 10, 35, 50, 99, 100] {
+            let mut s = ErrorSpreader::new(p);
+            let faults: Vec<bool> = (0..200).map(|_| s.next_is_fault()).collect();
+            assert_eq!(
+                faults.iter().filter(|f| **f).count(),
+                2 * p as usize,
+                "p={p}"
+            );
+            // Evenly spread: any 20 consecutive requests hold p/5 faults, +-1.
+            for w in faults.windows(20) {
+                let n = w.iter().filter(|f| **f).count() as i64;
+                assert!((n - i64::from(p) / 5).abs() <= 1, "p={p} window has {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn missing_fields_mean_defaults() {
+        let b: Behaviour = serde_json::from_str(r#"{"status":503}"#).expect("parse");
+        assert_eq!(b.effective_error_percent(), 100);
+        let b: Behaviour = serde_json::from_str("{}").expect("parse");
+        assert_eq!(b, Behaviour::healthy());
+        assert_eq!(b.effective_error_percent(), 0);
+        let b: Behaviour =
+            serde_json::from_str(r#"{"status":503,"errorPercent":35,"latencyMs":200,"reset":false,"refuse":false,"grpcStatus":null}"#)
+                .expect("parse");
+        assert_eq!(
+            b,
+            Behaviour {
+                latency_ms: 200,
+                ..Behaviour::grey(503, 35)
+            }
+        );
+        assert!(
+            serde_json::from_str::<Behaviour>(r#"{"statu":503}"#).is_err(),
+            "typos must be rejected"
+        );
+        assert!(Behaviour::status(700).validate().is_err());
+    }
+}

@@ -1,0 +1,467 @@
+//! mg-upstream: a demo/test upstream whose failures are set at run time.
+//!
+//! ```text
+//! mg-upstream --name u1 --listen 127.0.0.1:18081 --admin 127.0.0.1:19081
+//! ```
+//! Data port: 200 `{"upstream":"u1"}` with `x-upstream-name: u1`, unless the
+//! behaviour says otherwise. Admin port: `PUT|GET /behaviour`, `GET /stats`,
+//! `POST /stats/reset` (see `host_tests::Behaviour`). Port 0 picks a free
+//! port; the first stdout line reports the bound addresses.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use host_tests::upstream::READY_PREFIX;
+use host_tests::{Behaviour, ErrorSpreader, Stats};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Frame, Incoming};
+use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE, TRAILER};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::watch;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+const STEERING_HEADER: &str = "x-meshguard-upstream";
+const SAW_STEERING_HEADER: &str = "x-upstream-saw-meshguard-upstream";
+
+struct Args {
+    name: String,
+    listen: SocketAddr,
+    admin: SocketAddr,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut name = None;
+    let mut listen = None;
+    let mut admin = None;
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--name" => name = Some(value()?),
+            "--listen" => listen = Some(value()?),
+            "--admin" => admin = Some(value()?),
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    let addr = |v: Option<String>, flag: &str| -> Result<SocketAddr, String> {
+        let v = v.ok_or_else(|| format!("{flag} is required"))?;
+        v.parse().map_err(|e| format!("{flag} {v}: {e}"))
+    };
+    Ok(Args {
+        name: name.ok_or("--name is required")?,
+        listen: addr(listen, "--listen")?,
+        admin: addr(admin, "--admin")?,
+    })
+}
+
+struct State {
+    behaviour: Behaviour,
+    spreader: ErrorSpreader,
+}
+
+struct Shared {
+    name: String,
+    state: Mutex<State>,
+    requests: AtomicU64,
+    errors: AtomicU64,
+    /// Whether the data port must be closed; the acceptor and every open
+    /// data connection watch it.
+    refuse: watch::Sender<bool>,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn stats(&self) -> Stats {
+        Stats {
+            name: self.name.clone(),
+            requests: self.requests.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+        }
+    }
+
+    fn set_behaviour(&self, b: Behaviour) {
+        let b = b.normalized();
+        let refuse = b.refuse;
+        {
+            let mut st = self.state();
+            st.spreader = ErrorSpreader::new(b.effective_error_percent());
+            st.behaviour = b;
+        }
+        self.refuse.send_replace(refuse);
+    }
+}
+
+fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into()).boxed()
+}
+
+fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// The error a data request fails with when the behaviour says "reset": hyper
+/// then drops the connection (HTTP/1) or resets the stream (HTTP/2) without
+/// answering.
+#[derive(Debug)]
+struct InjectedReset;
+
+impl std::fmt::Display for InjectedReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("injected reset")
+    }
+}
+
+impl std::error::Error for InjectedReset {}
+
+async fn handle_data(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, InjectedReset> {
+    shared.requests.fetch_add(1, Ordering::Relaxed);
+    let (b, fault) = {
+        let mut st = shared.state();
+        let fault = st.spreader.next_is_fault();
+        (st.behaviour.clone(), fault)
+    };
+    if b.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(b.latency_ms)).await;
+    }
+    if fault {
+        shared.errors.fetch_add(1, Ordering::Relaxed);
+        if b.reset {
+            return Err(InjectedReset);
+        }
+    }
+    let name = shared.name.as_str();
+    let mut resp = if let Some(code) = b.grpc_status {
+        grpc_response(if fault { code } else { 0 })
+    } else {
+        let status = match (fault, b.status) {
+            (true, Some(s)) => StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            _ => StatusCode::OK,
+        };
+        let body = if status == StatusCode::OK {
+            serde_json::json!({ "upstream": name })
+        } else {
+            serde_json::json!({ "upstream": name, "status": status.as_u16() })
+        };
+        json_response(status, &body)
+    };
+    if let Ok(v) = HeaderValue::from_str(name) {
+        resp.headers_mut().insert("x-upstream-name", v);
+    }
+    // Lets tests check that Envoy strips meshguard's steering header before
+    // the request reaches the application.
+    if let Some(v) = req.headers().get(STEERING_HEADER) {
+        resp.headers_mut().insert(SAW_STEERING_HEADER, v.clone());
+    }
+    Ok(resp)
+}
+
+/// 200 + `application/grpc` + one empty message + `grpc-status` trailer: what a
+/// gRPC server sends for a unary call, whatever the request was.
+fn grpc_response(code: u32) -> Response<Body> {
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from(code));
+    if code != 0 {
+        trailers.insert(
+            "grpc-message",
+            HeaderValue::from_static("injected by mg-upstream"),
+        );
+    }
+    // Length-prefixed message framing: not compressed, zero-length message.
+    let body = GrpcBody {
+        data: Some(Bytes::from_static(&[0, 0, 0, 0, 0])),
+        trailers: Some(trailers),
+    };
+    let mut r = Response::new(body.boxed());
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    // hyper's HTTP/1 encoder only sends trailers announced here (and only if
+    // the client sent `te: trailers`); HTTP/2 needs neither.
+    r.headers_mut().insert(
+        TRAILER,
+        HeaderValue::from_static("grpc-status, grpc-message"),
+    );
+    r
+}
+
+/// One data frame, then trailers. http-body-util's `WithTrailers` over `Full`
+/// reports end-of-stream after the data, so hyper never sends its trailers.
+struct GrpcBody {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+}
+
+impl hyper::body::Body for GrpcBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let frame = match self.data.take() {
+            Some(d) => Some(Frame::data(d)),
+            None => self.trailers.take().map(Frame::trailers),
+        };
+        std::task::Poll::Ready(frame.map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
+    }
+}
+
+async fn handle_admin(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let resp = match (req.method().clone(), path.as_str()) {
+        (Method::GET, "/behaviour") => json_response(StatusCode::OK, &shared.state().behaviour),
+        (Method::PUT, "/behaviour") => {
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return Ok(text(
+                        StatusCode::BAD_REQUEST,
+                        format!("cannot read body: {e}\n"),
+                    ))
+                }
+            };
+            let parsed: Result<Behaviour, String> = if body.iter().all(u8::is_ascii_whitespace) {
+                Ok(Behaviour::healthy())
+            } else {
+                serde_json::from_slice(&body).map_err(|e| e.to_string())
+            };
+            match parsed.and_then(|b| b.validate().map(|()| b)) {
+                Ok(b) => {
+                    shared.set_behaviour(b);
+                    let now = shared.state().behaviour.clone();
+                    eprintln!(
+                        "mg-upstream {}: behaviour {}",
+                        shared.name,
+                        serde_json::to_string(&now).unwrap_or_default()
+                    );
+                    json_response(StatusCode::OK, &now)
+                }
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("bad behaviour: {e}\n")),
+            }
+        }
+        (Method::GET, "/stats") => json_response(StatusCode::OK, &shared.stats()),
+        (Method::POST, "/stats/reset") => {
+            shared.requests.store(0, Ordering::Relaxed);
+            shared.errors.store(0, Ordering::Relaxed);
+            json_response(StatusCode::OK, &shared.stats())
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "endpoints: GET|PUT /behaviour, GET /stats, POST /stats/reset\n".to_string(),
+        ),
+    };
+    Ok(resp)
+}
+
+fn text(status: StatusCode, msg: String) -> Response<Body> {
+    let mut r = Response::new(full(msg));
+    *r.status_mut() = status;
+    r
+}
+
+/// Resolves once `refuse` is (or becomes) true; never if the sender is gone.
+async fn refusing(mut rx: watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+fn serve_data_conn(shared: Arc<Shared>, stream: TcpStream) {
+    let rx = shared.refuse.subscribe();
+    tokio::spawn(async move {
+        let _ = stream.set_nodelay(true);
+        let svc = service_fn(move |req| handle_data(shared.clone(), req));
+        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let conn = builder.serve_connection(TokioIo::new(stream), svc);
+        // Dropping the connection closes the socket: with `refuse` the host
+        // looks crashed to pooled connections too, not only to new ones.
+        tokio::select! {
+            _ = conn => {}
+            _ = refusing(rx) => {}
+        }
+    });
+}
+
+/// Accepts data connections, closing the listener while `refuse` is set and
+/// binding the same address again afterwards.
+async fn run_data(shared: Arc<Shared>, addr: SocketAddr, first: TcpListener) {
+    let mut rx = shared.refuse.subscribe();
+    let mut listener = Some(first);
+    loop {
+        if *rx.borrow_and_update() {
+            listener = None;
+            if rx.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let l = match listener.take() {
+            Some(l) => l,
+            None => match TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!(
+                        "mg-upstream {}: cannot bind {addr} again: {e}; retrying",
+                        shared.name
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            },
+        };
+        loop {
+            tokio::select! {
+                accepted = l.accept() => match accepted {
+                    Ok((stream, _)) => serve_data_conn(shared.clone(), stream),
+                    Err(e) => {
+                        // Usually EMFILE or a connection aborted before accept:
+                        // back off briefly instead of spinning.
+                        eprintln!("mg-upstream {}: accept: {e}", shared.name);
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if *rx.borrow() {
+                        break;
+                    }
+                }
+            }
+        }
+        // `l` is dropped here: the port now refuses connections.
+    }
+}
+
+async fn run_admin(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                eprintln!("mg-upstream {}: admin accept: {e}", shared.name);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle_admin(shared.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+async fn shutdown_signal(mut term: Signal, mut int: Signal) -> &'static str {
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let data = TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let admin = TcpListener::bind(args.admin)
+        .await
+        .map_err(|e| format!("cannot listen on {} (admin): {e}", args.admin))?;
+    let data_addr = data.local_addr().map_err(|e| e.to_string())?;
+    let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
+
+    let (refuse, _) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        name: args.name.clone(),
+        state: Mutex::new(State {
+            behaviour: Behaviour::healthy().normalized(),
+            spreader: ErrorSpreader::new(0),
+        }),
+        requests: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        refuse,
+    });
+    // Subscribe to signals before announcing readiness, so a SIGTERM sent
+    // right after the ready line is never missed.
+    let term =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    let int = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
+    tokio::spawn(run_data(shared.clone(), data_addr, data));
+    tokio::spawn(run_admin(shared.clone(), admin));
+    println!(
+        "{READY_PREFIX} name={} data={data_addr} admin={admin_addr}",
+        args.name
+    );
+    let sig = shutdown_signal(term, int).await;
+    eprintln!("mg-upstream {}: {sig}, exiting", args.name);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("mg-upstream: {e}");
+            }
+            eprintln!("usage: mg-upstream --name NAME --listen IP:PORT --admin IP:PORT");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mg-upstream: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(run(args));
+    // Open connections are not waited for: a test upstream has nothing to flush.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mg-upstream: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

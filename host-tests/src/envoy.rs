@@ -1,0 +1,289 @@
+//! Rendering `envoy/demo.yaml.tmpl` and running the real Envoy on it.
+
+use std::fs::{self, File};
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::http;
+use crate::process::ChildGuard;
+
+/// The template shared with `scripts/render-envoy-config.sh`.
+pub const TEMPLATE: &str = include_str!("../../envoy/demo.yaml.tmpl");
+
+/// Envoy's last startup log line.
+const STARTED_MARKER: &str = "starting main dispatch loop";
+
+/// The meshguard wasm filter in the rendered config.
+#[derive(Debug, Clone)]
+pub struct WasmPlugin {
+    pub wasm_path: PathBuf,
+    /// meshguard's JSON configuration.
+    pub config: String,
+}
+
+/// Values for the template's `${NAME}` variables.
+#[derive(Debug, Clone)]
+pub struct TemplateVars {
+    pub admin_port: u16,
+    pub listen_port: u16,
+    pub upstream_ports: [u16; 3],
+    /// None renders the proxy without the meshguard filter.
+    pub wasm: Option<WasmPlugin>,
+}
+
+/// Renders `template` with the same rules as the shell renderer: drop the
+/// `BEGIN meshguard`..`END meshguard` lines when there is no wasm plugin,
+/// replace every `${NAME}`, and fail on any variable left outside comments.
+pub fn render(template: &str, vars: &TemplateVars) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len() + 256);
+    let mut skipping = false;
+    for line in template.lines() {
+        let t = line.trim_start();
+        if vars.wasm.is_none() {
+            if t.starts_with("# BEGIN meshguard") {
+                skipping = true;
+                continue;
+            }
+            if t.starts_with("# END meshguard") {
+                skipping = false;
+                continue;
+            }
+            if skipping {
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    let mut subst: Vec<(&str, String)> = vec![
+        ("ADMIN_PORT", vars.admin_port.to_string()),
+        ("LISTEN_PORT", vars.listen_port.to_string()),
+        ("UPSTREAM1_PORT", vars.upstream_ports[0].to_string()),
+        ("UPSTREAM2_PORT", vars.upstream_ports[1].to_string()),
+        ("UPSTREAM3_PORT", vars.upstream_ports[2].to_string()),
+    ];
+    if let Some(w) = &vars.wasm {
+        subst.push(("WASM_PATH", w.wasm_path.display().to_string()));
+        // The configuration sits in a single-quoted YAML scalar.
+        subst.push(("PLUGIN_CONFIG", w.config.replace('\'', "''")));
+    }
+    for (name, value) in subst {
+        out = out.replace(&format!("${{{name}}}"), &value);
+    }
+    if let Some(left) = out
+        .lines()
+        .find(|l| !l.trim_start().starts_with('#') && l.contains("${"))
+    {
+        return Err(format!("unsubstituted variable in Envoy config: {left}"));
+    }
+    Ok(out)
+}
+
+/// `N` distinct loopback ports that were free a moment ago. All are held at
+/// once while picking so they differ from each other.
+pub fn free_ports<const N: usize>() -> io::Result<[u16; N]> {
+    let listeners = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<io::Result<Vec<_>>>()?;
+    let mut ports = [0u16; N];
+    for (p, l) in ports.iter_mut().zip(&listeners) {
+        *p = l.local_addr()?.port();
+    }
+    Ok(ports)
+}
+
+/// Runs `envoy --mode validate` on a config file; Err carries Envoy's output.
+pub fn validate(envoy_bin: &Path, config: &Path) -> io::Result<()> {
+    let out = Command::new(envoy_bin)
+        .args([
+            "--mode",
+            "validate",
+            "--disable-hot-restart",
+            "-l",
+            "warning",
+            "-c",
+        ])
+        .arg(config)
+        .output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "envoy rejected {}:\n{}{}",
+            config.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )))
+    }
+}
+
+/// A running Envoy.
+#[derive(Debug)]
+pub struct Envoy {
+    pub admin: SocketAddr,
+    pub listener: SocketAddr,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    child: ChildGuard,
+}
+
+impl Envoy {
+    /// Renders the template into `work_dir`, starts Envoy on fresh ports and
+    /// waits until admin `/ready` says LIVE.
+    pub fn start(
+        envoy_bin: &Path,
+        work_dir: &Path,
+        upstream_ports: [u16; 3],
+        wasm: Option<WasmPlugin>,
+    ) -> io::Result<Self> {
+        fs::create_dir_all(work_dir)?;
+        let [admin_port, listen_port] = free_ports::<2>()?;
+        let yaml = render(
+            TEMPLATE,
+            &TemplateVars {
+                admin_port,
+                listen_port,
+                upstream_ports,
+                wasm,
+            },
+        )
+        .map_err(io::Error::other)?;
+        let config_path = work_dir.join("envoy.yaml");
+        let log_path = work_dir.join("envoy.log");
+        fs::write(&config_path, yaml)?;
+        // A stale log from an earlier run would confuse whoever reads it.
+        let _ = fs::remove_file(&log_path);
+        let stderr = File::create(work_dir.join("envoy.stderr"))?;
+
+        let mut cmd = Command::new(envoy_bin);
+        cmd.arg("-c")
+            .arg(&config_path)
+            // Without it Envoy dies with the thread that spawned it and
+            // parallel Envoys clash on shared memory.
+            .arg("--disable-hot-restart")
+            .args(["--concurrency", "2"])
+            // Default flush is 10 s; tests read the log while Envoy runs.
+            .args(["--file-flush-interval-msec", "200"])
+            .args(["-l", "info", "--log-path"])
+            .arg(&log_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(stderr));
+        let child = ChildGuard::spawn("envoy", &mut cmd, Duration::from_secs(5))?;
+        let mut envoy = Self {
+            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+            listener: SocketAddr::from(([127, 0, 0, 1], listen_port)),
+            config_path,
+            log_path,
+            child,
+        };
+        envoy.wait_ready(Duration::from_secs(20))?;
+        Ok(envoy)
+    }
+
+    fn wait_ready(&mut self, limit: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.exited() {
+                return Err(io::Error::other(format!(
+                    "envoy exited during startup ({status}); log tail:\n{}\nstderr:\n{}",
+                    self.log_tail(40),
+                    fs::read_to_string(self.log_path.with_file_name("envoy.stderr"))
+                        .unwrap_or_default()
+                )));
+            }
+            if let Ok(r) = http::get(self.admin, "/ready", Duration::from_millis(500)) {
+                if r.status == 200 {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!(
+                    "envoy not ready after {limit:?}; log tail:\n{}",
+                    self.log_tail(40)
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The whole Envoy log so far (flushed every 200 ms).
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The last `n` lines of the log. Once Envoy has started, only lines
+    /// after startup: its listing of compiled-in extensions would otherwise
+    /// fill the tail of a short run.
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log();
+        let after_start = log
+            .find(STARTED_MARKER)
+            .and_then(|i| log[i..].find('\n').map(|j| &log[i + j + 1..]))
+            .unwrap_or(&log);
+        last_lines(after_start, n, |_| true)
+    }
+
+    /// The last `n` log lines containing `needle`.
+    pub fn log_matching(&self, needle: &str, n: usize) -> String {
+        last_lines(&self.log(), n, |l| l.contains(needle))
+    }
+
+    /// `GET` on the admin port; Err unless 200.
+    pub fn admin_get(&self, path: &str) -> io::Result<String> {
+        let r = http::get(self.admin, path, Duration::from_secs(5))?;
+        if r.status != 200 {
+            return Err(io::Error::other(format!(
+                "envoy admin {path}: {}",
+                r.status
+            )));
+        }
+        Ok(r.body_text())
+    }
+
+    /// Stops Envoy and waits until its PID is gone.
+    pub fn stop(&mut self) {
+        self.child.stop();
+    }
+}
+
+fn last_lines(text: &str, n: usize, keep: impl Fn(&str) -> bool) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| keep(l)).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(wasm: bool) -> TemplateVars {
+        TemplateVars {
+            admin_port: 1,
+            listen_port: 2,
+            upstream_ports: [11, 12, 13],
+            wasm: wasm.then(|| WasmPlugin {
+                wasm_path: PathBuf::from("/x/meshguard.wasm"),
+                config: r#"{"note":"it's"}"#.to_string(),
+            }),
+        }
+    }
+
+    #[test]
+    fn renders_with_and_without_wasm() {
+        let with = render(TEMPLATE, &vars(true)).expect("render");
+        assert!(with.contains(r#"value: '{"note":"it''s"}'"#), "{with}");
+        assert!(with.contains("/x/meshguard.wasm"));
+        assert!(with.contains("port_value: 13 "));
+        let without = render(TEMPLATE, &vars(false)).expect("render");
+        assert!(!without.contains("envoy.filters.http.wasm"));
+        assert!(without.contains("envoy.filters.http.router"));
+        assert!(without.contains("x-meshguard-upstream"));
+    }
+}

@@ -1,0 +1,41 @@
+//! Test harnesses for meshguard.
+//!
+//! - [`behaviour`]: what an mg-upstream server does (shared by the server and tests);
+//! - [`upstream`]: start mg-upstream processes, change their behaviour, read stats;
+//! - [`envoy`]: render `envoy/demo.yaml.tmpl` and run the real Envoy on it;
+//! - [`traffic`]: client traffic through Envoy, tallied per upstream and status;
+//! - [`http`]: a minimal blocking HTTP/1.1 client;
+//! - [`process`]: child processes killed on drop, also when a test panics.
+
+pub mod behaviour;
+pub mod envoy;
+pub mod http;
+pub mod process;
+pub mod traffic;
+pub mod upstream;
+
+use std::path::PathBuf;
+
+/// meshguard configuration for the real-Envoy tests: small windows and short
+/// times so detection, ejection and warm-up fit in seconds.
+pub const TEST_PLUGIN_CONFIG: &str = r#"{"detection":{"windowSize":20,"minRequests":10},"ejection":{"baseEjectionTime":"3s","maxEjectionTime":"30s","warmupDuration":"4s"}}"#;
+
+/// The path in environment variable `var`, which must name an existing file.
+/// `what` and `how` go into the error, so a missing prerequisite fails the
+/// test with instructions instead of passing silently.
+pub fn required_file_from_env(var: &str, what: &str, how: &str) -> Result<PathBuf, String> {
+    let value = std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| format!("{var} is not set: it must name {what}. {how}"))?;
+    let path = PathBuf::from(value);
+    if !path.is_file() {
+        return Err(format!(
+            "{var}={} does not exist: it must name {what}. {how}",
+            path.display()
+        ));
+    }
+    Ok(path)
+}
+
+pub use behaviour::{Behaviour, ErrorSpreader, Stats};
+pub use upstream::{Upstream, UpstreamAdmin};

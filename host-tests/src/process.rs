@@ -1,0 +1,86 @@
+//! Child processes that cannot outlive the test that started them.
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// Owns a child process: on drop (also while unwinding from a failed
+/// assertion) it sends SIGTERM, waits up to `grace`, then SIGKILLs, and
+/// always reaps the child so its PID (and Envoy's SO_REUSEPORT listeners)
+/// are gone when drop returns.
+#[derive(Debug)]
+pub struct ChildGuard {
+    name: String,
+    child: Child,
+    grace: Duration,
+}
+
+impl ChildGuard {
+    /// Spawns `cmd`. The child also gets PR_SET_PDEATHSIG(SIGKILL), so an
+    /// interrupted `cargo test` (no drop runs) does not leave it behind.
+    pub fn spawn(name: &str, cmd: &mut Command, grace: Duration) -> io::Result<Self> {
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot start {name}: {e}")))?;
+        Ok(Self {
+            name: name.to_string(),
+            child,
+            grace,
+        })
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `Some(status)` if the child already exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Stops the child (SIGTERM, then SIGKILL after the grace period) and reaps it.
+    pub fn stop(&mut self) {
+        if self.exited().is_some() {
+            return;
+        }
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: plain syscall on the PID of a child we have not reaped yet.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + self.grace;
+        while Instant::now() < deadline {
+            if self.exited().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,237 @@
+#!/usr/bin/env bash
+# meshguard demo (`make run`): three mg-upstream servers behind Envoy with the
+# meshguard filter, a short narrated scenario, then everything keeps running
+# for you to play with until Ctrl-C. Nothing is left running afterwards.
+#
+# Inputs (make run sets them; the defaults work after `make build`):
+#   MESHGUARD_WASM   the module        (default: target/wasm32-wasip1/release/meshguard[.opt].wasm)
+#   MESHGUARD_ENVOY  the Envoy binary  (default: scripts/ensure-envoy.sh)
+#   MG_UPSTREAM      mg-upstream       (default: target/debug/mg-upstream, built if missing)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RUN_DIR="$ROOT/.run/demo"
+ENVOY_PORT=10000
+ADMIN_PORT=9901
+UP_PORTS=(18081 18082 18083)
+UP_ADMIN=(19081 19082 19083)
+NAMES=(u1 u2 u3)
+URL="http://127.0.0.1:$ENVOY_PORT/"
+RATE=50
+# Like the tests' configuration, but the ejection outlasts the "u2 is broken"
+# scene so the story is not interrupted by u2's (failing) return.
+PLUGIN_CONFIG='{"detection":{"windowSize":20,"minRequests":10},"ejection":{"baseEjectionTime":"10s","maxEjectionTime":"60s","warmupDuration":"5s"}}'
+
+if [[ -t 1 ]]; then
+    B=$'\e[1m' DIM=$'\e[2m' RED=$'\e[31m' GRN=$'\e[32m' YEL=$'\e[33m' CYA=$'\e[36m' RST=$'\e[0m'
+else
+    B='' DIM='' RED='' GRN='' YEL='' CYA='' RST=''
+fi
+say() { printf '%s\n' "$*"; }
+title() { printf '\n%s== %s ==%s\n' "$B$CYA" "$*" "$RST"; }
+die() { printf '%serror:%s %s\n' "$RED$B" "$RST" "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- prerequisites
+if ! command -v curl >/dev/null; then
+    command -v apt-get >/dev/null && [[ $(id -u) -eq 0 ]] || die "curl is required (apt-get install curl)"
+    say "installing curl..."
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
+fi
+# --rate (curl >= 7.84) spaces the requests of one curl run evenly.
+RATE_OPT=()
+curl --help all 2>/dev/null | grep -q -- '--rate' && RATE_OPT=(--rate "$RATE/s")
+
+if [[ -z "${MESHGUARD_WASM:-}" ]]; then
+    MESHGUARD_WASM="$ROOT/target/wasm32-wasip1/release/meshguard.opt.wasm"
+    [[ -f "$MESHGUARD_WASM" ]] || MESHGUARD_WASM="$ROOT/target/wasm32-wasip1/release/meshguard.wasm"
+fi
+[[ -f "$MESHGUARD_WASM" ]] || die "no meshguard module at $MESHGUARD_WASM (run: make run)"
+MESHGUARD_ENVOY="${MESHGUARD_ENVOY:-$("$ROOT/scripts/ensure-envoy.sh")}"
+MG_UPSTREAM="${MG_UPSTREAM:-$ROOT/target/debug/mg-upstream}"
+if [[ ! -x "$MG_UPSTREAM" ]]; then
+    (cd "$ROOT" && cargo build -q -p host-tests --bin mg-upstream)
+fi
+
+for p in "$ENVOY_PORT" "$ADMIN_PORT" "${UP_PORTS[@]}" "${UP_ADMIN[@]}"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+        die "port $p is already in use (an earlier demo still running?)"
+    fi
+done
+
+# ---------------------------------------------------------------- processes
+PIDS=()
+cleanup() {
+    trap - EXIT INT TERM
+    ((${#PIDS[@]})) || return 0
+    printf '\n%sstopping Envoy and the upstreams...%s\n' "$DIM" "$RST"
+    kill -TERM "${PIDS[@]}" 2>/dev/null || true
+    # Envoy needs about a second; after 5 s nothing is waited for any more.
+    for _ in $(seq 50); do
+        local alive=0
+        for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        ((alive)) || break
+        sleep 0.1
+    done
+    kill -KILL "${PIDS[@]}" 2>/dev/null || true
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+# Ctrl-C is how the demo is meant to end: not an error for make.
+trap 'exit 0' INT
+trap 'exit 143' TERM
+
+rm -rf "$RUN_DIR"
+mkdir -p "$RUN_DIR"
+
+wait_http() { # url what
+    for _ in $(seq 100); do
+        curl -sf -o /dev/null "$1" && return 0
+        sleep 0.1
+    done
+    die "$2 did not come up (logs in $RUN_DIR)"
+}
+
+title "Starting"
+for i in 0 1 2; do
+    # setsid: Ctrl-C reaches only this script, whose trap then stops the
+    # children in order (otherwise they die with it and look like crashes).
+    setsid "$MG_UPSTREAM" --name "${NAMES[$i]}" --listen "127.0.0.1:${UP_PORTS[$i]}" \
+        --admin "127.0.0.1:${UP_ADMIN[$i]}" >/dev/null 2>"$RUN_DIR/${NAMES[$i]}.log" &
+    PIDS+=($!)
+done
+for i in 0 1 2; do
+    wait_http "http://127.0.0.1:${UP_ADMIN[$i]}/stats" "mg-upstream ${NAMES[$i]}"
+    say "  upstream ${NAMES[$i]}  data 127.0.0.1:${UP_PORTS[$i]}  admin 127.0.0.1:${UP_ADMIN[$i]}"
+done
+
+ADMIN_PORT=$ADMIN_PORT LISTEN_PORT=$ENVOY_PORT \
+    UPSTREAM1_PORT=${UP_PORTS[0]} UPSTREAM2_PORT=${UP_PORTS[1]} UPSTREAM3_PORT=${UP_PORTS[2]} \
+    WASM_PATH="$MESHGUARD_WASM" PLUGIN_CONFIG="$PLUGIN_CONFIG" \
+    "$ROOT/scripts/render-envoy-config.sh" >"$RUN_DIR/envoy.yaml"
+setsid "$MESHGUARD_ENVOY" -c "$RUN_DIR/envoy.yaml" --disable-hot-restart --concurrency 2 \
+    --file-flush-interval-msec 200 -l info --log-path "$RUN_DIR/envoy.log" \
+    >/dev/null 2>"$RUN_DIR/envoy.stderr" &
+PIDS+=($!)
+ENVOY_PID=$!
+for _ in $(seq 100); do
+    curl -sf -o /dev/null "http://127.0.0.1:$ADMIN_PORT/ready" && break
+    kill -0 "$ENVOY_PID" 2>/dev/null || { tail -n 20 "$RUN_DIR/envoy.log" >&2; die "Envoy exited during startup"; }
+    sleep 0.1
+done
+curl -sf -o /dev/null "http://127.0.0.1:$ADMIN_PORT/ready" || die "Envoy not ready (log: $RUN_DIR/envoy.log)"
+say "  envoy      listener 127.0.0.1:$ENVOY_PORT  admin 127.0.0.1:$ADMIN_PORT"
+say "  meshguard  $(basename "$MESHGUARD_WASM")  config $PLUGIN_CONFIG"
+
+# ---------------------------------------------------------------- traffic
+# One curl run sends one second of traffic; `connection: close` makes every
+# request a new connection, spread over Envoy's workers like real clients.
+# Prints "code upstream" per request ("envoy" for Envoy's own replies).
+fire() {
+    local urls=()
+    for ((i = 0; i < RATE; i++)); do urls+=("$URL"); done
+    curl -s "${RATE_OPT[@]}" --max-time 10 -H 'connection: close' -w ' %{http_code}\n' "${urls[@]}" 2>/dev/null |
+        awk '{ up = "envoy"; if (match($0, /"upstream":"[^"]*"/)) up = substr($0, RSTART + 12, RLENGTH - 13); print $NF, up }'
+}
+
+bar() { # percent -> bar of 12 cells
+    local n=$(( ($1 * 12 + 50) / 100 )) s=''
+    for ((j = 0; j < n; j++)); do s+='█'; done
+    for ((j = n; j < 12; j++)); do s+='·'; done
+    printf '%s' "$s"
+}
+
+SECOND=0
+U2_SHARE=0
+# Sends one second of traffic and prints one line: client outcome, then each
+# upstream's share of the requests.
+second() {
+    local start=$EPOCHREALTIME out total ok line
+    out="$(fire)"
+    total=$(grep -c . <<<"$out" || true)
+    ok=$(grep -c '^200 ' <<<"$out" || true)
+    ((total > 0)) || total=1
+    local okc="$GRN"
+    ((ok < total)) && okc="$RED"
+    line=$(printf '  %s%3ds%s  clients: %s%3d/%d ok%s │' "$DIM" "$SECOND" "$RST" "$okc" "$ok" "$total" "$RST")
+    for name in "${NAMES[@]}"; do
+        local n pct col=''
+        n=$(grep -c " $name\$" <<<"$out" || true)
+        pct=$(( n * 100 / total ))
+        [[ $name == u2 ]] && U2_SHARE=$pct && col=$YEL
+        line+=$(printf ' %s%s %s %3d%%%s │' "$col" "$name" "$(bar "$pct")" "$pct" "$RST")
+    done
+    printf '%s\n' "$line"
+    SECOND=$((SECOND + 1))
+    # Without --rate curl sends as fast as it can: pad to a full second.
+    local spent
+    spent=$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { d = 1 - (b - a); if (d > 0) printf "%.3f", d; else print 0 }')
+    sleep "$spent"
+}
+
+set_behaviour() { # index json
+    curl -sf -X PUT "http://127.0.0.1:${UP_ADMIN[$1]}/behaviour" -d "$2" >/dev/null ||
+        die "cannot change ${NAMES[$1]}'s behaviour"
+}
+
+title "1. Normal traffic"
+say "Clients send $RATE requests/s through Envoy; round robin gives each upstream about a third."
+for _ in 1 2 3; do second; done
+
+title "2. u2 starts failing"
+say "u2 now answers ${RED}503${RST} to every request. meshguard sees the failures in live traffic,"
+say "marks u2 unhealthy and steers requests to u1 and u3 (x-meshguard-upstream)."
+set_behaviour 1 '{"status":503}'
+for _ in 1 2 3 4 5 6; do second; done
+
+title "3. u2 recovers"
+say "u2 answers 200 again. It stays ejected until its ejection time is over, then comes back"
+say "through a warm-up: a small share first, rising to a full third."
+set_behaviour 1 '{}'
+returned=-1 steady=0
+for _ in $(seq 24); do
+    second
+    if ((returned < 0 && U2_SHARE > 0)); then returned=$SECOND; fi
+    if ((returned >= 0 && U2_SHARE >= 25)); then steady=$((steady + 1)); else steady=0; fi
+    ((steady >= 3)) && break
+done
+((steady >= 3)) || say "  ${YEL}(u2 did not get back to a full share within the demo; see the log below)${RST}"
+
+title "What meshguard logged"
+sleep 0.3 # Envoy flushes its log every 200 ms
+if grep -q 'meshguard' "$RUN_DIR/envoy.log"; then
+    # "[date time][tid][level][wasm] [source] wasm log <plugin ids>: msg" -> "time level msg"
+    grep 'meshguard' "$RUN_DIR/envoy.log" |
+        sed -E 's/^\[[0-9-]+ ([0-9:.]+)\]\[[0-9]+\]\[([a-z]+)\]\[[a-z]+\] \[[^]]+\] (wasm log [^:]*: )?/\1 \2 /' |
+        tail -n 12 | sed 's/^/  /'
+else
+    say "  (no meshguard lines in $RUN_DIR/envoy.log)"
+fi
+
+title "Your turn"
+say "Everything keeps running. In another terminal:"
+say ""
+try() { printf '  %s%-72s%s %s%s%s\n' "$B" "$1" "$RST" "$DIM" "$2" "$RST"; }
+try "curl -s localhost:$ENVOY_PORT/" "one request through Envoy"
+try "for i in \$(seq 60); do curl -s localhost:$ENVOY_PORT/; echo; done" "some traffic"
+try "curl -s -XPUT localhost:19082/behaviour -d '{\"status\":503,\"errorPercent\":35}'" "grey failure on u2"
+try "curl -s -XPUT localhost:19083/behaviour -d '{\"latencyMs\":300}'" "slow u3"
+try "curl -s -XPUT localhost:19081/behaviour -d '{\"refuse\":true}'" "u1 down"
+try "curl -s -XPUT localhost:19082/behaviour -d '{}'" "heal u2"
+try "curl -s localhost:19082/stats" "what u2 received"
+try "curl -s 'localhost:$ADMIN_PORT/stats?filter=cluster.demo'" "Envoy's counters"
+try "tail -f $RUN_DIR/envoy.log | grep meshguard" "meshguard's decisions"
+say ""
+say "Behaviour fields (all optional, missing = default): status, errorPercent, latencyMs,"
+say "reset, refuse, grpcStatus. Logs: $RUN_DIR"
+say ""
+say "${B}Press Ctrl-C to stop everything.${RST}"
+
+while sleep 1; do
+    for i in "${!PIDS[@]}"; do
+        if ! kill -0 "${PIDS[$i]}" 2>/dev/null; then
+            what=envoy
+            ((i < 3)) && what="mg-upstream ${NAMES[$i]}"
+            die "$what exited unexpectedly (logs in $RUN_DIR)"
+        fi
+    done
+done
