@@ -4,12 +4,17 @@
 //! are passed in) that is unit-tested natively; `shell` is the thin layer
 //! that talks to Envoy through the proxy-wasm ABI.
 
+pub mod breaker;
 pub mod classify;
 pub mod config;
+pub mod glob;
 pub mod guard;
+pub mod headers;
 pub mod health;
+pub mod route_metadata;
 pub mod service;
 pub mod steering;
+pub mod template;
 pub mod window;
 
 #[cfg(target_arch = "wasm32")]

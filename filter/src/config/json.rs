@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use super::duration::{self, Millis};
 use super::ConfigError;
+use crate::template::{Template, Var};
 
 /// One JSON object of the configuration and where it sits.
 pub struct Object<'a> {
@@ -28,7 +29,7 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
-fn join(path: &str, key: &str) -> String {
+pub fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_string()
     } else {
@@ -46,6 +47,17 @@ impl<'a> Object<'a> {
             other => Err(ConfigError::new(
                 "(configuration)",
                 format!("must be a JSON object, not {}", kind(other)),
+            )),
+        }
+    }
+
+    /// An object found at `path` (an array element, say).
+    pub fn at(value: &'a Value, path: String) -> Result<Object<'a>, ConfigError> {
+        match value {
+            Value::Object(map) => Ok(Object { path, map }),
+            other => Err(ConfigError::new(
+                path,
+                format!("expected an object, not {}", kind(other)),
             )),
         }
     }
@@ -94,6 +106,70 @@ impl<'a> Object<'a> {
             Some(Value::Array(items)) => Ok(Some(items)),
             Some(other) => Err(self.wrong(key, "an array", other)),
         }
+    }
+
+    /// The objects of an array field, each knowing its `key[index]` path.
+    pub fn objects(&self, key: &str) -> Result<Option<Vec<Object<'a>>>, ConfigError> {
+        let Some(items) = self.array(key)? else {
+            return Ok(None);
+        };
+        let path = self.path(key);
+        items
+            .iter()
+            .enumerate()
+            .map(|(index, item)| Object::at(item, format!("{path}[{index}]")))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    /// Every `name: value` pair of this object, read by `read`.
+    pub fn entries<T>(
+        &self,
+        mut read: impl FnMut(&str, &Value) -> Result<T, String>,
+    ) -> Result<Vec<T>, ConfigError> {
+        self.map
+            .iter()
+            .map(|(name, value)| {
+                read(name, value).map_err(|reason| ConfigError::new(self.path(name), reason))
+            })
+            .collect()
+    }
+
+    /// A string list field, each item read by `read`.
+    pub fn list<T>(
+        &self,
+        key: &str,
+        mut read: impl FnMut(&str) -> Result<T, String>,
+    ) -> Result<Option<Vec<T>>, ConfigError> {
+        let Some(items) = self.array(key)? else {
+            return Ok(None);
+        };
+        each(&self.path(key), items, |item| match item {
+            Value::String(text) => read(text),
+            other => Err(format!("expected a string, not {}", kind(other))),
+        })
+        .map(Some)
+    }
+
+    pub fn template(
+        &self,
+        key: &str,
+        target: &mut Template,
+        allowed: &[Var],
+    ) -> Result<(), ConfigError> {
+        match self.get(key) {
+            None => {}
+            Some(Value::String(text)) => {
+                *target = Template::parse(text, allowed)
+                    .map_err(|reason| ConfigError::new(self.path(key), reason))?
+            }
+            Some(other) => return Err(self.wrong(key, "a string", other)),
+        }
+        Ok(())
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        self.map.contains_key(key)
     }
 
     pub fn bool(&self, key: &str, target: &mut bool) -> Result<(), ConfigError> {

@@ -2,14 +2,21 @@
 //! `pluginConfig` of an Istio WasmPlugin) and the checks that keep a typo or
 //! an inconsistent threshold set from silently changing behaviour.
 
+mod breaker;
 mod duration;
+mod headers;
 mod json;
+mod overrides;
 mod status_set;
 
+pub use breaker::{BreakerMode, CircuitBreaker, Fallback, LocalReply};
 pub use duration::Millis;
+pub use overrides::{Override, MAX_OVERRIDES};
 pub use status_set::{StatusSet, StatusSpec};
 
-use json::{each, whole_number, Object};
+use crate::headers::HeaderRules;
+
+use json::{join, Object};
 use serde_json::Value;
 
 /// Why a configuration was refused: the field path (`detection.windowSize`)
@@ -36,6 +43,10 @@ pub struct Config {
     pub ejection: Ejection,
     pub steering: Steering,
     pub limits: Limits,
+    pub circuit_breaker: CircuitBreaker,
+    pub headers: HeaderRules,
+    /// In order; the first that matches a request's route applies.
+    pub overrides: Vec<Override>,
 }
 
 /// How outcomes are judged and when a host's grade changes.
@@ -187,15 +198,34 @@ impl Config {
         let value: Value = serde_json::from_str(text).map_err(|err| {
             ConfigError::new("(configuration)", format!("is not valid JSON: {err}"))
         })?;
+        let root = Object::root(&value)?;
         let mut config = Config::default();
-        config.apply(&Object::root(&value)?)?;
-        config.validate()?;
+        config.apply(&root)?;
+        config.validate("")?;
+        if let Some(list) = root.objects("overrides")? {
+            config.overrides = overrides::parse(&list, &config)?;
+        }
         Ok(config)
+    }
+
+    /// The override that applies to a route, if any: the first that matches.
+    pub fn override_for(&self, virtual_service: &str, route: &str) -> Option<&Override> {
+        self.overrides
+            .iter()
+            .find(|o| o.matches(virtual_service, route))
     }
 
     /// Applies a configuration object, possibly partial, over this one.
     fn apply(&mut self, object: &Object) -> Result<(), ConfigError> {
-        object.only(&["detection", "ejection", "steering", "limits"])?;
+        object.only(&[
+            "detection",
+            "ejection",
+            "steering",
+            "limits",
+            "circuitBreaker",
+            "headers",
+            "overrides",
+        ])?;
         if let Some(section) = object.object("detection")? {
             self.detection.apply(&section)?;
         }
@@ -208,15 +238,23 @@ impl Config {
         if let Some(section) = object.object("limits")? {
             self.limits.apply(&section)?;
         }
+        if let Some(section) = object.object("circuitBreaker")? {
+            self.circuit_breaker.apply(&section)?;
+        }
+        if let Some(section) = object.object("headers")? {
+            self.headers.apply(&section)?;
+        }
         Ok(())
     }
 
-    /// Rules that span fields, checked once everything is applied.
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Rules that span fields, checked once everything is applied. `prefix`
+    /// locates this configuration (`overrides[2]`) in error messages.
+    fn validate(&self, prefix: &str) -> Result<(), ConfigError> {
+        let field = |name: &str| join(prefix, name);
         let d = &self.detection;
         if d.min_requests > d.window_size {
             return Err(ConfigError::new(
-                "detection.minRequests",
+                field("detection.minRequests"),
                 format!(
                     "{} is more than windowSize ({}), so no window would ever be judged",
                     d.min_requests, d.window_size
@@ -225,7 +263,7 @@ impl Config {
         }
         if d.recovered_failure_percent >= d.degraded_failure_percent {
             return Err(ConfigError::new(
-                "detection.recoveredFailurePercent",
+                field("detection.recoveredFailurePercent"),
                 format!(
                     "{} must be below degradedFailurePercent ({}), or hosts could never recover",
                     d.recovered_failure_percent, d.degraded_failure_percent
@@ -234,7 +272,7 @@ impl Config {
         }
         if d.degraded_failure_percent > d.unhealthy_failure_percent {
             return Err(ConfigError::new(
-                "detection.degradedFailurePercent",
+                field("detection.degradedFailurePercent"),
                 format!(
                     "{} must not exceed unhealthyFailurePercent ({})",
                     d.degraded_failure_percent, d.unhealthy_failure_percent
@@ -244,20 +282,20 @@ impl Config {
         let e = &self.ejection;
         if e.base_ejection_time.0 == 0 {
             return Err(ConfigError::new(
-                "ejection.baseEjectionTime",
+                field("ejection.baseEjectionTime"),
                 "must be longer than 0s",
             ));
         }
         if e.max_ejection_time < e.base_ejection_time {
             return Err(ConfigError::new(
-                "ejection.maxEjectionTime",
+                field("ejection.maxEjectionTime"),
                 format!(
                     "{}ms is shorter than baseEjectionTime ({}ms)",
                     e.max_ejection_time.0, e.base_ejection_time.0
                 ),
             ));
         }
-        Ok(())
+        self.circuit_breaker.validate(prefix)
     }
 }
 
@@ -321,23 +359,11 @@ impl Detection {
             COUNT,
         )?;
         if let Some(items) = o.array("failureStatusCodes")? {
-            let path = o.path("failureStatusCodes");
-            let specs = each(&path, items, |item| match item {
-                Value::String(text) => Ok(StatusSpec::Text(text.clone())),
-                number @ Value::Number(_) => whole_number(number)
-                    .and_then(|n| u16::try_from(n).ok())
-                    .map(StatusSpec::Code)
-                    .ok_or_else(|| "is not an HTTP status".to_string()),
-                _ => Err(
-                    "expected a status (503), class (\"5xx\") or range (\"500-504\")".to_string(),
-                ),
-            })?;
-            self.failure_statuses = StatusSet::compile(&specs)
-                .map_err(|(index, reason)| ConfigError::new(format!("{path}[{index}]"), reason))?;
+            self.failure_statuses = headers::status_set(&o.path("failureStatusCodes"), items)?;
         }
         if let Some(items) = o.array("grpcFailureCodes")? {
-            self.grpc_failure_codes = each(&o.path("grpcFailureCodes"), items, |item| {
-                whole_number(item)
+            self.grpc_failure_codes = json::each(&o.path("grpcFailureCodes"), items, |item| {
+                json::whole_number(item)
                     .filter(|code| (1..=16).contains(code))
                     .map(|code| code as u8)
                     .ok_or_else(|| "is not a gRPC error status (1-16)".to_string())

@@ -215,3 +215,155 @@ fn the_error_reads_as_one_line_for_the_log() {
         "detection.windowSize: 0 is out of range (1-1000)"
     );
 }
+
+#[test]
+fn overrides_merge_over_the_top_level_configuration() {
+    let config = parse(
+        r#"{"detection": {"degradedFailurePercent": 20, "recoveredFailurePercent": 5},
+            "overrides": [
+              {"virtualService": "shop/payments", "detection": {"unhealthyFailurePercent": 25},
+               "circuitBreaker": {"failurePercent": 20}},
+              {"route": "batch-*", "headers": {"response": [{"op": "remove", "name": "x-debug"}]}}
+            ]}"#,
+    )
+    .unwrap();
+    let payments = config
+        .override_for("shop/payments", "any")
+        .expect("vs match");
+    assert_eq!(payments.config.detection.unhealthy_failure_percent, 25);
+    assert_eq!(
+        payments.config.detection.degraded_failure_percent, 20,
+        "inherited"
+    );
+    assert_eq!(payments.config.circuit_breaker.failure_percent, 20);
+    assert_eq!(
+        payments.config.circuit_breaker.open_duration,
+        config.circuit_breaker.open_duration
+    );
+    assert!(payments.has_own_state);
+    assert!(payments.config.overrides.is_empty());
+    let batch = config
+        .override_for("", "batch-nightly")
+        .expect("route match");
+    assert!(
+        !batch.has_own_state,
+        "headers alone share the service's state"
+    );
+    assert_eq!(batch.config.headers.response.len(), 1);
+    assert_eq!(batch.config.detection, config.detection);
+    assert!(config.override_for("shop/reviews", "reviews").is_none());
+}
+
+#[test]
+fn the_first_matching_override_wins() {
+    let config = parse(
+        r#"{"overrides": [
+              {"virtualService": "shop/payments", "route": "refunds", "detection": {"windowSize": 10, "minRequests": 5}},
+              {"virtualService": "shop/*", "detection": {"windowSize": 50}}
+            ]}"#,
+    )
+    .unwrap();
+    let refunds = config.override_for("shop/payments", "refunds").unwrap();
+    assert_eq!(refunds.config.detection.window_size, 10);
+    let other = config.override_for("shop/payments", "charge").unwrap();
+    assert_eq!(other.config.detection.window_size, 50);
+    assert_ne!(refunds.scope, other.scope);
+    assert!(
+        config.override_for("", "refunds").is_none(),
+        "no VirtualService, no match"
+    );
+}
+
+#[test]
+fn bad_overrides_are_refused_with_their_index() {
+    let cases = [
+        (r#"{"overrides": [{"detection": {}}]}"#, "overrides[0]"),
+        (
+            r#"{"overrides": [{"route": "a", "steering": {}}]}"#,
+            "overrides[0].steering",
+        ),
+        (
+            r#"{"overrides": [{"route": "a"}, {"route": "b", "detection": {"windowSze": 1}}]}"#,
+            "overrides[1].detection.windowSze",
+        ),
+        (
+            r#"{"overrides": [{"route": "a", "detection": {"recoveredFailurePercent": 40}}]}"#,
+            "overrides[0].detection.recoveredFailurePercent",
+        ),
+        (
+            r#"{"overrides": [{"route": "a", "ejection": {"maxEjectionTime": "1s"}}]}"#,
+            "overrides[0].ejection.maxEjectionTime",
+        ),
+        (
+            r#"{"overrides": [{"route": "a", "circuitBreaker": {"maxOpenDuration": "1s"}}]}"#,
+            "overrides[0].circuitBreaker.maxOpenDuration",
+        ),
+        (
+            r#"{"overrides": [{"virtualService": ""}]}"#,
+            "overrides[0].virtualService",
+        ),
+        (r#"{"overrides": {"route": "a"}}"#, "overrides"),
+    ];
+    for (json, field) in cases {
+        assert_eq!(refused(json).field, field, "{json}");
+    }
+}
+
+#[test]
+fn circuit_breaker_settings() {
+    let config = parse(
+        r#"{"circuitBreaker": {"failurePercent": 40, "mode": "fallback",
+              "fallback": {"header": "X-Fallback", "value": "{service}"},
+              "localReply": {"status": 429, "body": "busy {service}", "headers": {"x-why": "breaker"}}}}"#,
+    )
+    .unwrap();
+    let cb = &config.circuit_breaker;
+    assert_eq!(cb.failure_percent, 40);
+    assert_eq!(cb.mode, BreakerMode::Fallback);
+    assert_eq!(cb.fallback.header, "x-fallback");
+    assert_eq!(cb.local_reply.status, 429);
+    assert_eq!(cb.local_reply.headers.len(), 1);
+    let defaults = CircuitBreaker::default();
+    assert!(defaults.enabled);
+    assert_eq!(defaults.window_size, 100);
+    assert_eq!(defaults.min_requests, 20);
+    assert_eq!(defaults.failure_percent, 50);
+    assert_eq!(defaults.open_duration, Millis(30_000));
+    assert_eq!(defaults.max_open_duration, Millis(300_000));
+    assert_eq!(
+        (defaults.half_open_requests, defaults.close_after_successes),
+        (3, 3)
+    );
+    for (json, field) in [
+        (
+            r#"{"circuitBreaker": {"mode": "drop"}}"#,
+            "circuitBreaker.mode",
+        ),
+        (
+            r#"{"circuitBreaker": {"localReply": {"status": 99}}}"#,
+            "circuitBreaker.localReply.status",
+        ),
+        (
+            r#"{"circuitBreaker": {"localReply": {"body": "{hostState}"}}}"#,
+            "circuitBreaker.localReply.body",
+        ),
+        (
+            r#"{"circuitBreaker": {"localReply": {"headers": {"content-length": "1"}}}}"#,
+            "circuitBreaker.localReply.headers.content-length",
+        ),
+        (
+            r#"{"circuitBreaker": {"windowSize": 10}}"#,
+            "circuitBreaker.minRequests",
+        ),
+        (
+            r#"{"circuitBreaker": {"openDuration": "0s"}}"#,
+            "circuitBreaker.openDuration",
+        ),
+        (
+            r#"{"circuitBreaker": {"halfOpenRequests": 0}}"#,
+            "circuitBreaker.halfOpenRequests",
+        ),
+    ] {
+        assert_eq!(refused(json).field, field, "{json}");
+    }
+}
