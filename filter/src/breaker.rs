@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::CircuitBreaker as Settings;
 use crate::window::OutcomeWindow;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum BreakerState {
+    #[default]
     Closed,
     /// Calls are answered locally until the open period is over.
     Open,
@@ -101,7 +102,9 @@ pub enum Admission {
     Rejected { retry_after_ms: u64 },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A new breaker is closed; its window takes the configured size on the
+/// first outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Breaker {
     state: BreakerState,
     window: OutcomeWindow,
@@ -224,6 +227,11 @@ impl Breaker {
             // nothing about the service as it is now.
             _ => None,
         }
+    }
+
+    /// Whether `advance` would change anything at `now`.
+    pub fn due(&self, now: u64) -> bool {
+        self.state == BreakerState::Open && now >= self.open_until_ms
     }
 
     /// Open → half-open once the open period is over.

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::breaker::{Breaker, BreakerTransition};
 use crate::classify::Outcome;
 use crate::config::Config;
 use crate::guard;
@@ -23,16 +24,39 @@ pub struct ServiceHealth {
     pub service: String,
     pub epoch: u32,
     pub hosts: Vec<HostEntry>,
+    /// The breaker for all of this record's traffic (the service's, or one
+    /// override's share of it).
+    pub breaker: Breaker,
+}
+
+/// One request's outcome, as the host's grade and the breaker see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observation {
+    pub outcome: Outcome,
+    /// Slower than the breaker's own `slowCallThreshold`.
+    pub breaker_slow: bool,
+    /// Admitted by a half-open breaker as a probe.
+    pub probe: bool,
+}
+
+impl Observation {
+    pub fn plain(outcome: Outcome) -> Self {
+        Observation {
+            outcome,
+            breaker_slow: false,
+            probe: false,
+        }
+    }
 }
 
 /// Outcomes one worker has seen for one host and not yet written.
-/// Successes are only counted (their order does not matter); failures keep
-/// their order, up to a bound.
+/// Successes are only counted (their order does not matter); failures and
+/// probes keep their order, up to a bound.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Pending {
-    pub successes: u32,
-    pub slow_successes: u32,
-    pub failures: Vec<Outcome>,
+    /// Successes by kind: index bit 0 = slow, bit 1 = slow for the breaker.
+    pub successes: [u32; 4],
+    pub ordered: Vec<Observation>,
 }
 
 /// Failures a worker holds for one host before dropping the oldest: they
@@ -40,21 +64,40 @@ pub struct Pending {
 pub const MAX_PENDING_FAILURES: usize = 64;
 
 impl Pending {
-    pub fn add(&mut self, outcome: Outcome) {
-        match (outcome.failed(), outcome.slow) {
-            (false, false) => self.successes = self.successes.saturating_add(1),
-            (false, true) => self.slow_successes = self.slow_successes.saturating_add(1),
-            (true, _) => {
-                if self.failures.len() == MAX_PENDING_FAILURES {
-                    self.failures.remove(0);
-                }
-                self.failures.push(outcome);
+    pub fn add(&mut self, observation: Observation) {
+        if observation.outcome.failed() || observation.probe {
+            if self.ordered.len() == MAX_PENDING_FAILURES {
+                self.ordered.remove(0);
             }
+            self.ordered.push(observation);
+        } else {
+            let index =
+                usize::from(observation.outcome.slow) | usize::from(observation.breaker_slow) << 1;
+            self.successes[index] = self.successes[index].saturating_add(1);
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.successes == 0 && self.slow_successes == 0 && self.failures.is_empty()
+        self.successes.iter().all(|n| *n == 0) && self.ordered.is_empty()
+    }
+
+    /// Every observation, successes first (capped at what a window can hold).
+    fn replay(&self, cap: u32) -> impl Iterator<Item = Observation> + '_ {
+        self.successes
+            .iter()
+            .enumerate()
+            .flat_map(move |(index, count)| {
+                let observation = Observation {
+                    outcome: Outcome {
+                        failure: None,
+                        slow: index & 1 != 0,
+                    },
+                    breaker_slow: index & 2 != 0,
+                    probe: false,
+                };
+                (0..(*count).min(cap)).map(move |_| observation)
+            })
+            .chain(self.ordered.iter().copied())
     }
 }
 
@@ -66,9 +109,15 @@ pub enum Event {
         transition: Transition,
     },
     /// A host earned ejection but the guard kept it in (max ejection percent).
-    EjectionRefused { address: String, reason: Reason },
+    EjectionRefused {
+        address: String,
+        reason: Reason,
+    },
     /// The host table is full of hosts that may not be forgotten.
-    HostNotTracked { address: String },
+    HostNotTracked {
+        address: String,
+    },
+    Breaker(BreakerTransition),
 }
 
 impl ServiceHealth {
@@ -77,6 +126,7 @@ impl ServiceHealth {
             service: service.to_string(),
             epoch,
             hosts: Vec::new(),
+            breaker: Breaker::default(),
         }
     }
 
@@ -115,24 +165,29 @@ impl ServiceHealth {
             });
             return;
         };
-        let capacity = u32::from(config.detection.window_size);
-        let successes = [
-            (pending.successes.min(capacity), Outcome::SUCCESS),
-            (
-                pending.slow_successes.min(capacity),
-                Outcome {
-                    failure: None,
-                    slow: true,
-                },
-            ),
-        ];
-        let batch = successes
-            .iter()
-            .flat_map(|(count, outcome)| (0..*count).map(move |_| *outcome))
-            .chain(pending.failures.iter().copied());
+        let cap = u32::from(
+            config
+                .detection
+                .window_size
+                .max(config.circuit_breaker.window_size),
+        );
         let max_percent = config.ejection.max_ejection_percent;
         let jitter = config.ejection.ejection_jitter.0;
-        for outcome in batch {
+        let breaker = &config.circuit_breaker;
+        for observation in pending.replay(cap) {
+            let outcome = observation.outcome;
+            if breaker.enabled {
+                let failed = outcome.failed();
+                if let Some(t) = self.breaker.record(
+                    failed,
+                    observation.breaker_slow,
+                    observation.probe,
+                    now,
+                    breaker,
+                ) {
+                    events.push(Event::Breaker(t));
+                }
+            }
             // Only a failure can earn ejection; skip counting for successes.
             let may_eject =
                 outcome.failed() && guard::may_eject(self.ejected(), self.hosts.len(), max_percent);
@@ -165,6 +220,10 @@ impl ServiceHealth {
     /// the record changed.
     pub fn advance(&mut self, now: u64, config: &Config, events: &mut Vec<Event>) -> bool {
         let mut changed = false;
+        if let Some(t) = self.breaker.advance(now) {
+            changed = true;
+            events.push(Event::Breaker(t));
+        }
         for entry in &mut self.hosts {
             // At most: ejection over, then warm-up over.
             for _ in 0..2 {
@@ -187,9 +246,11 @@ impl ServiceHealth {
     /// Whether `advance` would change anything at `now`.
     pub fn due(&self, now: u64, config: &Config) -> bool {
         let idle = config.limits.host_idle_timeout.0;
-        self.hosts
-            .iter()
-            .any(|h| h.health.due(now, config) || forgettable(h, now, idle))
+        self.breaker.due(now)
+            || self
+                .hosts
+                .iter()
+                .any(|h| h.health.due(now, config) || forgettable(h, now, idle))
     }
 
     /// Each host's share of a healthy host's traffic, in percent, in the

@@ -9,6 +9,7 @@ const FAIL: Outcome = Outcome {
 fn config() -> Config {
     Config::parse(
         br#"{"detection": {"windowSize": 10, "minRequests": 10},
+             "circuitBreaker": {"enabled": false},
              "ejection": {"baseEjectionTime": "10s", "warmupDuration": "30s"},
              "limits": {"maxHostsPerService": 4, "hostIdleTimeout": "60s"}}"#,
     )
@@ -21,14 +22,14 @@ fn host(n: usize) -> String {
 
 fn successes(count: u32) -> Pending {
     Pending {
-        successes: count,
+        successes: [count, 0, 0, 0],
         ..Pending::default()
     }
 }
 
 fn failures(count: usize) -> Pending {
     Pending {
-        failures: vec![FAIL; count],
+        ordered: vec![Observation::plain(FAIL); count],
         ..Pending::default()
     }
 }
@@ -134,9 +135,8 @@ fn a_returning_host_frees_a_place_under_the_cap() {
 fn successes_written_before_failures_reset_the_streak() {
     let mut service = Service::new(config());
     let mixed = Pending {
-        successes: 3,
-        slow_successes: 0,
-        failures: vec![FAIL; 4],
+        successes: [3, 0, 0, 0],
+        ordered: vec![Observation::plain(FAIL); 4],
     };
     service.apply(&host(1), mixed, 0);
     assert_eq!(
@@ -236,11 +236,11 @@ fn idle_healthy_hosts_are_forgotten() {
 fn pending_failures_are_bounded() {
     let mut pending = Pending::default();
     for _ in 0..1000 {
-        pending.add(FAIL);
+        pending.add(Observation::plain(FAIL));
     }
-    pending.add(Outcome::SUCCESS);
-    assert_eq!(pending.failures.len(), MAX_PENDING_FAILURES);
-    assert_eq!(pending.successes, 1);
+    pending.add(Observation::plain(Outcome::SUCCESS));
+    assert_eq!(pending.ordered.len(), MAX_PENDING_FAILURES);
+    assert_eq!(pending.successes, [1, 0, 0, 0]);
     assert!(!pending.is_empty());
 }
 
@@ -262,4 +262,86 @@ fn records_survive_the_shared_data_round_trip() {
 fn garbage_does_not_decode() {
     assert_eq!(decode(&[0xff; 7]), None);
     assert_eq!(decode(&[]), None);
+}
+
+fn breaker_config() -> Config {
+    Config::parse(
+        br#"{"detection": {"windowSize": 10, "minRequests": 10},
+             "circuitBreaker": {"windowSize": 10, "minRequests": 10, "openDuration": "5s",
+                                "halfOpenRequests": 1, "closeAfterSuccesses": 2}}"#,
+    )
+    .unwrap()
+}
+
+fn breaker_events(events: &[Event]) -> Vec<crate::breaker::BreakerState> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Breaker(t) => Some(t.to),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_breaker_sees_every_host_of_the_service() {
+    use crate::breaker::{Admission, BreakerState};
+    let mut service = Service::new(breaker_config());
+    // Three hosts failing together: 12 failures spread over them.
+    for n in 0..3 {
+        service.apply(&host(n), failures(4), 0);
+    }
+    assert_eq!(service.record.breaker.state(), BreakerState::Open);
+    assert_eq!(breaker_events(&service.events), [BreakerState::Open]);
+    // Half-open after 5 s, through the time-driven path.
+    let mut events = Vec::new();
+    assert!(service.record.due(5_000, &service.config));
+    service.record.advance(5_000, &service.config, &mut events);
+    assert_eq!(breaker_events(&events), [BreakerState::HalfOpen]);
+    // Two probes in turn close it.
+    for now in [5_001, 5_002] {
+        let cb = service.config.circuit_breaker.clone();
+        assert_eq!(service.record.breaker.admit(now, &cb).0, Admission::Probe);
+        let probe = Pending {
+            ordered: vec![Observation {
+                outcome: Outcome::SUCCESS,
+                breaker_slow: false,
+                probe: true,
+            }],
+            ..Pending::default()
+        };
+        service.apply(&host(0), probe, now);
+    }
+    assert_eq!(service.record.breaker.state(), BreakerState::Closed);
+}
+
+#[test]
+fn a_disabled_breaker_never_opens() {
+    let mut service = Service::new(config());
+    for n in 0..3 {
+        service.apply(&host(n), failures(10), 0);
+    }
+    assert_eq!(
+        service.record.breaker.state(),
+        crate::breaker::BreakerState::Closed
+    );
+}
+
+#[test]
+fn breaker_slow_successes_are_counted_apart() {
+    let mut pending = Pending::default();
+    pending.add(Observation {
+        outcome: Outcome {
+            failure: None,
+            slow: true,
+        },
+        breaker_slow: true,
+        probe: false,
+    });
+    pending.add(Observation {
+        outcome: Outcome::SUCCESS,
+        breaker_slow: true,
+        probe: false,
+    });
+    assert_eq!(pending.successes, [0, 0, 1, 1]);
 }

@@ -63,6 +63,31 @@ extern "C" {
         value_size: usize,
     ) -> u32;
     fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+    fn proxy_add_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_call_foreign_function(
+        function_name_data: *const u8,
+        function_name_size: usize,
+        arguments_data: *const u8,
+        arguments_size: usize,
+        results_data: *mut *mut u8,
+        results_size: *mut usize,
+    ) -> u32;
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
     fn proxy_get_property(
         path_data: *const u8,
         path_size: usize,
@@ -165,6 +190,18 @@ pub fn set_header(map: Map, name: &str, value: &[u8]) -> Result<(), Status> {
     })
 }
 
+pub fn add_header(map: Map, name: &str, value: &[u8]) -> Result<(), Status> {
+    check(unsafe {
+        proxy_add_header_map_value(
+            map as u32,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    })
+}
+
 pub fn remove_header(map: Map, name: &str) -> Result<(), Status> {
     match unsafe { proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len()) } {
         OK | NOT_FOUND => Ok(()),
@@ -204,4 +241,54 @@ pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<(), Status> 
         value.as_ptr()
     };
     check(unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value_ptr, value.len(), cas) })
+}
+
+/// Answers the request from the filter. `grpc_status` (when set) makes
+/// Envoy send a gRPC status to gRPC clients instead of an HTTP body.
+pub fn send_local_response(
+    status: u16,
+    details: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+    grpc_status: Option<i32>,
+) -> Result<(), Status> {
+    // The ABI's map layout: count, then (name length, value length) pairs,
+    // then each name and value NUL-terminated.
+    let mut map = Vec::new();
+    map.extend_from_slice(&(headers.len() as u32).to_le_bytes());
+    for (name, value) in headers {
+        map.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        map.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    }
+    for (name, value) in headers {
+        map.extend_from_slice(name.as_bytes());
+        map.push(0);
+        map.extend_from_slice(value.as_bytes());
+        map.push(0);
+    }
+    check(unsafe {
+        proxy_send_local_response(
+            u32::from(status),
+            details.as_ptr(),
+            details.len(),
+            body.as_ptr(),
+            body.len(),
+            map.as_ptr(),
+            map.len(),
+            grpc_status.unwrap_or(-1),
+        )
+    })
+}
+
+/// Asks Envoy to match the request's route again (Envoy's foreign function
+/// `clear_route_cache`), after a header change that routes should see.
+pub fn clear_route_cache() -> Result<(), Status> {
+    let name = "clear_route_cache";
+    let mut data = null_mut();
+    let mut len = 0usize;
+    let status = unsafe {
+        proxy_call_foreign_function(name.as_ptr(), name.len(), null(), 0, &mut data, &mut len)
+    };
+    drop(unsafe { take(data, len) });
+    check(status)
 }

@@ -13,10 +13,14 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType};
 
+use crate::breaker::Admission;
 use crate::classify::{self, ResponseFacts};
-use crate::config::{Config, Encoding};
+use crate::config::{BreakerMode, Config, Encoding};
+use crate::headers::{self, Action as Action_, Facts};
+use crate::service::Observation;
+use crate::template::Values;
 use host::Map;
-use worker::Worker;
+use worker::{Route, Worker};
 
 /// How often each worker writes batched successes and re-reads the other
 /// workers' view; bounds how stale a worker's host grades can be.
@@ -138,17 +142,123 @@ impl RootContext for Root {
     }
 }
 
+/// Per-request state between Envoy's callbacks.
 #[derive(Default)]
 struct Stream {
     worker: Option<Rc<RefCell<Worker>>>,
+    /// The configuration governing this request (an override's, or the
+    /// top-level one) and the scope of its state.
+    config: Option<Rc<Config>>,
+    scope: String,
+    route: Option<Route>,
     cluster: Option<String>,
-    steered: bool,
+    steered_to: Option<String>,
+    probe: bool,
+    local_reply: bool,
+    request_id: Option<String>,
     request_at_ms: Option<u64>,
     response_at_ms: Option<u64>,
     grpc_status: Option<u32>,
 }
 
 impl Context for Stream {}
+
+impl Stream {
+    fn cluster(&mut self) -> Option<&str> {
+        if self.cluster.is_none() {
+            self.cluster = props::cluster_name();
+        }
+        self.cluster.as_deref()
+    }
+
+    fn values<'a>(
+        &'a self,
+        upstream_host: &'a str,
+        host_state: &'a str,
+        breaker_state: &'a str,
+    ) -> Values<'a> {
+        Values {
+            service: self.cluster.as_deref().unwrap_or(""),
+            upstream_host,
+            host_state,
+            breaker_state,
+            route: self.route.as_ref().map_or("", |r| r.name.as_str()),
+            virtual_service: self
+                .route
+                .as_ref()
+                .map_or("", |r| r.virtual_service.as_str()),
+            request_id: self.request_id.as_deref().unwrap_or(""),
+            retry_after_seconds: 0,
+        }
+    }
+
+    /// Answers locally (mode localReply) or redirects through the fallback
+    /// header (mode fallback) while the breaker is open.
+    fn reject(&mut self, config: &Config, retry_after_ms: u64) -> Action {
+        let breaker = &config.circuit_breaker;
+        let retry_after_seconds = retry_after_ms.div_ceil(1000).max(1);
+        let mut values = self.values("", "", "Open");
+        values.retry_after_seconds = retry_after_seconds;
+        if breaker.mode == BreakerMode::Fallback {
+            let value = breaker.fallback.value.render(&values);
+            let _ = host::set_header(
+                Map::RequestHeaders,
+                &breaker.fallback.header,
+                value.as_bytes(),
+            );
+            // Match routes again, so a route on this header wins.
+            let _ = host::clear_route_cache();
+            return Action::Continue;
+        }
+        let reply = &breaker.local_reply;
+        let body = reply.body.render(&values);
+        let rendered: Vec<(&str, String)> = reply
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.render(&values)))
+            .collect();
+        let retry_after = retry_after_seconds.to_string();
+        let mut headers: Vec<(&str, &str)> =
+            rendered.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        headers.push(("retry-after", &retry_after));
+        let grpc = props::header_text(Map::RequestHeaders, "content-type")
+            .is_some_and(|t| t.starts_with("application/grpc"));
+        // gRPC clients get UNAVAILABLE as a status, not an HTTP body.
+        let grpc_status = grpc.then_some(14);
+        self.local_reply = true;
+        match host::send_local_response(
+            reply.status,
+            "meshguard_circuit_open",
+            body.as_bytes(),
+            &headers,
+            grpc_status,
+        ) {
+            Ok(()) => Action::Pause,
+            Err(_) => Action::Continue,
+        }
+    }
+
+    fn apply_rules(
+        &self,
+        map: Map,
+        rules: &[crate::headers::Rule],
+        facts: &Facts,
+        values: &Values,
+    ) {
+        for action in headers::actions(rules, facts, values) {
+            let _ = match action {
+                Action_::Set(name, value) => host::set_header(map, name, value.as_bytes()),
+                Action_::Append(name, value) => host::add_header(map, name, value.as_bytes()),
+                Action_::Remove(name) => host::remove_header(map, name),
+                Action_::Rename(from, to) => match host::header(map, from) {
+                    Ok(Some(value)) => host::remove_header(map, from)
+                        .and_then(|()| host::set_header(map, to, &value)),
+                    _ => Ok(()),
+                },
+            };
+        }
+    }
+}
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
@@ -158,53 +268,126 @@ impl HttpContext for Stream {
         let Ok(mut worker) = worker.try_borrow_mut() else {
             return Action::Continue;
         };
-        let config = Rc::clone(&worker.config);
-        if config.detection.slow_calls_enabled() {
+        if worker.route_aware() {
+            self.route = Some(worker.route(props::route_name()));
+        }
+        let (config, scope) = worker.config_for(self.route.as_ref());
+        self.scope = scope;
+        self.config = Some(Rc::clone(&config));
+        if config.detection.slow_calls_enabled() || config.circuit_breaker.slow_calls_enabled() {
             self.request_at_ms = host::now_ms().ok();
         }
-        if !config.steering.enabled {
-            return Action::Continue;
+        let rules = &config.headers;
+        if rules.request_id.generate || !rules.request.is_empty() || !rules.response.is_empty() {
+            self.request_id = props::header_text(Map::RequestHeaders, &rules.request_id.header);
+            if self.request_id.is_none() && rules.request_id.generate {
+                let id = headers::request_id(worker.random(), worker.random());
+                let _ =
+                    host::set_header(Map::RequestHeaders, &rules.request_id.header, id.as_bytes());
+                self.request_id = Some(id);
+            }
         }
-        let header = config.steering.header.as_str();
-        if worker.steering_active() {
-            self.cluster = props::cluster_name();
-            if let Some(cluster) = &self.cluster {
-                if let Some(value) = worker.steer(cluster) {
-                    self.steered = host::set_header(Map::RequestHeaders, header, value).is_ok();
-                    return Action::Continue;
+        let active = worker.request_path_active() || !rules.request.is_empty();
+        let Some(cluster) = active.then(|| self.cluster().map(str::to_string)).flatten() else {
+            return self.strip_client_steering(&config);
+        };
+        match worker.admit(&cluster, &self.scope) {
+            Admission::Allowed => {}
+            Admission::Probe => self.probe = true,
+            Admission::Rejected { retry_after_ms } => {
+                drop(worker);
+                return self.reject(&config, retry_after_ms);
+            }
+        }
+        let steering = &config.steering;
+        let mut steered = false;
+        if steering.enabled {
+            if let Some((value, address)) = worker.steer(&cluster, &self.scope) {
+                steered = host::set_header(Map::RequestHeaders, &steering.header, value).is_ok();
+                if steered {
+                    self.steered_to = Some(address.to_string());
                 }
             }
         }
-        // A client must not pick the host itself through our header. The
-        // session header of base64 mode is the application's own (sticky
-        // sessions) and is left alone.
-        if config.steering.encoding == Encoding::Plain {
-            let _ = host::remove_header(Map::RequestHeaders, header);
+        if !steered {
+            self.strip_client_steering(&config);
+        }
+        if !rules.request.is_empty() {
+            let breaker = worker.breaker_state(&cluster, &self.scope);
+            let address = self.steered_to.clone().unwrap_or_default();
+            let state = self
+                .steered_to
+                .as_deref()
+                .and_then(|a| worker.host_state(&cluster, &self.scope, a));
+            let (state_text, breaker_text) = (
+                state.map(|s| s.to_string()).unwrap_or_default(),
+                breaker.to_string(),
+            );
+            let facts = Facts {
+                host_state: state,
+                breaker_state: breaker,
+                route: self.route.as_ref().map_or("", |r| r.name.as_str()),
+                virtual_service: self
+                    .route
+                    .as_ref()
+                    .map_or("", |r| r.virtual_service.as_str()),
+                status: None,
+            };
+            let values = self.values(&address, &state_text, &breaker_text);
+            self.apply_rules(Map::RequestHeaders, &rules.request, &facts, &values);
         }
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _headers: usize, end_of_stream: bool) -> Action {
-        let Some(worker) = &self.worker else {
+        let (Some(worker), Some(config)) = (self.worker.clone(), self.config.clone()) else {
             return Action::Continue;
         };
-        let Ok(worker) = worker.try_borrow() else {
-            return Action::Continue;
-        };
-        let config = &worker.config;
         if self.request_at_ms.is_some() {
             self.response_at_ms = host::now_ms().ok();
         }
+        let steering = &config.steering;
         // The stateful-session filter writes the chosen host into the
         // response; clients should not see (or pin) upstream addresses.
-        if config.steering.enabled && (self.steered || config.steering.encoding == Encoding::Base64)
+        if steering.enabled && (self.steered_to.is_some() || steering.encoding == Encoding::Base64)
         {
-            let _ = host::remove_header(Map::ResponseHeaders, &config.steering.header);
+            let _ = host::remove_header(Map::ResponseHeaders, &steering.header);
         }
         if end_of_stream {
             // A gRPC "trailers-only" response carries its status here.
             self.grpc_status = props::grpc_status(Map::ResponseHeaders);
         }
+        let rules = &config.headers.response;
+        if rules.is_empty() || self.local_reply {
+            return Action::Continue;
+        }
+        let Ok(worker) = worker.try_borrow() else {
+            return Action::Continue;
+        };
+        let status =
+            props::header_text(Map::ResponseHeaders, ":status").and_then(|s| s.parse().ok());
+        let address = props::upstream_address().unwrap_or_default();
+        let cluster = self.cluster().map(str::to_string).unwrap_or_default();
+        let state = (!address.is_empty())
+            .then(|| worker.host_state(&cluster, &self.scope, &address))
+            .flatten();
+        let breaker = worker.breaker_state(&cluster, &self.scope);
+        let (state_text, breaker_text) = (
+            state.map(|s| s.to_string()).unwrap_or_default(),
+            breaker.to_string(),
+        );
+        let facts = Facts {
+            host_state: state,
+            breaker_state: breaker,
+            route: self.route.as_ref().map_or("", |r| r.name.as_str()),
+            virtual_service: self
+                .route
+                .as_ref()
+                .map_or("", |r| r.virtual_service.as_str()),
+            status,
+        };
+        let values = self.values(&address, &state_text, &breaker_text);
+        self.apply_rules(Map::ResponseHeaders, rules, &facts, &values);
         Action::Continue
     }
 
@@ -216,13 +399,16 @@ impl HttpContext for Stream {
     }
 
     fn on_log(&mut self) {
-        let Some(worker) = self.worker.clone() else {
+        // Our own local replies never count against anyone.
+        if self.local_reply {
+            return;
+        }
+        let (Some(worker), Some(config)) = (self.worker.clone(), self.config.clone()) else {
             return;
         };
         let Ok(mut worker) = worker.try_borrow_mut() else {
             return;
         };
-        let config = Rc::clone(&worker.config);
         // A request that never reached a host says nothing about any host.
         let Some(address) = props::upstream_address() else {
             return;
@@ -233,21 +419,43 @@ impl HttpContext for Stream {
         } else {
             0
         };
-        let Some(cluster) = self.cluster.take().or_else(props::cluster_name) else {
+        let Some(cluster) = self.cluster().map(str::to_string) else {
             return;
         };
+        let duration_ms = self
+            .request_at_ms
+            .zip(self.response_at_ms)
+            .map(|(start, end)| end.saturating_sub(start));
         let facts = ResponseFacts {
             status,
             flags,
             grpc_status: self.grpc_status,
-            duration_ms: self
-                .request_at_ms
-                .zip(self.response_at_ms)
-                .map(|(start, end)| end.saturating_sub(start)),
+            duration_ms,
             from_this_filter: false,
         };
-        if let Ok(outcome) = classify::classify(&facts, &config.detection) {
-            worker.observe(&cluster, &address, outcome);
+        let Ok(outcome) = classify::classify(&facts, &config.detection) else {
+            return;
+        };
+        let breaker = &config.circuit_breaker;
+        let observation = Observation {
+            outcome,
+            breaker_slow: breaker.slow_calls_enabled()
+                && duration_ms.is_some_and(|ms| ms > breaker.slow_call_threshold.0),
+            probe: self.probe,
+        };
+        worker.observe(&cluster, &self.scope, &config, &address, observation);
+    }
+}
+
+impl Stream {
+    /// A client must not pick the host itself through our header. The
+    /// session header of base64 mode is the application's own (sticky
+    /// sessions) and is left alone.
+    fn strip_client_steering(&self, config: &Config) -> Action {
+        let steering = &config.steering;
+        if steering.enabled && steering.encoding == Encoding::Plain {
+            let _ = host::remove_header(Map::RequestHeaders, &steering.header);
         }
+        Action::Continue
     }
 }

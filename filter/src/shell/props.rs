@@ -9,6 +9,8 @@ const UPSTREAM_ADDRESS: &[u8] = b"upstream\0address";
 const RESPONSE_CODE: &[u8] = b"response\0code";
 const RESPONSE_FLAGS: &[u8] = b"response\0flags";
 const PLUGIN_NAME: &[u8] = b"plugin_name";
+const ROUTE_NAME: &[u8] = b"xds\0route_name";
+const ROUTE_METADATA: &[u8] = b"xds\0route_metadata";
 
 fn string(path: &[u8]) -> Option<String> {
     let bytes = host::property(path).ok()??;
@@ -29,6 +31,22 @@ pub fn cluster_name() -> Option<String> {
 
 pub fn upstream_address() -> Option<String> {
     string(UPSTREAM_ADDRESS)
+}
+
+/// Envoy's route name; empty when the route has none.
+pub fn route_name() -> String {
+    string(ROUTE_NAME).unwrap_or_default()
+}
+
+/// `namespace/name` of the Istio VirtualService the route was built from.
+pub fn virtual_service() -> Option<String> {
+    let metadata = host::property(ROUTE_METADATA).ok()??;
+    crate::route_metadata::virtual_service(&metadata)
+}
+
+pub fn header_text(map: Map, name: &str) -> Option<String> {
+    let value = host::header(map, name).ok()??;
+    String::from_utf8(value).ok()
 }
 
 pub fn plugin_name() -> Option<String> {

@@ -1,25 +1,46 @@
 //! One Envoy worker's view: the configuration in force, a cache of the
-//! shared service records, the outcomes not yet written, and the steering
-//! picker per service. The request path only reads this cache; shared data
-//! is read on ticks and written when a failure (or anything that could
-//! change a grade) happens, so the healthy path costs no shared-data calls.
+//! shared records, the outcomes not yet written, and the steering picker
+//! per record. The request path only reads this cache; shared data is read
+//! on ticks and written when a failure (or anything that could change a
+//! grade) happens, so the healthy path costs no shared-data calls.
+//!
+//! A record ("unit") holds one upstream service's hosts and breaker, or,
+//! for routes under an override with thresholds of its own, that
+//! override's share of the service.
 
 use std::rc::Rc;
 
 use base64::Engine;
 
 use super::host;
+use super::props;
 use super::store::{Slot, Store, StoreError};
-use crate::classify::Outcome;
+use crate::breaker::{Admission, BreakerState};
 use crate::config::{Config, Encoding};
-use crate::service::{Event, Pending, ServiceHealth};
+use crate::health::HostState;
+use crate::service::{Event, Observation, Pending, ServiceHealth};
 use crate::steering::{self, SmoothPicker};
 
 /// A touch of the service index at most this often keeps the slot ours.
 const TOUCH_INTERVAL_MS: u64 = 60_000;
+/// Routes whose VirtualService and override are remembered per worker.
+const MAX_ROUTES: usize = 256;
 
-struct LocalService {
-    name: String,
+/// What a route resolved to, once per route per worker.
+#[derive(Debug, Clone, Default)]
+pub struct Route {
+    pub name: String,
+    /// `namespace/name`, empty when the route is not from a VirtualService.
+    pub virtual_service: String,
+    pub override_index: Option<usize>,
+}
+
+struct Unit {
+    /// Shared-data name: the cluster, plus the override's scope if any.
+    key: String,
+    cluster: String,
+    scope: String,
+    config: Rc<Config>,
     slot: Slot,
     snapshot: ServiceHealth,
     pending: Vec<(String, Pending)>,
@@ -28,8 +49,8 @@ struct LocalService {
     last_used_ms: u64,
 }
 
-/// Steering for one service: the hosts' weights and their header values,
-/// in the snapshot's host order.
+/// Steering for one unit: the hosts' weights and their header values, in
+/// the snapshot's host order.
 struct Plan {
     weights: Vec<u8>,
     values: Vec<Vec<u8>>,
@@ -37,75 +58,230 @@ struct Plan {
 }
 
 pub struct Worker {
-    pub config: Rc<Config>,
+    config: Rc<Config>,
+    /// Each override's merged configuration, by override index.
+    override_configs: Vec<Rc<Config>>,
     store: Store,
-    services: Vec<LocalService>,
+    units: Vec<Unit>,
+    routes: Vec<Route>,
     random: u64,
     /// Time of the last tick: precise enough for bookkeeping, and saves a
     /// host call per request.
     clock_ms: u64,
 }
 
+fn unit_key(cluster: &str, scope: &str) -> String {
+    if scope.is_empty() {
+        cluster.to_string()
+    } else {
+        format!("{cluster} [{scope}]")
+    }
+}
+
 impl Worker {
     pub fn new(config: Rc<Config>, plugin: &str, now: u64) -> Self {
-        Worker {
-            config,
+        let mut worker = Worker {
+            config: Rc::clone(&config),
+            override_configs: Vec::new(),
             store: Store::new(plugin),
-            services: Vec::new(),
+            units: Vec::new(),
+            routes: Vec::new(),
             random: now | 1,
             clock_ms: now,
-        }
+        };
+        worker.reconfigure(config);
+        worker
     }
 
     pub fn reconfigure(&mut self, config: Rc<Config>) {
+        self.override_configs = config
+            .overrides
+            .iter()
+            .map(|o| Rc::new(o.config.clone()))
+            .collect();
         self.config = config;
-        // Plans depend on weights and header settings; rebuild on next tick.
-        for service in &mut self.services {
-            service.plan = None;
+        // Units, routes and plans were derived from the old configuration.
+        // Their outcomes are written first so nothing observed is lost.
+        let now = self.clock_ms;
+        for position in (0..self.units.len()).rev() {
+            self.flush(position, now);
         }
+        self.units.clear();
+        self.routes.clear();
     }
 
-    fn next_random(&mut self) -> u64 {
+    pub fn random(&mut self) -> u64 {
         self.random = steering::xorshift(self.random);
         self.random
     }
 
-    /// Whether any service is being steered, so the request path can skip
-    /// even reading the cluster name when nothing is.
-    pub fn steering_active(&self) -> bool {
-        self.services.iter().any(|s| s.plan.is_some())
+    /// Whether the request path needs the route (overrides, or header
+    /// rules and replies that mention routes).
+    pub fn route_aware(&self) -> bool {
+        !self.config.overrides.is_empty()
+            || !self.config.headers.request.is_empty()
+            || !self.config.headers.response.is_empty()
     }
 
-    /// The steering header value for the next request to `cluster`, if the
-    /// service has hosts below full weight.
-    pub fn steer(&mut self, cluster: &str) -> Option<&[u8]> {
-        let service = self.services.iter_mut().find(|s| s.name == cluster)?;
-        let plan = service.plan.as_mut()?;
+    /// Resolves a route by name, reading its metadata once per worker.
+    pub fn route(&mut self, name: String) -> Route {
+        if let Some(route) = self.routes.iter().find(|r| r.name == name) {
+            return route.clone();
+        }
+        let virtual_service = props::virtual_service().unwrap_or_default();
+        let override_index = self
+            .config
+            .overrides
+            .iter()
+            .position(|o| o.matches(&virtual_service, &name));
+        let route = Route {
+            name,
+            virtual_service,
+            override_index,
+        };
+        if self.routes.len() >= MAX_ROUTES {
+            self.routes.remove(0);
+        }
+        self.routes.push(route.clone());
+        route
+    }
+
+    /// The configuration that governs a route, and the scope of its state
+    /// (empty: the service's own).
+    pub fn config_for(&self, route: Option<&Route>) -> (Rc<Config>, String) {
+        let chosen = route.and_then(|r| r.override_index).and_then(|index| {
+            let config = self.override_configs.get(index)?;
+            let rule = self.config.overrides.get(index)?;
+            let scope = if rule.has_own_state {
+                rule.scope.clone()
+            } else {
+                String::new()
+            };
+            Some((Rc::clone(config), scope))
+        });
+        chosen.unwrap_or_else(|| (Rc::clone(&self.config), String::new()))
+    }
+
+    /// Whether any unit is steering or has a breaker that is not closed:
+    /// only then must the request path look at the cluster at all.
+    pub fn request_path_active(&self) -> bool {
+        self.units
+            .iter()
+            .any(|u| u.plan.is_some() || u.snapshot.breaker.state() != BreakerState::Closed)
+    }
+
+    fn find(&self, cluster: &str, scope: &str) -> Option<usize> {
+        self.units
+            .iter()
+            .position(|u| u.cluster == cluster && u.scope == scope)
+    }
+
+    /// The breaker's answer for a new request. Closed and open are read
+    /// from the cache; half-open takes a probe slot in shared data, so the
+    /// probe limit holds across workers.
+    pub fn admit(&mut self, cluster: &str, scope: &str) -> Admission {
+        let Some(position) = self.find(cluster, scope) else {
+            return Admission::Allowed;
+        };
+        let unit = &self.units[position];
+        let settings = &unit.config.circuit_breaker;
+        if !settings.enabled || unit.snapshot.breaker.state() == BreakerState::Closed {
+            return Admission::Allowed;
+        }
+        let Ok(now) = host::now_ms() else {
+            return Admission::Allowed;
+        };
+        let breaker = &unit.snapshot.breaker;
+        if breaker.effective_state(now) == BreakerState::Open {
+            return Admission::Rejected {
+                retry_after_ms: breaker.open_until_ms().saturating_sub(now),
+            };
+        }
+        let config = Rc::clone(&unit.config);
+        let result = self.store.update(&unit.key, unit.slot, |record| {
+            let (admission, transition) = record.breaker.admit(now, &config.circuit_breaker);
+            (admission, transition.map(Event::Breaker))
+        });
+        match result {
+            Ok(((admission, event), record)) => {
+                let unit = &mut self.units[position];
+                unit.snapshot = record;
+                if let Some(event) = event {
+                    log_event(&unit.key, &event);
+                }
+                admission
+            }
+            // Shared data unavailable: let the request through rather than
+            // fail it on our account.
+            Err(error) => {
+                self.on_store_error(position, error);
+                Admission::Allowed
+            }
+        }
+    }
+
+    pub fn breaker_state(&self, cluster: &str, scope: &str) -> BreakerState {
+        self.find(cluster, scope).map_or(BreakerState::Closed, |p| {
+            self.units[p]
+                .snapshot
+                .breaker
+                .effective_state(self.clock_ms)
+        })
+    }
+
+    /// The steering header value for the next request to this unit, if some
+    /// of its hosts are below full weight; also the chosen host's address.
+    pub fn steer(&mut self, cluster: &str, scope: &str) -> Option<(&[u8], &str)> {
+        let position = self.find(cluster, scope)?;
+        let unit = &mut self.units[position];
+        let plan = unit.plan.as_mut()?;
         let index = plan.picker.pick(&plan.weights)?;
-        plan.values.get(index).map(Vec::as_slice)
+        let value = plan.values.get(index)?;
+        let address = unit.snapshot.hosts.get(index)?.address.as_str();
+        Some((value.as_slice(), address))
     }
 
-    /// Records one request's outcome against its host.
-    pub fn observe(&mut self, cluster: &str, address: &str, outcome: Outcome) {
-        let Some(position) = self.local_service(cluster) else {
+    pub fn host_state(&self, cluster: &str, scope: &str, address: &str) -> Option<HostState> {
+        let position = self.find(cluster, scope)?;
+        self.units[position]
+            .snapshot
+            .host(address)
+            .map(|h| h.health.state())
+            .or(Some(HostState::Healthy))
+    }
+
+    /// Records one request's outcome against its host and the breaker.
+    pub fn observe(
+        &mut self,
+        cluster: &str,
+        scope: &str,
+        config: &Rc<Config>,
+        address: &str,
+        observation: Observation,
+    ) {
+        let Some(position) = self.unit(cluster, scope, config) else {
             return;
         };
-        let max_hosts = usize::from(self.config.limits.max_hosts_per_service);
-        let service = &mut self.services[position];
-        match service.pending.iter().position(|(a, _)| a == address) {
-            Some(index) => service.pending[index].1.add(outcome),
-            None if service.pending.len() < max_hosts => {
+        let max_hosts = usize::from(config.limits.max_hosts_per_service);
+        let unit = &mut self.units[position];
+        match unit.pending.iter().position(|(a, _)| a == address) {
+            Some(index) => unit.pending[index].1.add(observation),
+            None if unit.pending.len() < max_hosts => {
                 let mut pending = Pending::default();
-                pending.add(outcome);
-                service.pending.push((address.to_string(), pending));
+                pending.add(observation);
+                unit.pending.push((address.to_string(), pending));
             }
             // More distinct hosts in one flush interval than a service may
             // track: drop the outcome rather than grow.
             None => return,
         }
-        // Write at once whatever could change a grade; let a quiet host's
-        // successes wait for the tick.
-        if outcome.failed() || !service.snapshot.is_quiet(address) {
+        // Write at once whatever could change a grade or the breaker; let a
+        // quiet host's successes wait for the tick.
+        let prompt = observation.outcome.failed()
+            || observation.probe
+            || !unit.snapshot.is_quiet(address)
+            || unit.snapshot.breaker.state() != BreakerState::Closed;
+        if prompt {
             if let Ok(now) = host::now_ms() {
                 self.clock_ms = now;
                 self.flush(position, now);
@@ -118,10 +294,10 @@ impl Worker {
     pub fn tick(&mut self, now: u64) {
         self.clock_ms = now;
         let mut position = 0;
-        while position < self.services.len() {
-            let service = &self.services[position];
-            let dirty = service.pending.iter().any(|(_, p)| !p.is_empty())
-                || service.snapshot.due(now, &self.config);
+        while position < self.units.len() {
+            let unit = &self.units[position];
+            let dirty = unit.pending.iter().any(|(_, p)| !p.is_empty())
+                || unit.snapshot.due(now, &unit.config);
             let kept = if dirty {
                 self.flush(position, now)
             } else {
@@ -133,13 +309,13 @@ impl Worker {
         }
     }
 
-    /// Returns false when the service was dropped from this worker's cache.
+    /// Returns false when the unit was dropped from this worker's cache.
     fn flush(&mut self, position: usize, now: u64) -> bool {
-        let config = Rc::clone(&self.config);
-        let mut random = self.next_random();
-        let service = &mut self.services[position];
-        let pending = &service.pending;
-        let result = self.store.update(&service.name, service.slot, |record| {
+        let mut random = self.random();
+        let unit = &mut self.units[position];
+        let config = Rc::clone(&unit.config);
+        let pending = &unit.pending;
+        let result = self.store.update(&unit.key, unit.slot, |record| {
             let mut events = Vec::new();
             let mut next = || {
                 random = steering::xorshift(random);
@@ -153,11 +329,11 @@ impl Worker {
         });
         match result {
             Ok((events, record)) => {
-                let service = &mut self.services[position];
-                service.pending.clear();
-                service.snapshot = record;
+                let unit = &mut self.units[position];
+                unit.pending.clear();
+                unit.snapshot = record;
                 for event in &events {
-                    log_event(&service.name, event);
+                    log_event(&unit.key, event);
                 }
                 self.after_sync(position, now);
                 true
@@ -167,10 +343,10 @@ impl Worker {
     }
 
     fn refresh(&mut self, position: usize, now: u64) -> bool {
-        let service = &self.services[position];
-        match self.store.read(&service.name, service.slot) {
+        let unit = &self.units[position];
+        match self.store.read(&unit.key, unit.slot) {
             Ok(record) => {
-                self.services[position].snapshot = record;
+                self.units[position].snapshot = record;
                 self.after_sync(position, now);
                 true
             }
@@ -183,7 +359,7 @@ impl Worker {
             StoreError::Reassigned => {
                 // Another service owns the slot now; look ours up afresh
                 // on its next request.
-                self.services.remove(position);
+                self.units.remove(position);
                 false
             }
             other => {
@@ -194,59 +370,63 @@ impl Worker {
     }
 
     fn after_sync(&mut self, position: usize, now: u64) {
-        let seed = self.next_random();
-        let config = Rc::clone(&self.config);
-        let service = &mut self.services[position];
-        if now.saturating_sub(service.last_touch_ms) >= TOUCH_INTERVAL_MS
-            && service.last_used_ms > service.last_touch_ms
+        let seed = self.random();
+        let steering = self.config.steering.clone();
+        let unit = &mut self.units[position];
+        if now.saturating_sub(unit.last_touch_ms) >= TOUCH_INTERVAL_MS
+            && unit.last_used_ms > unit.last_touch_ms
         {
-            if let Err(StoreError::Reassigned) = self.store.touch(&service.name, service.slot, now)
-            {
-                self.services[position].plan = None;
+            if let Err(StoreError::Reassigned) = self.store.touch(&unit.key, unit.slot, now) {
+                unit.plan = None;
                 return;
             }
-            service.last_touch_ms = now;
+            unit.last_touch_ms = now;
         }
-        service.plan = plan(&service.snapshot, service.plan.take(), now, &config, seed);
+        let weights = unit.snapshot.weights(now, &unit.config);
+        unit.plan = plan(&unit.snapshot, weights, unit.plan.take(), &steering, seed);
     }
 
-    /// The cache position of `cluster`, resolving its shared slot the first
-    /// time this worker sees it (and evicting the least recently used
-    /// service if the cache is full).
-    fn local_service(&mut self, cluster: &str) -> Option<usize> {
+    /// The cache position of a unit, resolving its shared slot the first
+    /// time this worker sees it (and evicting the least recently used unit
+    /// if the cache is full).
+    fn unit(&mut self, cluster: &str, scope: &str, config: &Rc<Config>) -> Option<usize> {
         let now = self.clock_ms;
-        if let Some(position) = self.services.iter().position(|s| s.name == cluster) {
-            self.services[position].last_used_ms = now;
+        if let Some(position) = self.find(cluster, scope) {
+            self.units[position].last_used_ms = now;
             return Some(position);
         }
-        let slot = match self.store.resolve(cluster, now, &self.config.limits) {
+        let key = unit_key(cluster, scope);
+        let slot = match self.store.resolve(&key, now, &self.config.limits) {
             Ok(slot) => slot,
             Err(error) => {
-                log::debug!("meshguard: not tracking {cluster}: {error}");
+                log::debug!("meshguard: not tracking {key}: {error}");
                 return None;
             }
         };
-        if self.services.len() >= usize::from(self.config.limits.max_services) {
+        if self.units.len() >= usize::from(self.config.limits.max_services) {
             let oldest = self
-                .services
+                .units
                 .iter()
                 .enumerate()
-                .min_by_key(|(_, s)| s.last_used_ms)
+                .min_by_key(|(_, u)| u.last_used_ms)
                 .map(|(position, _)| position);
             // Write its outcomes before forgetting it (flush returns false
             // when it is already gone).
             if let Some(oldest) = oldest {
                 if self.flush(oldest, now) {
-                    self.services.remove(oldest);
+                    self.units.remove(oldest);
                 }
             }
         }
         let snapshot = self
             .store
-            .read(cluster, slot)
-            .unwrap_or_else(|_| ServiceHealth::new(cluster, slot.epoch));
-        self.services.push(LocalService {
-            name: cluster.to_string(),
+            .read(&key, slot)
+            .unwrap_or_else(|_| ServiceHealth::new(&key, slot.epoch));
+        self.units.push(Unit {
+            key,
+            cluster: cluster.to_string(),
+            scope: scope.to_string(),
+            config: Rc::clone(config),
             slot,
             snapshot,
             pending: Vec::new(),
@@ -254,7 +434,7 @@ impl Worker {
             last_touch_ms: now,
             last_used_ms: now,
         });
-        let position = self.services.len() - 1;
+        let position = self.units.len() - 1;
         self.after_sync(position, now);
         Some(position)
     }
@@ -264,16 +444,12 @@ impl Worker {
 /// place in its cycle when the weights did not change.
 fn plan(
     snapshot: &ServiceHealth,
+    weights: Vec<u8>,
     previous: Option<Plan>,
-    now: u64,
-    config: &Config,
+    steering: &crate::config::Steering,
     seed: u64,
 ) -> Option<Plan> {
-    if !config.steering.enabled {
-        return None;
-    }
-    let weights = snapshot.weights(now, config);
-    if !steering::needs_steering(&weights) {
+    if !steering.enabled || !steering::needs_steering(&weights) {
         return None;
     }
     if let Some(previous) = previous {
@@ -284,7 +460,7 @@ fn plan(
     let values = snapshot
         .hosts
         .iter()
-        .map(|h| match config.steering.encoding {
+        .map(|h| match steering.encoding {
             Encoding::Plain => h.address.as_bytes().to_vec(),
             Encoding::Base64 => base64::engine::general_purpose::STANDARD
                 .encode(h.address.as_bytes())
@@ -299,16 +475,16 @@ fn plan(
     })
 }
 
-/// One line per grade change. Envoy already prefixes wasm logs with the
-/// plugin's name, root id and VM id.
-fn log_event(service: &str, event: &Event) {
+/// One line per grade or breaker change. Envoy already prefixes wasm logs
+/// with the plugin's name, root id and VM id.
+fn log_event(unit: &str, event: &Event) {
     match event {
         Event::Transition {
             address,
             transition: t,
         } => match t.ejected_for_ms {
             Some(ms) => log::info!(
-                "meshguard: {service} host {address}: {} -> {}: {}; ejected for {}.{:03}s (ejection #{})",
+                "meshguard: {unit} host {address}: {} -> {}: {}; ejected for {}.{:03}s (ejection #{})",
                 t.from,
                 t.to,
                 t.reason,
@@ -317,17 +493,28 @@ fn log_event(service: &str, event: &Event) {
                 t.times_ejected
             ),
             None => log::info!(
-                "meshguard: {service} host {address}: {} -> {}: {}",
+                "meshguard: {unit} host {address}: {} -> {}: {}",
                 t.from,
                 t.to,
                 t.reason
             ),
         },
         Event::EjectionRefused { address, reason } => log::info!(
-            "meshguard: {service} host {address}: ejection refused by maxEjectionPercent ({reason})"
+            "meshguard: {unit} host {address}: ejection refused by maxEjectionPercent ({reason})"
         ),
         Event::HostNotTracked { address } => log::warn!(
-            "meshguard: {service} host {address}: not tracked, host table full (limits.maxHostsPerService)"
+            "meshguard: {unit} host {address}: not tracked, host table full (limits.maxHostsPerService)"
         ),
+        Event::Breaker(t) => match t.open_for_ms {
+            Some(ms) => log::info!(
+                "meshguard: {unit} circuit breaker: {} -> {}: {}; open for {}.{:03}s",
+                t.from,
+                t.to,
+                t.reason,
+                ms / 1000,
+                ms % 1000
+            ),
+            None => log::info!("meshguard: {unit} circuit breaker: {} -> {}: {}", t.from, t.to, t.reason),
+        },
     }
 }
