@@ -127,6 +127,9 @@ pub struct Envoy {
     pub listener: SocketAddr,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
+    /// Envoy's stderr: the access log (one line per request, with its
+    /// response flags) and anything Envoy prints before its log opens.
+    pub stderr_path: PathBuf,
     child: ChildGuard,
 }
 
@@ -156,7 +159,8 @@ impl Envoy {
         fs::write(&config_path, yaml)?;
         // A stale log from an earlier run would confuse whoever reads it.
         let _ = fs::remove_file(&log_path);
-        let stderr = File::create(work_dir.join("envoy.stderr"))?;
+        let stderr_path = work_dir.join("envoy.stderr");
+        let stderr = File::create(&stderr_path)?;
 
         let mut cmd = Command::new(envoy_bin);
         cmd.arg("-c")
@@ -178,6 +182,7 @@ impl Envoy {
             listener: SocketAddr::from(([127, 0, 0, 1], listen_port)),
             config_path,
             log_path,
+            stderr_path,
             child,
         };
         envoy.wait_ready(Duration::from_secs(20))?;
@@ -191,8 +196,7 @@ impl Envoy {
                 return Err(io::Error::other(format!(
                     "envoy exited during startup ({status}); log tail:\n{}\nstderr:\n{}",
                     self.log_tail(40),
-                    fs::read_to_string(self.log_path.with_file_name("envoy.stderr"))
-                        .unwrap_or_default()
+                    fs::read_to_string(&self.stderr_path).unwrap_or_default()
                 )));
             }
             if let Ok(r) = http::get(self.admin, "/ready", Duration::from_millis(500)) {
@@ -234,6 +238,13 @@ impl Envoy {
     /// The last `n` log lines containing `needle`.
     pub fn log_matching(&self, needle: &str, n: usize) -> String {
         last_lines(&self.log(), n, |l| l.contains(needle))
+    }
+
+    /// The last `n` access-log lines (Envoy's stderr, flushed every 200 ms)
+    /// that `keep` accepts. Format: `start code flags upstream details`.
+    pub fn access_log_matching(&self, keep: impl Fn(&str) -> bool, n: usize) -> String {
+        let text = fs::read_to_string(&self.stderr_path).unwrap_or_default();
+        last_lines(&text, n, |l| l.starts_with("access ") && keep(l))
     }
 
     /// `GET` on the admin port; Err unless 200.

@@ -3,12 +3,14 @@
 //! - [`behaviour`]: what an mg-upstream server does (shared by the server and tests);
 //! - [`upstream`]: start mg-upstream processes, change their behaviour, read stats;
 //! - [`envoy`]: render `envoy/demo.yaml.tmpl` and run the real Envoy on it;
+//! - [`fixture`]: three upstreams behind Envoy with meshguard, for the real-Envoy tests;
 //! - [`traffic`]: client traffic through Envoy, tallied per upstream and status;
 //! - [`http`]: a minimal blocking HTTP/1.1 client;
 //! - [`process`]: child processes killed on drop, also when a test panics.
 
 pub mod behaviour;
 pub mod envoy;
+pub mod fixture;
 pub mod http;
 pub mod process;
 pub mod traffic;

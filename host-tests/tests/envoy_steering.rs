@@ -11,126 +11,28 @@
 //! `cargo test -p host-tests --test envoy_steering -- --nocapture` to watch
 //! the phases as they happen.
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use host_tests::envoy::{Envoy, WasmPlugin};
+use host_tests::fixture::ThreeUpstreams;
 use host_tests::traffic::{burst, paced_second, Tally};
-use host_tests::{Behaviour, Upstream};
+use host_tests::Behaviour;
 
 /// Steady rate of the recovery phase.
 const RATE: u32 = 50;
 /// From the plugin configuration (`host_tests::TEST_PLUGIN_CONFIG`).
 const EJECTION: Duration = Duration::from_secs(3);
 const WARMUP_SECS: usize = 4;
-
-struct Setup {
-    // Field order is drop order: Envoy goes first so it never sees its
-    // upstreams vanish while still running.
-    envoy: Envoy,
-    ups: Vec<Upstream>,
-}
-
-impl Setup {
-    fn start() -> Self {
-        let envoy_bin = required(
-            "MESHGUARD_ENVOY",
-            "the Envoy 1.40 binary",
-            "export MESHGUARD_ENVOY=$(scripts/ensure-envoy.sh)",
-        );
-        let wasm = required(
-            "MESHGUARD_WASM",
-            "the meshguard module (meshguard.wasm)",
-            "`make build` and export MESHGUARD_WASM=$PWD/target/wasm32-wasip1/release/meshguard.wasm",
-        );
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("envoy_steering");
-        std::fs::create_dir_all(&dir).expect("create target/tmp/envoy_steering");
-        let bin = Path::new(env!("CARGO_BIN_EXE_mg-upstream"));
-        let ups: Vec<Upstream> = ["u1", "u2", "u3"]
-            .iter()
-            .map(|n| Upstream::start(bin, n, &dir).expect("start mg-upstream"))
-            .collect();
-        let ports = [ups[0].data.port(), ups[1].data.port(), ups[2].data.port()];
-        let plugin = WasmPlugin {
-            wasm_path: wasm,
-            config: host_tests::TEST_PLUGIN_CONFIG.to_string(),
-        };
-        let envoy =
-            Envoy::start(&envoy_bin, &dir, ports, Some(plugin)).unwrap_or_else(|e| panic!("{e}"));
-        println!(
-            "envoy pid {} listener {} admin {}; upstreams {}; logs in {}",
-            envoy.pid(),
-            envoy.listener,
-            envoy.admin,
-            ups.iter()
-                .map(|u| format!("{}={}", u.name, u.data))
-                .collect::<Vec<_>>()
-                .join(" "),
-            dir.display()
-        );
-        Setup { envoy, ups }
-    }
-
-    fn u2(&self) -> &Upstream {
-        &self.ups[1]
-    }
-
-    /// Panics with `msg` and everything needed to debug it.
-    fn fail(&self, msg: &str) -> ! {
-        // Let Envoy flush the log lines of the last moments (200 ms interval).
-        std::thread::sleep(Duration::from_millis(300));
-        let stats: Vec<String> = self
-            .ups
-            .iter()
-            .map(|u| match u.admin.stats() {
-                Ok(s) => format!("{}: {} requests, {} errors", s.name, s.requests, s.errors),
-                Err(e) => format!("{}: stats unavailable: {e}", u.name),
-            })
-            .collect();
-        let envoy_stats = self
-            .envoy
-            .admin_get("/stats?filter=cluster\\.demo\\.(upstream_rq_|upstream_cx_connect_fail|lb_)|wasm|meshguard")
-            .map(|s| s.lines().filter(|l| !l.ends_with(": 0")).collect::<Vec<_>>().join("\n"))
-            .unwrap_or_else(|e| format!("unavailable: {e}"));
-        panic!(
-            "{msg}\n\n--- upstream counters (since last reset)\n{}\n\n--- envoy stats (non-zero)\n{envoy_stats}\n\n\
-             --- meshguard log lines (last 40)\n{}\n\n--- envoy log since startup (last 40 lines)\n{}\n\n(full log: {})",
-            stats.join("\n"),
-            self.envoy.log_matching("meshguard", 40),
-            self.envoy.log_tail(40),
-            self.envoy.log_path.display()
-        );
-    }
-
-    fn check(&self, ok: bool, msg: impl FnOnce() -> String) {
-        if !ok {
-            self.fail(&msg());
-        }
-    }
-
-    fn set_u2(&self, b: &Behaviour) {
-        if let Err(e) = self.u2().admin.set_behaviour(b) {
-            self.fail(&format!("cannot set u2's behaviour: {e}"));
-        }
-    }
-
-    fn u2_requests(&self) -> u64 {
-        match self.u2().admin.stats() {
-            Ok(s) => s.requests,
-            Err(e) => self.fail(&format!("cannot read u2's stats: {e}")),
-        }
-    }
-}
-
-fn required(var: &str, what: &str, how: &str) -> PathBuf {
-    host_tests::required_file_from_env(var, what, &format!("Run `make test`, or {how}."))
-        .unwrap_or_else(|e| panic!("{e}"))
-}
+/// Index of u2 in the fixture.
+const U2: usize = 1;
 
 #[test]
 fn meshguard_ejects_a_failing_host_and_warms_it_up_again() {
-    let s = Setup::start();
-    let listener = s.envoy.listener;
+    let s = ThreeUpstreams::start(
+        host_tests::test_paths!(),
+        "envoy_steering",
+        host_tests::TEST_PLUGIN_CONFIG,
+    );
+    let listener = s.listener();
 
     // a. Baseline: everything healthy, meshguard must not get in the way.
     let base = burst(listener, 300);
@@ -150,7 +52,7 @@ fn meshguard_ejects_a_failing_host_and_warms_it_up_again() {
     // b. u2 fails every request. Detection: keep sending until u2 has been
     // out of two consecutive batches (or 300 requests); its 503s are the
     // price of detection and must stay small.
-    s.set_u2(&Behaviour::status(503));
+    s.set_behaviour(U2, &Behaviour::status(503));
     let mut detection = Tally::default();
     let mut clean_batches = 0;
     let mut ejected_at = None;
@@ -180,11 +82,11 @@ fn meshguard_ejects_a_failing_host_and_warms_it_up_again() {
     });
 
     // Measured phase: u2 must get nothing and clients must see only 200s.
-    let before = s.u2_requests();
+    let before = s.requests(U2);
     let started = Instant::now();
     let measured = burst(listener, 300);
     let took = started.elapsed();
-    let u2_got = s.u2_requests() - before;
+    let u2_got = s.requests(U2) - before;
     println!("b. while ejected ({took:?}): {measured}; u2 received {u2_got}");
     let note = || {
         format!(
@@ -208,7 +110,7 @@ fn meshguard_ejects_a_failing_host_and_warms_it_up_again() {
     // c. u2 recovers. Send a steady RATE req/s in one-second buckets: it
     // should stay out until the ejection ends, then come back through the
     // warm-up with a small share rising to a fair third.
-    s.set_u2(&Behaviour::healthy());
+    s.set_behaviour(U2, &Behaviour::healthy());
     let mut buckets: Vec<Tally> = Vec::new();
     let mut returned: Option<usize> = None;
     // Bounded: ejection (at most 3 s left) + warm-up + margin + 2 buckets, and slack.
