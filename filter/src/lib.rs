@@ -5,14 +5,17 @@
 //! that talks to Envoy through the proxy-wasm ABI.
 
 pub mod breaker;
+pub mod cidr;
 pub mod classify;
 pub mod config;
 pub mod glob;
 pub mod guard;
 pub mod headers;
 pub mod health;
+pub mod metrics;
 pub mod route_metadata;
 pub mod service;
+pub mod status;
 pub mod steering;
 pub mod template;
 pub mod window;

@@ -47,6 +47,46 @@ pub struct Config {
     pub headers: HeaderRules,
     /// In order; the first that matches a request's route applies.
     pub overrides: Vec<Override>,
+    pub status: Status,
+}
+
+/// The JSON status endpoint, off by default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub enabled: bool,
+    pub path: String,
+    pub allowed_cidrs: Vec<crate::cidr::Cidr>,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Status {
+            enabled: false,
+            path: "/meshguard/status".to_string(),
+            allowed_cidrs: ["127.0.0.1/32", "::1/128"]
+                .iter()
+                .filter_map(|c| crate::cidr::Cidr::parse(c).ok())
+                .collect(),
+        }
+    }
+}
+
+impl Status {
+    fn apply(&mut self, o: &Object) -> Result<(), ConfigError> {
+        o.only(&["enabled", "path", "allowedCidrs"])?;
+        o.bool("enabled", &mut self.enabled)?;
+        o.string("path", &mut self.path)?;
+        if !self.path.starts_with('/') || self.path.chars().any(|c| c.is_whitespace() || c == '?') {
+            return Err(ConfigError::new(
+                o.path("path"),
+                format!("`{}` must be an absolute path without query", self.path),
+            ));
+        }
+        if let Some(cidrs) = o.list("allowedCidrs", crate::cidr::Cidr::parse)? {
+            self.allowed_cidrs = cidrs;
+        }
+        Ok(())
+    }
 }
 
 /// How outcomes are judged and when a host's grade changes.
@@ -225,6 +265,7 @@ impl Config {
             "circuitBreaker",
             "headers",
             "overrides",
+            "status",
         ])?;
         if let Some(section) = object.object("detection")? {
             self.detection.apply(&section)?;
@@ -243,6 +284,9 @@ impl Config {
         }
         if let Some(section) = object.object("headers")? {
             self.headers.apply(&section)?;
+        }
+        if let Some(section) = object.object("status")? {
+            self.status.apply(&section)?;
         }
         Ok(())
     }

@@ -367,3 +367,23 @@ fn circuit_breaker_settings() {
         assert_eq!(refused(json).field, field, "{json}");
     }
 }
+
+#[test]
+fn status_endpoint_settings() {
+    let defaults = Config::default().status;
+    assert!(!defaults.enabled, "off by default");
+    assert_eq!(defaults.path, "/meshguard/status");
+    let config =
+        parse(r#"{"status": {"enabled": true, "path": "/_mg", "allowedCidrs": ["10.0.0.0/8"]}}"#)
+            .unwrap();
+    assert!(config.status.enabled);
+    assert_eq!(config.status.allowed_cidrs.len(), 1);
+    assert_eq!(
+        refused(r#"{"status": {"allowedCidrs": ["10.0.0.0/99"]}}"#).field,
+        "status.allowedCidrs[0]"
+    );
+    assert_eq!(
+        refused(r#"{"status": {"path": "status"}}"#).field,
+        "status.path"
+    );
+}

@@ -70,6 +70,14 @@ extern "C" {
         value_data: *const u8,
         value_size: usize,
     ) -> u32;
+    fn proxy_define_metric(
+        metric_type: u32,
+        name_data: *const u8,
+        name_size: usize,
+        return_metric_id: *mut u32,
+    ) -> u32;
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     fn proxy_call_foreign_function(
         function_name_data: *const u8,
         function_name_size: usize,
@@ -291,4 +299,19 @@ pub fn clear_route_cache() -> Result<(), Status> {
     };
     drop(unsafe { take(data, len) });
     check(status)
+}
+
+/// Defines (or finds) a metric: type 0 counter, 1 gauge.
+pub fn define_metric(kind: u32, name: &str) -> Result<u32, Status> {
+    let mut id = 0u32;
+    check(unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) })?;
+    Ok(id)
+}
+
+pub fn increment_metric(id: u32, offset: i64) -> Result<(), Status> {
+    check(unsafe { proxy_increment_metric(id, offset) })
+}
+
+pub fn record_metric(id: u32, value: u64) -> Result<(), Status> {
+    check(unsafe { proxy_record_metric(id, value) })
 }

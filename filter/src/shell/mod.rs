@@ -3,6 +3,7 @@
 //! error is handled, nothing here may panic.
 
 mod host;
+mod metrics;
 mod props;
 mod store;
 mod worker;
@@ -94,6 +95,7 @@ impl RootContext for Root {
         let config = match Config::parse(&bytes) {
             Ok(config) => Rc::new(config),
             Err(error) => {
+                metrics::Metrics::default().add(crate::metrics::global("config_rejected"), 1);
                 let kept = if self.worker.is_some() {
                     "keeping the previous configuration"
                 } else {
@@ -268,6 +270,9 @@ impl HttpContext for Stream {
         let Ok(mut worker) = worker.try_borrow_mut() else {
             return Action::Continue;
         };
+        if let Some(action) = self.status_endpoint(&worker) {
+            return action;
+        }
         if worker.route_aware() {
             self.route = Some(worker.route(props::route_name()));
         }
@@ -295,6 +300,9 @@ impl HttpContext for Stream {
             Admission::Allowed => {}
             Admission::Probe => self.probe = true,
             Admission::Rejected { retry_after_ms } => {
+                if config.circuit_breaker.mode == BreakerMode::LocalReply {
+                    worker.count_local_reply(&cluster, &self.scope);
+                }
                 drop(worker);
                 return self.reject(&config, retry_after_ms);
             }
@@ -448,6 +456,36 @@ impl HttpContext for Stream {
 }
 
 impl Stream {
+    /// Answers the status endpoint for allowed sources; everyone else's
+    /// request passes on as if the endpoint did not exist.
+    fn status_endpoint(&mut self, worker: &Worker) -> Option<Action> {
+        let status = &worker.config_base().status;
+        if !status.enabled {
+            return None;
+        }
+        let path = props::header_text(Map::RequestHeaders, ":path")?;
+        let path = path.split('?').next().unwrap_or("");
+        if path != status.path {
+            return None;
+        }
+        let source = props::source_address()?;
+        let ip = crate::cidr::source_ip(&source)?;
+        if !status.allowed_cidrs.iter().any(|c| c.contains(ip)) {
+            return None;
+        }
+        let now = host::now_ms().unwrap_or(0);
+        let body = worker.status_json(now);
+        self.local_reply = true;
+        let headers = [
+            ("content-type", "application/json"),
+            ("cache-control", "no-store"),
+        ];
+        match host::send_local_response(200, "meshguard_status", body.as_bytes(), &headers, None) {
+            Ok(()) => Some(Action::Pause),
+            Err(_) => None,
+        }
+    }
+
     /// A client must not pick the host itself through our header. The
     /// session header of base64 mode is the application's own (sticky
     /// sessions) and is left alone.

@@ -9,6 +9,7 @@ const UPSTREAM_ADDRESS: &[u8] = b"upstream\0address";
 const RESPONSE_CODE: &[u8] = b"response\0code";
 const RESPONSE_FLAGS: &[u8] = b"response\0flags";
 const PLUGIN_NAME: &[u8] = b"plugin_name";
+const SOURCE_ADDRESS: &[u8] = b"source\0address";
 const ROUTE_NAME: &[u8] = b"xds\0route_name";
 const ROUTE_METADATA: &[u8] = b"xds\0route_metadata";
 
@@ -47,6 +48,10 @@ pub fn virtual_service() -> Option<String> {
 pub fn header_text(map: Map, name: &str) -> Option<String> {
     let value = host::header(map, name).ok()??;
     String::from_utf8(value).ok()
+}
+
+pub fn source_address() -> Option<String> {
+    string(SOURCE_ADDRESS)
 }
 
 pub fn plugin_name() -> Option<String> {

@@ -139,6 +139,22 @@ impl Store {
         Err(StoreError::Contention)
     }
 
+    /// Every service record in shared data (for the status endpoint).
+    pub fn all(&self) -> Result<Vec<ServiceHealth>, StoreError> {
+        let (bytes, _) = host::shared_data(&self.index_key)?;
+        let index: Index = bytes
+            .and_then(|b| postcard::from_bytes(&b).ok())
+            .unwrap_or_default();
+        let mut records = Vec::with_capacity(index.slots.len());
+        for (position, entry) in index.slots.iter().enumerate() {
+            let slot = slot_of(&index, position);
+            if let Ok(record) = self.read(&entry.service, slot) {
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+
     /// The service's current record (empty if none was written yet).
     pub fn read(&self, service: &str, slot: Slot) -> Result<ServiceHealth, StoreError> {
         let (bytes, _) = host::shared_data(&self.slot_key(slot))?;

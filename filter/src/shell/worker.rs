@@ -13,11 +13,13 @@ use std::rc::Rc;
 use base64::Engine;
 
 use super::host;
+use super::metrics::Metrics;
 use super::props;
 use super::store::{Slot, Store, StoreError};
 use crate::breaker::{Admission, BreakerState};
 use crate::config::{Config, Encoding};
 use crate::health::HostState;
+use crate::metrics::{self as names, FAILURE_KINDS};
 use crate::service::{Event, Observation, Pending, ServiceHealth};
 use crate::steering::{self, SmoothPicker};
 
@@ -47,6 +49,59 @@ struct Unit {
     plan: Option<Plan>,
     last_touch_ms: u64,
     last_used_ms: u64,
+    counts: Counts,
+}
+
+/// Per-unit counters kept on the request path (no host call) and added to
+/// Envoy's stats on the tick.
+#[derive(Default)]
+struct Counts {
+    requests: u64,
+    failures: [u64; FAILURE_KINDS.len()],
+    steered: u64,
+    local_replies: u64,
+}
+
+/// Transition lines one host (or breaker) may log per window; a flapping
+/// host must not flood the log.
+const LOG_LINES_PER_WINDOW: u16 = 6;
+const LOG_WINDOW_MS: u64 = 60_000;
+const MAX_LOG_KEYS: usize = 256;
+
+#[derive(Default)]
+struct LogLimiter {
+    /// (unit and host, window start, lines logged, lines suppressed)
+    keys: Vec<(String, u64, u16, u32)>,
+}
+
+impl LogLimiter {
+    /// Whether a line about `key` may be logged now; reports how many were
+    /// suppressed in the window that just ended.
+    fn allow(&mut self, key: &str, now: u64) -> (bool, u32) {
+        let index = match self.keys.iter().position(|(k, ..)| k == key) {
+            Some(index) => index,
+            None => {
+                if self.keys.len() >= MAX_LOG_KEYS {
+                    self.keys.remove(0);
+                }
+                self.keys.push((key.to_string(), now, 0, 0));
+                self.keys.len() - 1
+            }
+        };
+        let entry = &mut self.keys[index];
+        let mut ended_suppressed = 0;
+        if now.saturating_sub(entry.1) >= LOG_WINDOW_MS {
+            ended_suppressed = entry.3;
+            *entry = (entry.0.clone(), now, 0, 0);
+        }
+        if entry.2 < LOG_LINES_PER_WINDOW {
+            entry.2 += 1;
+            (true, ended_suppressed)
+        } else {
+            entry.3 = entry.3.saturating_add(1);
+            (false, ended_suppressed)
+        }
+    }
 }
 
 /// Steering for one unit: the hosts' weights and their header values, in
@@ -65,6 +120,8 @@ pub struct Worker {
     units: Vec<Unit>,
     routes: Vec<Route>,
     random: u64,
+    metrics: Metrics,
+    log_limiter: LogLimiter,
     /// Time of the last tick: precise enough for bookkeeping, and saves a
     /// host call per request.
     clock_ms: u64,
@@ -87,10 +144,16 @@ impl Worker {
             units: Vec::new(),
             routes: Vec::new(),
             random: now | 1,
+            metrics: Metrics::default(),
+            log_limiter: LogLimiter::default(),
             clock_ms: now,
         };
         worker.reconfigure(config);
         worker
+    }
+
+    pub fn config_base(&self) -> &Config {
+        &self.config
     }
 
     pub fn reconfigure(&mut self, config: Rc<Config>) {
@@ -204,10 +267,9 @@ impl Worker {
         });
         match result {
             Ok(((admission, event), record)) => {
-                let unit = &mut self.units[position];
-                unit.snapshot = record;
+                self.units[position].snapshot = record;
                 if let Some(event) = event {
-                    log_event(&unit.key, &event);
+                    self.report(position, &event, now);
                 }
                 admission
             }
@@ -238,7 +300,21 @@ impl Worker {
         let index = plan.picker.pick(&plan.weights)?;
         let value = plan.values.get(index)?;
         let address = unit.snapshot.hosts.get(index)?.address.as_str();
+        unit.counts.steered += 1;
         Some((value.as_slice(), address))
+    }
+
+    /// The status document: every record in shared data, not only the ones
+    /// this worker has seen.
+    pub fn status_json(&self, now: u64) -> String {
+        let records = self.store.all().unwrap_or_default();
+        crate::status::render(&records, now, &self.config)
+    }
+
+    pub fn count_local_reply(&mut self, cluster: &str, scope: &str) {
+        if let Some(position) = self.find(cluster, scope) {
+            self.units[position].counts.local_replies += 1;
+        }
     }
 
     pub fn host_state(&self, cluster: &str, scope: &str, address: &str) -> Option<HostState> {
@@ -264,6 +340,10 @@ impl Worker {
         };
         let max_hosts = usize::from(config.limits.max_hosts_per_service);
         let unit = &mut self.units[position];
+        unit.counts.requests += 1;
+        if let Some(kind) = observation.outcome.failure {
+            unit.counts.failures[names::failure_index(kind)] += 1;
+        }
         match unit.pending.iter().position(|(a, _)| a == address) {
             Some(index) => unit.pending[index].1.add(observation),
             None if unit.pending.len() < max_hosts => {
@@ -333,7 +413,7 @@ impl Worker {
                 unit.pending.clear();
                 unit.snapshot = record;
                 for event in &events {
-                    log_event(&unit.key, event);
+                    self.report(position, event, now);
                 }
                 self.after_sync(position, now);
                 true
@@ -384,6 +464,98 @@ impl Worker {
         }
         let weights = unit.snapshot.weights(now, &unit.config);
         unit.plan = plan(&unit.snapshot, weights, unit.plan.take(), &steering, seed);
+        self.publish(position);
+    }
+
+    /// Adds the unit's batched counters to Envoy's stats and updates its
+    /// gauges (written only when they change).
+    fn publish(&mut self, position: usize) {
+        let unit = &mut self.units[position];
+        let counts = std::mem::take(&mut unit.counts);
+        let key = unit.key.as_str();
+        let metrics = &mut self.metrics;
+        metrics.add(names::service_metric("requests", key), counts.requests);
+        for (kind, count) in FAILURE_KINDS.iter().zip(counts.failures) {
+            metrics.add(names::labelled("failures", key, "kind", kind), count);
+        }
+        metrics.add(names::service_metric("steered", key), counts.steered);
+        metrics.add(
+            names::service_metric("local_replies", key),
+            counts.local_replies,
+        );
+        let mut by_state = [0u64; 4];
+        for host in &unit.snapshot.hosts {
+            let state = host.health.state();
+            by_state[names::state_value(state) as usize] += 1;
+            metrics.set(
+                names::host_metric("host_state", key, &host.address),
+                names::state_value(state),
+            );
+        }
+        for state in [
+            HostState::Healthy,
+            HostState::Degraded,
+            HostState::Unhealthy,
+            HostState::WarmingUp,
+        ] {
+            let count = by_state[names::state_value(state) as usize];
+            metrics.set(
+                names::labelled("hosts", key, "state", names::state_label(state)),
+                count,
+            );
+        }
+        metrics.set(
+            names::service_metric("breaker_state", key),
+            names::breaker_value(unit.snapshot.breaker.state()),
+        );
+    }
+
+    /// Counts an event in Envoy's stats and logs it (rate-limited per host).
+    fn report(&mut self, position: usize, event: &Event, now: u64) {
+        let key = self.units[position].key.clone();
+        let metrics = &mut self.metrics;
+        let subject = match event {
+            Event::Transition {
+                address,
+                transition,
+            } => {
+                let (from, to) = (
+                    names::state_label(transition.from),
+                    names::state_label(transition.to),
+                );
+                metrics.add(
+                    format!(
+                        "{}.from.{from}.to.{to}",
+                        names::service_metric("transitions", &key)
+                    ),
+                    1,
+                );
+                if transition.to == HostState::Unhealthy {
+                    let reason = names::ejection_reason(&transition.reason);
+                    metrics.add(names::labelled("ejections", &key, "reason", reason), 1);
+                    metrics.add(names::host_metric("host_ejections", &key, address), 1);
+                }
+                address.as_str()
+            }
+            Event::EjectionRefused { address, .. } => {
+                metrics.add(names::service_metric("ejections_refused", &key), 1);
+                address.as_str()
+            }
+            Event::HostNotTracked { address } => address.as_str(),
+            Event::Breaker(transition) => {
+                if transition.to == BreakerState::Open {
+                    metrics.add(names::service_metric("breaker_trips", &key), 1);
+                }
+                "circuit breaker"
+            }
+        };
+        let (allowed, suppressed) = self.log_limiter.allow(&format!("{key} {subject}"), now);
+        if suppressed > 0 {
+            log::info!("meshguard: {key} {subject}: {suppressed} more transition lines were suppressed in the last minute");
+        }
+        if allowed {
+            log_event(&key, event);
+        }
     }
 
     /// The cache position of a unit, resolving its shared slot the first
@@ -433,6 +605,7 @@ impl Worker {
             plan: None,
             last_touch_ms: now,
             last_used_ms: now,
+            counts: Counts::default(),
         });
         let position = self.units.len() - 1;
         self.after_sync(position, now);
