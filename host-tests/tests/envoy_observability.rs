@@ -1,0 +1,243 @@
+//! What an operator sees in the real Envoy: meshguard's Prometheus metrics
+//! must count exactly what happened, and the status endpoint must answer
+//! allowed sources and be invisible to everyone else.
+//!
+//! Needs MESHGUARD_WASM and MESHGUARD_ENVOY (`make test` sets both). Run
+//! alone with `cargo test -p host-tests --test envoy_observability -- --nocapture`.
+
+use std::time::Duration;
+
+use host_tests::fixture::ThreeUpstreams;
+use host_tests::http;
+use host_tests::traffic::{burst, Tally};
+use host_tests::Behaviour;
+
+const U2: usize = 1;
+/// Counters are added to Envoy's stats on meshguard's 100 ms tick.
+const FLUSH: Duration = Duration::from_millis(400);
+
+fn config_with(status: &str) -> String {
+    let base = host_tests::TEST_PLUGIN_CONFIG;
+    format!("{},\"status\":{status}}}", &base[..base.len() - 1])
+}
+
+/// The value of the Prometheus sample `name{labels}` (labels in Envoy's
+/// order do not matter: every `key="value"` given must be present).
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        if !rest.starts_with('{') {
+            return None;
+        }
+        let (set, value) = rest.rsplit_once(' ')?;
+        labels
+            .iter()
+            .all(|(k, v)| set.contains(&format!("{k}=\"{v}\"")))
+            .then(|| value.parse().ok())
+            .flatten()
+    })
+}
+
+fn get(addr: std::net::SocketAddr, path: &str) -> http::Response {
+    http::request(addr, "GET", path, &[], &[], Duration::from_secs(5)).expect("request")
+}
+
+#[test]
+fn metrics_and_status_tell_what_happened() {
+    let s = ThreeUpstreams::start(
+        host_tests::test_paths!(),
+        "envoy_observability_metrics",
+        &config_with(r#"{"enabled":true}"#),
+    );
+    let listener = s.listener();
+    let mut sent = Tally::default();
+    sent.merge(&burst(listener, 300));
+    std::thread::sleep(FLUSH);
+    let prom = s
+        .envoy
+        .admin_get("/stats/prometheus")
+        .expect("prometheus stats");
+    let svc = ("meshguard_service", "demo");
+    s.check(
+        sample(&prom, "meshguard_requests", &[svc]) == Some(300.0),
+        || format!("after 300 healthy requests meshguard_requests should be 300:\n{prom}"),
+    );
+    s.check(
+        sample(
+            &prom,
+            "meshguard_hosts",
+            &[svc, ("meshguard_state", "healthy")],
+        ) == Some(3.0),
+        || format!("three healthy hosts expected:\n{prom}"),
+    );
+
+    // u2 fails until it is ejected, then 100 more requests.
+    s.set_behaviour(U2, &Behaviour::status(503));
+    for _ in 0..12 {
+        sent.merge(&burst(listener, 25));
+        if s.transitions(U2).iter().any(|l| l.contains("-> Unhealthy")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.check(
+        s.wait_for_transition(U2, Duration::from_secs(2), |l| l.contains("-> Unhealthy"))
+            .is_some(),
+        || format!("u2 was never ejected: {sent}"),
+    );
+    sent.merge(&burst(listener, 100));
+    std::thread::sleep(FLUSH);
+
+    let prom = s
+        .envoy
+        .admin_get("/stats/prometheus")
+        .expect("prometheus stats");
+    let u2 = s.upstream(U2).data.to_string();
+    let expect = |what: &str, got: Option<f64>, want: f64| {
+        s.check(got == Some(want), || {
+            let ours: Vec<&str> = prom
+                .lines()
+                .filter(|l| l.starts_with("meshguard_"))
+                .collect();
+            format!(
+                "{what}: want {want}, got {got:?} (client saw {sent})\n{}",
+                ours.join("\n")
+            )
+        });
+    };
+    expect(
+        "requests",
+        sample(&prom, "meshguard_requests", &[svc]),
+        sent.total as f64,
+    );
+    expect(
+        "gateway failures = 503s the clients saw",
+        sample(
+            &prom,
+            "meshguard_failures",
+            &[svc, ("meshguard_kind", "gateway")],
+        ),
+        sent.with_status(503) as f64,
+    );
+    expect(
+        "ejections by consecutive failures",
+        sample(
+            &prom,
+            "meshguard_ejections",
+            &[svc, ("meshguard_reason", "consecutive")],
+        ),
+        1.0,
+    );
+    expect(
+        "u2's ejections",
+        sample(
+            &prom,
+            "meshguard_host_ejections",
+            &[svc, ("meshguard_host", &u2)],
+        ),
+        1.0,
+    );
+    expect(
+        "healthy -> unhealthy transitions",
+        sample(
+            &prom,
+            "meshguard_transitions",
+            &[
+                svc,
+                ("meshguard_from", "healthy"),
+                ("meshguard_to", "unhealthy"),
+            ],
+        ),
+        1.0,
+    );
+    expect(
+        "hosts unhealthy",
+        sample(
+            &prom,
+            "meshguard_hosts",
+            &[svc, ("meshguard_state", "unhealthy")],
+        ),
+        1.0,
+    );
+    expect(
+        "u2's state gauge (2 = unhealthy)",
+        sample(
+            &prom,
+            "meshguard_host_state",
+            &[svc, ("meshguard_host", &u2)],
+        ),
+        2.0,
+    );
+    expect(
+        "breaker closed",
+        sample(&prom, "meshguard_breaker_state", &[svc]),
+        0.0,
+    );
+    let steered = sample(&prom, "meshguard_steered", &[svc]).unwrap_or(0.0);
+    s.check(steered >= 100.0, || {
+        format!("the 100 requests after ejection were all steered, got {steered}")
+    });
+
+    // The status endpoint answers loopback (allowed by default).
+    let reply = get(listener, "/meshguard/status?pretty");
+    s.check(
+        reply.status == 200 && reply.header("x-upstream-name").is_none(),
+        || format!("status endpoint should answer locally: {}", reply.status),
+    );
+    let status: serde_json::Value = serde_json::from_slice(&reply.body).expect("status JSON");
+    let hosts = status["services"][0]["hosts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let u2_entry = hosts.iter().find(|h| h["address"] == u2.as_str());
+    s.check(
+        u2_entry.is_some_and(|h| h["state"] == "Unhealthy" && h["timesEjected"] == 1),
+        || format!("status should show u2 ejected once: {status}"),
+    );
+    s.check(hosts.len() == 3, || {
+        format!("three hosts expected: {status}")
+    });
+    // Our local replies are not counted as requests.
+    std::thread::sleep(FLUSH);
+    let prom = s
+        .envoy
+        .admin_get("/stats/prometheus")
+        .expect("prometheus stats");
+    expect(
+        "requests after status",
+        sample(&prom, "meshguard_requests", &[svc]),
+        sent.total as f64,
+    );
+}
+
+#[test]
+fn status_endpoint_is_invisible_to_other_sources() {
+    for (name, status) in [
+        (
+            "envoy_observability_status_other_cidr",
+            r#"{"enabled":true,"allowedCidrs":["10.99.0.0/16"]}"#,
+        ),
+        ("envoy_observability_status_off", r#"{"enabled":false}"#),
+    ] {
+        let s = ThreeUpstreams::start(host_tests::test_paths!(), name, &config_with(status));
+        let reply = get(s.listener(), "/meshguard/status");
+        s.check(
+            reply.status == 200 && reply.header("x-upstream-name").is_some(),
+            || {
+                format!(
+                    "{name}: the request should reach an upstream like any other: {}",
+                    reply.status
+                )
+            },
+        );
+        let body = String::from_utf8_lossy(&reply.body);
+        s.check(
+            !body.contains("services") && !body.contains("127.0.0.1"),
+            || {
+                format!(
+                    "{name}: no status document and no upstream address for this client: {body}"
+                )
+            },
+        );
+    }
+}
