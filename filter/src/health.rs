@@ -172,6 +172,9 @@ pub struct HostHealth {
     times_ejected: u16,
     last_seen_ms: u64,
     streaks: Streaks,
+    /// The shared record's write number in which the current failure streak
+    /// began (see `ServiceHealth::writes`).
+    streak_started_write: u64,
     window: OutcomeWindow,
 }
 
@@ -188,6 +191,7 @@ impl HostHealth {
             times_ejected: 0,
             last_seen_ms: now,
             streaks: Streaks::default(),
+            streak_started_write: 0,
             window: OutcomeWindow::new(window_size),
         }
     }
@@ -232,6 +236,44 @@ impl HostHealth {
         may_eject: bool,
         jitter_ms: u64,
     ) -> Recorded {
+        self.record_inner(outcome, now, config, may_eject, jitter_ms, true)
+    }
+
+    /// Whether the current failure streak began in a shared-record write
+    /// after `seen_write`. Successes a worker counted while it had seen the
+    /// record only up to `seen_write` may then have come before the streak.
+    pub fn streak_began_after(&self, seen_write: u64) -> bool {
+        self.streaks.failures > 0 && self.streak_started_write > seen_write
+    }
+
+    /// Records a success known only to have happened before the current
+    /// failure streak: it counts in the window but breaks no streak, so a
+    /// run of failures is counted in full across workers.
+    pub fn record_preceding_success(
+        &mut self,
+        outcome: Outcome,
+        now: u64,
+        config: &Config,
+    ) -> Recorded {
+        self.record_inner(outcome, now, config, false, 0, false)
+    }
+
+    /// Stamps a streak that the last recorded failure started.
+    pub fn mark_streak_start(&mut self, write: u64) {
+        if self.streaks.failures == 1 {
+            self.streak_started_write = write;
+        }
+    }
+
+    fn record_inner(
+        &mut self,
+        outcome: Outcome,
+        now: u64,
+        config: &Config,
+        may_eject: bool,
+        jitter_ms: u64,
+        breaks_streaks: bool,
+    ) -> Recorded {
         let detection = &config.detection;
         self.last_seen_ms = self.last_seen_ms.max(now);
         if self.window.capacity() != detection.window_size {
@@ -243,7 +285,9 @@ impl HostHealth {
             return Recorded::default();
         }
         self.window.push(outcome.failed(), outcome.slow);
-        self.count_streaks(outcome);
+        if breaks_streaks || outcome.failed() {
+            self.count_streaks(outcome);
+        }
 
         if let Some(reason) = self.ejection_reason(outcome, config) {
             if may_eject {

@@ -24,6 +24,9 @@ pub struct ServiceHealth {
     pub service: String,
     pub epoch: u32,
     pub hosts: Vec<HostEntry>,
+    /// Count of read-modify-writes, so a worker can tell whether something
+    /// happened in the record after it last saw it.
+    pub writes: u64,
     /// The breaker for all of this record's traffic (the service's, or one
     /// override's share of it).
     pub breaker: Breaker,
@@ -57,6 +60,9 @@ pub struct Pending {
     /// Successes by kind: index bit 0 = slow, bit 1 = slow for the breaker.
     pub successes: [u32; 4],
     pub ordered: Vec<Observation>,
+    /// The record's `writes` when the worker last saw it: the successes
+    /// happened after that, in an order unknown against later writes.
+    pub seen_writes: u64,
 }
 
 /// Failures a worker holds for one host before dropping the oldest: they
@@ -121,11 +127,17 @@ pub enum Event {
 }
 
 impl ServiceHealth {
+    /// Marks the start of one read-modify-write of the shared record.
+    pub fn begin_write(&mut self) {
+        self.writes = self.writes.wrapping_add(1);
+    }
+
     pub fn new(service: &str, epoch: u32) -> Self {
         ServiceHealth {
             service: service.to_string(),
             epoch,
             hosts: Vec::new(),
+            writes: 0,
             breaker: Breaker::default(),
         }
     }
@@ -196,10 +208,21 @@ impl ServiceHealth {
             } else {
                 0
             };
+            let write = self.writes;
             let entry = &mut self.hosts[index];
-            let recorded = entry
-                .health
-                .record(outcome, now, config, may_eject, jitter_ms);
+            // Batched successes and another worker's failure run: the
+            // successes may have come first; let them not hide the run.
+            let recorded =
+                if !outcome.failed() && entry.health.streak_began_after(pending.seen_writes) {
+                    entry.health.record_preceding_success(outcome, now, config)
+                } else {
+                    entry
+                        .health
+                        .record(outcome, now, config, may_eject, jitter_ms)
+                };
+            if outcome.failed() {
+                entry.health.mark_streak_start(write);
+            }
             if let Some(transition) = recorded.transition {
                 events.push(Event::Transition {
                     address: entry.address.clone(),

@@ -137,6 +137,7 @@ fn successes_written_before_failures_reset_the_streak() {
     let mixed = Pending {
         successes: [3, 0, 0, 0],
         ordered: vec![Observation::plain(FAIL); 4],
+        ..Pending::default()
     };
     service.apply(&host(1), mixed, 0);
     assert_eq!(
@@ -344,4 +345,69 @@ fn breaker_slow_successes_are_counted_apart() {
         probe: false,
     });
     assert_eq!(pending.successes, [0, 0, 1, 1]);
+}
+
+#[test]
+fn a_failure_run_is_counted_across_workers_despite_batched_successes() {
+    // Five failures in a row, split over two workers; worker B also holds
+    // successes from before the run, which it writes only with its first
+    // failure. They must not break the run: the host goes at failure 5.
+    let mut cfg = config();
+    cfg.detection.consecutive_5xx_errors = 5;
+    let mut service = Service::new(cfg);
+    service.record.begin_write();
+    service.apply(&host(1), successes(20), 0);
+    let seen_by_b = service.record.writes;
+    let one_failure = |seen: u64| Pending {
+        ordered: vec![Observation::plain(FAIL)],
+        seen_writes: seen,
+        ..Pending::default()
+    };
+    // Worker A: failures 1 and 2 (it keeps its view up to date).
+    for _ in 0..2 {
+        service.record.begin_write();
+        let seen = service.record.writes - 1;
+        service.apply(&host(1), one_failure(seen), 1);
+    }
+    // Worker B: its old successes, then failure 3.
+    service.record.begin_write();
+    let b = Pending {
+        successes: [7, 0, 0, 0],
+        ordered: vec![Observation::plain(FAIL)],
+        seen_writes: seen_by_b,
+    };
+    service.apply(&host(1), b, 2);
+    // Worker A: failures 4 and 5.
+    for _ in 0..2 {
+        service.record.begin_write();
+        let seen = service.record.writes - 1;
+        service.apply(&host(1), one_failure(seen), 3);
+    }
+    assert_eq!(service.state(&host(1)), HostState::Unhealthy);
+}
+
+#[test]
+fn successes_seen_after_the_run_began_still_break_it() {
+    let mut cfg = config();
+    cfg.detection.consecutive_5xx_errors = 5;
+    let mut service = Service::new(cfg);
+    for _ in 0..3 {
+        service.record.begin_write();
+        service.apply(&host(1), failures(1), 0);
+    }
+    // A worker that had seen the run (its view is current) reports a success.
+    service.record.begin_write();
+    let current = Pending {
+        successes: [1, 0, 0, 0],
+        seen_writes: service.record.writes - 1,
+        ..Pending::default()
+    };
+    service.apply(&host(1), current, 1);
+    service.record.begin_write();
+    service.apply(&host(1), failures(4), 2);
+    assert_eq!(
+        service.state(&host(1)),
+        HostState::Healthy,
+        "the success broke the run"
+    );
 }

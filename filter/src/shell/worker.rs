@@ -394,8 +394,13 @@ impl Worker {
         let mut random = self.random();
         let unit = &mut self.units[position];
         let config = Rc::clone(&unit.config);
+        let seen_writes = unit.snapshot.writes;
+        for (_, pending) in &mut unit.pending {
+            pending.seen_writes = seen_writes;
+        }
         let pending = &unit.pending;
         let result = self.store.update(&unit.key, unit.slot, |record| {
+            record.begin_write();
             let mut events = Vec::new();
             let mut next = || {
                 random = steering::xorshift(random);
