@@ -326,7 +326,7 @@ impl HttpContext for Stream {
             let state = self
                 .steered_to
                 .as_deref()
-                .and_then(|a| worker.host_state(&cluster, &self.scope, a));
+                .map(|a| worker.host_state(&cluster, &self.scope, a));
             let (state_text, breaker_text) = (
                 state.map(|s| s.to_string()).unwrap_or_default(),
                 breaker.to_string(),
@@ -376,9 +376,8 @@ impl HttpContext for Stream {
             props::header_text(Map::ResponseHeaders, ":status").and_then(|s| s.parse().ok());
         let address = props::upstream_address().unwrap_or_default();
         let cluster = self.cluster().map(str::to_string).unwrap_or_default();
-        let state = (!address.is_empty())
-            .then(|| worker.host_state(&cluster, &self.scope, &address))
-            .flatten();
+        let state =
+            (!address.is_empty()).then(|| worker.host_state(&cluster, &self.scope, &address));
         let breaker = worker.breaker_state(&cluster, &self.scope);
         let (state_text, breaker_text) = (
             state.map(|s| s.to_string()).unwrap_or_default(),

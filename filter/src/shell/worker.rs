@@ -317,13 +317,12 @@ impl Worker {
         }
     }
 
-    pub fn host_state(&self, cluster: &str, scope: &str, address: &str) -> Option<HostState> {
-        let position = self.find(cluster, scope)?;
-        self.units[position]
-            .snapshot
-            .host(address)
-            .map(|h| h.health.state())
-            .or(Some(HostState::Healthy))
+    /// A host's grade; a host (or service) not graded yet is Healthy: there
+    /// is no evidence against it.
+    pub fn host_state(&self, cluster: &str, scope: &str, address: &str) -> HostState {
+        self.find(cluster, scope)
+            .and_then(|position| self.units[position].snapshot.host(address))
+            .map_or(HostState::Healthy, |h| h.health.state())
     }
 
     /// Records one request's outcome against its host and the breaker.
