@@ -186,6 +186,9 @@ impl ServiceHealth {
         let max_percent = config.ejection.max_ejection_percent;
         let jitter = config.ejection.ejection_jitter.0;
         let breaker = &config.circuit_breaker;
+        // Counted once, then kept current: recounting per outcome would
+        // cost hosts x outcomes on a large batch.
+        let mut ejected = self.ejected();
         for observation in pending.replay(cap) {
             let outcome = observation.outcome;
             if breaker.enabled {
@@ -200,9 +203,9 @@ impl ServiceHealth {
                     events.push(Event::Breaker(t));
                 }
             }
-            // Only a failure can earn ejection; skip counting for successes.
-            let may_eject =
-                outcome.failed() && guard::may_eject(self.ejected(), self.hosts.len(), max_percent);
+            // A success can earn ejection too: the one that brings a
+            // failing window up to minRequests.
+            let may_eject = guard::may_eject(ejected, self.hosts.len(), max_percent);
             let jitter_ms = if jitter > 0 {
                 random() % (jitter + 1)
             } else {
@@ -224,6 +227,9 @@ impl ServiceHealth {
                 entry.health.mark_streak_start(write);
             }
             if let Some(transition) = recorded.transition {
+                if transition.to == HostState::Unhealthy {
+                    ejected += 1;
+                }
                 events.push(Event::Transition {
                     address: entry.address.clone(),
                     transition,

@@ -411,3 +411,22 @@ fn successes_seen_after_the_run_began_still_break_it() {
         "the success broke the run"
     );
 }
+
+#[test]
+fn the_success_that_completes_the_window_can_eject() {
+    // Nine failures (below minRequests, streaks off), then a success makes
+    // the window judgeable at 90% failures: that is an ejection, not a
+    // refusal by the cap.
+    let mut cfg = config();
+    cfg.detection.consecutive_5xx_errors = 0;
+    cfg.detection.consecutive_local_origin_failures = 0;
+    let mut service = Service::new(cfg);
+    for n in 1..=3 {
+        service.apply(&host(n), successes(10), 0);
+    }
+    service.apply(&host(4), failures(9), 1);
+    assert_eq!(service.state(&host(4)), HostState::Healthy);
+    service.apply(&host(4), successes(1), 2);
+    assert_eq!(service.state(&host(4)), HostState::Unhealthy);
+    assert_eq!(service.refusals(), 0);
+}
