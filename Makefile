@@ -21,7 +21,7 @@ WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-gl
 # What ships, and what the tests and the demo load: the wasm-opt'd module.
 MODULE := $(WASM_OPT)
 
-.PHONY: build lint test run envoy toolchain clean distclean
+.PHONY: build lint test run envoy images oci-image toolchain clean distclean fuzz bench-host
 
 toolchain:
 	@command -v rustup >/dev/null || { echo "rustup is required (https://rustup.rs)" >&2; exit 1; }
@@ -51,10 +51,42 @@ lint: toolchain
 envoy:
 	@scripts/ensure-envoy.sh
 
+# Docker images for the container end-to-end tests, FROM scratch and built
+# from local files only (meshguard/envoy:<envoy version>,
+# meshguard/mg-upstream:<crate version>). Rebuilt only when their inputs
+# change; the tests build them too when missing or stale.
+images:
+	cargo build -p host-tests --bin mg-upstream
+	MESHGUARD_ENVOY="$$(scripts/ensure-envoy.sh)" MG_UPSTREAM='$(ROOT)/target/debug/mg-upstream' \
+	    scripts/build-images.sh
+
+# The module as an OCI image for Istio's WasmPlugin (`url: oci://...`):
+# meshguard/meshguard-wasm:<crate version>, FROM scratch, exactly /plugin.wasm
+# (checked against the built module's sha256). Needs Docker, no registry.
+oci-image: build
+	MESHGUARD_WASM='$(MODULE)' scripts/oci-image.sh
+
 # `cargo test --workspace` runs the filter's unit tests and host-tests,
 # including the real-Envoy checks, which need the module and Envoy.
 test: lint build
 	MESHGUARD_WASM='$(MODULE)' MESHGUARD_ENVOY="$$(scripts/ensure-envoy.sh)" cargo test --workspace
+
+# The wasmtime host's long runs (host-tests/src/wasm_host): an optimised
+# native build with its own target dir, so the shipped module's release
+# profile (size, LTO, panic=abort) is neither used nor rebuilt for it.
+HOST_RELEASE := CARGO_TARGET_DIR='$(ROOT)/target/wasm-host-release' CARGO_PROFILE_RELEASE_OPT_LEVEL=3 \
+                CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+                CARGO_PROFILE_RELEASE_PANIC=unwind CARGO_PROFILE_RELEASE_STRIP=false
+
+# Never-trap property test, long: MESHGUARD_FUZZ_CASES cases (default
+# 200000) from MESHGUARD_FUZZ_SEED (a failure prints the case's seed).
+fuzz: build
+	MESHGUARD_WASM='$(MODULE)' MESHGUARD_FUZZ_CASES="$${MESHGUARD_FUZZ_CASES:-200000}" $(HOST_RELEASE) \
+	    cargo test --release -p host-tests --test wasm_never_trap -- --nocapture
+
+# Host calls and ns per request (healthy, incident, breaker-open paths).
+bench-host: build
+	MESHGUARD_WASM='$(MODULE)' $(HOST_RELEASE) cargo run --release -p host-tests --bin wasm-host-bench
 
 run: build
 	cargo build -p host-tests --bin mg-upstream

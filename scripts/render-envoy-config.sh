@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Renders envoy/demo.yaml.tmpl to stdout.
 # Usage: render-envoy-config.sh [--no-wasm]   with the template variables in the
-# environment (ADMIN_PORT LISTEN_PORT UPSTREAM{1,2,3}_PORT WASM_PATH PLUGIN_CONFIG).
+# environment (ADMIN_PORT LISTEN_PORT UPSTREAM{1,2,3}_PORT WASM_PATH PLUGIN_CONFIG;
+# FALLBACK_PORT is optional and defaults to UPSTREAM3_PORT).
 # --no-wasm drops the meshguard filter (WASM_PATH/PLUGIN_CONFIG then not needed).
 # Pure bash substitution on purpose: paths and JSON contain / & \ that trip sed.
 set -euo pipefail
@@ -11,7 +12,10 @@ TEMPLATE="${TEMPLATE:-$ROOT/envoy/demo.yaml.tmpl}"
 no_wasm=0
 [[ "${1:-}" == "--no-wasm" ]] && no_wasm=1
 
-vars=(ADMIN_PORT LISTEN_PORT UPSTREAM1_PORT UPSTREAM2_PORT UPSTREAM3_PORT)
+# The `fallback` cluster (circuit breaker fallback mode) needs a host; the
+# demo has no separate one, so it reuses u3 unless told otherwise.
+FALLBACK_PORT="${FALLBACK_PORT:-${UPSTREAM3_PORT:-}}"
+vars=(ADMIN_PORT LISTEN_PORT UPSTREAM1_PORT UPSTREAM2_PORT UPSTREAM3_PORT FALLBACK_PORT)
 if [[ $no_wasm -eq 0 ]]; then
     vars+=(WASM_PATH PLUGIN_CONFIG)
     # The config sits in a single-quoted YAML scalar: '' is YAML's escaped '.

@@ -133,17 +133,54 @@ fire() {
         awk '{ up = "envoy"; if (match($0, /"upstream":"[^"]*"/)) up = substr($0, RSTART + 12, RLENGTH - 13); print $NF, up }'
 }
 
-bar() { # percent -> bar of 12 cells
-    local n=$(( ($1 * 12 + 50) / 100 )) s=''
+bar() { # percent -> bar of 8 cells
+    local n=$(( ($1 * 8 + 50) / 100 )) s=''
     for ((j = 0; j < n; j++)); do s+='█'; done
-    for ((j = n; j < 12; j++)); do s+='·'; done
+    for ((j = n; j < 8; j++)); do s+='·'; done
     printf '%s' "$s"
+}
+
+# Host states, as meshguard reports them: every transition is one Envoy log
+# line "meshguard: demo host <ip:port>: <From> -> <To>: <reason>".
+declare -A STATE=() ADDR_NAME=()
+for i in 0 1 2; do
+    STATE[${NAMES[$i]}]=Healthy
+    ADDR_NAME[127.0.0.1:${UP_PORTS[$i]}]=${NAMES[$i]}
+done
+TRANSITIONS_SEEN=0
+state_color() {
+    case "$1" in
+        Healthy) printf '%s' "$GRN" ;;
+        Degraded | WarmingUp) printf '%s' "$YEL" ;;
+        *) printf '%s' "$RED" ;;
+    esac
+}
+# Prints the transitions logged since the last call (one line each) and
+# updates STATE. Envoy flushes its log every 200 ms.
+poll_transitions() {
+    local lines=() l name
+    mapfile -t lines < <(grep -E 'meshguard: .* host [0-9.]+:[0-9]+: [A-Za-z]+ -> [A-Za-z]+: ' "$RUN_DIR/envoy.log" 2>/dev/null || true)
+    for ((k = TRANSITIONS_SEEN; k < ${#lines[@]}; k++)); do
+        l=${lines[$k]}
+        [[ $l =~ host\ ([0-9.]+:[0-9]+):\ ([A-Za-z]+)\ -\>\ ([A-Za-z]+):\ (.*)$ ]] || continue
+        name=${ADDR_NAME[${BASH_REMATCH[1]}]:-${BASH_REMATCH[1]}}
+        STATE[$name]=${BASH_REMATCH[3]}
+        printf '        %s» meshguard: %s %s -> %s%s%s  %s%s\n' "$B" "$name" "${BASH_REMATCH[2]}" \
+            "$(state_color "${BASH_REMATCH[3]}")" "${BASH_REMATCH[3]}" "$RST$DIM" "${BASH_REMATCH[4]}" "$RST"
+    done
+    TRANSITIONS_SEEN=${#lines[@]}
+}
+
+table_header() {
+    printf '  %s%5s  %-10s' "$DIM" "time" "clients"
+    for name in "${NAMES[@]}"; do printf ' │ %-23s' "$name  state / share"; done
+    printf '%s\n' "$RST"
 }
 
 SECOND=0
 U2_SHARE=0
-# Sends one second of traffic and prints one line: client outcome, then each
-# upstream's share of the requests.
+# Sends one second of traffic, then prints what meshguard logged meanwhile
+# and one table row: client outcome, then each upstream's state and share.
 second() {
     local start=$EPOCHREALTIME out total ok line
     out="$(fire)"
@@ -152,16 +189,18 @@ second() {
     ((total > 0)) || total=1
     local okc="$GRN"
     ((ok < total)) && okc="$RED"
-    line=$(printf '  %s%3ds%s  clients: %s%3d/%d ok%s │' "$DIM" "$SECOND" "$RST" "$okc" "$ok" "$total" "$RST")
+    sleep 0.25 # let Envoy flush this second's log lines
+    poll_transitions
+    SECOND=$((SECOND + 1))
+    line=$(printf '  %s%4ds%s  %s%3d/%-3d ok%s' "$DIM" "$SECOND" "$RST" "$okc" "$ok" "$total" "$RST")
     for name in "${NAMES[@]}"; do
-        local n pct col=''
+        local n pct st=${STATE[$name]}
         n=$(grep -c " $name\$" <<<"$out" || true)
         pct=$(( n * 100 / total ))
-        [[ $name == u2 ]] && U2_SHARE=$pct && col=$YEL
-        line+=$(printf ' %s%s %s %3d%%%s │' "$col" "$name" "$(bar "$pct")" "$pct" "$RST")
+        [[ $name == u2 ]] && U2_SHARE=$pct
+        line+=$(printf ' │ %s%-9s%s %s %3d%%' "$(state_color "$st")" "$st" "$RST" "$(bar "$pct")" "$pct")
     done
     printf '%s\n' "$line"
-    SECOND=$((SECOND + 1))
     # Without --rate curl sends as fast as it can: pad to a full second.
     local spent
     spent=$(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { d = 1 - (b - a); if (d > 0) printf "%.3f", d; else print 0 }')
@@ -175,24 +214,29 @@ set_behaviour() { # index json
 
 title "1. Normal traffic"
 say "Clients send $RATE requests/s through Envoy; round robin gives each upstream about a third."
+say "Each row is one second: client answers, then every upstream's state (from meshguard's log)"
+say "and its share of the requests. meshguard's decisions appear as » lines when they happen."
+table_header
 for _ in 1 2 3; do second; done
 
 title "2. u2 starts failing"
 say "u2 now answers ${RED}503${RST} to every request. meshguard sees the failures in live traffic,"
 say "marks u2 unhealthy and steers requests to u1 and u3 (x-meshguard-upstream)."
 set_behaviour 1 '{"status":503}'
+table_header
 for _ in 1 2 3 4 5 6; do second; done
 
 title "3. u2 recovers"
 say "u2 answers 200 again. It stays ejected until its ejection time is over, then comes back"
 say "through a warm-up: a small share first, rising to a full third."
 set_behaviour 1 '{}'
+table_header
 returned=-1 steady=0
 for _ in $(seq 24); do
     second
     if ((returned < 0 && U2_SHARE > 0)); then returned=$SECOND; fi
     if ((returned >= 0 && U2_SHARE >= 25)); then steady=$((steady + 1)); else steady=0; fi
-    ((steady >= 3)) && break
+    ((steady >= 3)) && [[ ${STATE[u2]} == Healthy ]] && break
 done
 ((steady >= 3)) || say "  ${YEL}(u2 did not get back to a full share within the demo; see the log below)${RST}"
 

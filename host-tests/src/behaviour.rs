@@ -26,6 +26,20 @@ pub struct Behaviour {
     /// Answer gRPC-style: 200, `content-type: application/grpc` and a
     /// `grpc-status` trailer: this code on faulty requests, 0 on the others.
     pub grpc_status: Option<u32>,
+    /// Fault placement: false (default) spreads faults evenly
+    /// ([`ErrorSpreader`]); true draws each request independently with
+    /// probability `errorPercent` (seeded per server, so runs repeat), which
+    /// gives the runs of consecutive faults real grey failures have.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub random_errors: bool,
+    /// Overload model: when the server received more than this many requests
+    /// in the last second, `overloadErrorPercent` of the requests fail
+    /// (with `status`, or 503 when no status is set). None: no capacity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity_rps: Option<u32>,
+    /// Share of requests that fail while over capacity (default 100).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overload_error_percent: Option<u8>,
 }
 
 impl Behaviour {
@@ -84,6 +98,14 @@ impl Behaviour {
                 return Err(format!("errorPercent {p} is above 100"));
             }
         }
+        if let Some(p) = self.overload_error_percent {
+            if p > 100 {
+                return Err(format!("overloadErrorPercent {p} is above 100"));
+            }
+        }
+        if self.capacity_rps == Some(0) {
+            return Err("capacityRps must be above 0".to_string());
+        }
         if let Some(g) = self.grpc_status {
             if g > 16 {
                 return Err(format!("grpcStatus {g} is not a gRPC code (0-16)"));
@@ -125,6 +147,53 @@ impl ErrorSpreader {
     }
 }
 
+/// Requests received in the last second, in ten 100 ms buckets: the
+/// "recent request rate" of [`Behaviour::capacity_rps`].
+#[derive(Debug, Clone, Default)]
+pub struct RateMeter {
+    buckets: [u32; 10],
+    /// Index (in 100 ms units since the meter's epoch) of the newest bucket.
+    newest: u64,
+}
+
+impl RateMeter {
+    /// Counts one request at `now_ms` (any monotonic clock in ms) and
+    /// returns the requests of the last second, this one included.
+    pub fn record(&mut self, now_ms: u64) -> u32 {
+        let slot = now_ms / 100;
+        if slot > self.newest {
+            let stale = (slot - self.newest).min(10);
+            for i in 1..=stale {
+                self.buckets[((self.newest + i) % 10) as usize] = 0;
+            }
+            self.newest = slot;
+        }
+        let i = (self.newest % 10) as usize;
+        self.buckets[i] = self.buckets[i].saturating_add(1);
+        self.buckets.iter().sum()
+    }
+}
+
+/// A small seeded PRNG (xorshift64*) for [`Behaviour::random_errors`].
+#[derive(Debug, Clone)]
+pub struct FaultDice(u64);
+
+impl FaultDice {
+    pub fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    /// True with probability `percent`/100.
+    pub fn roll(&mut self, percent: u8) -> bool {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) % 100 < u64::from(percent)
+    }
+}
+
 /// `GET /stats` of an mg-upstream server.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
@@ -155,6 +224,20 @@ mod tests {
                 assert!((n - i64::from(p) / 5).abs() <= 1, "p={p} window has {n}");
             }
         }
+    }
+
+    #[test]
+    fn rate_meter_counts_the_last_second() {
+        let mut m = RateMeter::default();
+        for t in 0..50 {
+            m.record(1000 + t * 10); // 100 requests/s for 0.5 s
+        }
+        assert_eq!(m.record(1500), 51);
+        assert_eq!(m.record(2450), 2, "buckets older than 1 s are dropped");
+        assert_eq!(m.record(9000), 1);
+        let mut d = FaultDice::new(7);
+        let n = (0..10_000).filter(|_| d.roll(38)).count();
+        assert!((3_500..4_100).contains(&n), "{n}");
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub struct TemplateVars {
     pub admin_port: u16,
     pub listen_port: u16,
     pub upstream_ports: [u16; 3],
+    /// Data port of the `fallback` cluster's host (`FALLBACK_PORT`); None
+    /// uses u3's port, as the shell renderer does.
+    pub fallback_port: Option<u16>,
     /// None renders the proxy without the meshguard filter.
     pub wasm: Option<WasmPlugin>,
 }
@@ -64,6 +67,12 @@ pub fn render(template: &str, vars: &TemplateVars) -> Result<String, String> {
         ("UPSTREAM1_PORT", vars.upstream_ports[0].to_string()),
         ("UPSTREAM2_PORT", vars.upstream_ports[1].to_string()),
         ("UPSTREAM3_PORT", vars.upstream_ports[2].to_string()),
+        (
+            "FALLBACK_PORT",
+            vars.fallback_port
+                .unwrap_or(vars.upstream_ports[2])
+                .to_string(),
+        ),
     ];
     if let Some(w) = &vars.wasm {
         subst.push(("WASM_PATH", w.wasm_path.display().to_string()));
@@ -135,11 +144,24 @@ pub struct Envoy {
 
 impl Envoy {
     /// Renders the template into `work_dir`, starts Envoy on fresh ports and
-    /// waits until admin `/ready` says LIVE.
+    /// waits until admin `/ready` says LIVE. The `fallback` cluster points at
+    /// u3 (see [`start_with_fallback`](Self::start_with_fallback)).
     pub fn start(
         envoy_bin: &Path,
         work_dir: &Path,
         upstream_ports: [u16; 3],
+        wasm: Option<WasmPlugin>,
+    ) -> io::Result<Self> {
+        Self::start_with_fallback(envoy_bin, work_dir, upstream_ports, None, wasm)
+    }
+
+    /// [`start`](Self::start) with the `fallback` cluster's host on
+    /// `fallback_port` (None: u3's port).
+    pub fn start_with_fallback(
+        envoy_bin: &Path,
+        work_dir: &Path,
+        upstream_ports: [u16; 3],
+        fallback_port: Option<u16>,
         wasm: Option<WasmPlugin>,
     ) -> io::Result<Self> {
         fs::create_dir_all(work_dir)?;
@@ -150,6 +172,7 @@ impl Envoy {
                 admin_port,
                 listen_port,
                 upstream_ports,
+                fallback_port,
                 wasm,
             },
         )
@@ -241,7 +264,7 @@ impl Envoy {
     }
 
     /// The last `n` access-log lines (Envoy's stderr, flushed every 200 ms)
-    /// that `keep` accepts. Format: `start code flags upstream details`.
+    /// that `keep` accepts. Format: `start code flags upstream details route cluster`.
     pub fn access_log_matching(&self, keep: impl Fn(&str) -> bool, n: usize) -> String {
         let text = fs::read_to_string(&self.stderr_path).unwrap_or_default();
         last_lines(&text, n, |l| l.starts_with("access ") && keep(l))
@@ -279,6 +302,7 @@ mod tests {
             admin_port: 1,
             listen_port: 2,
             upstream_ports: [11, 12, 13],
+            fallback_port: None,
             wasm: wasm.then(|| WasmPlugin {
                 wasm_path: PathBuf::from("/x/meshguard.wasm"),
                 config: r#"{"note":"it's"}"#.to_string(),
@@ -292,6 +316,15 @@ mod tests {
         assert!(with.contains(r#"value: '{"note":"it''s"}'"#), "{with}");
         assert!(with.contains("/x/meshguard.wasm"));
         assert!(with.contains("port_value: 13 "));
+        let fb = render(
+            TEMPLATE,
+            &TemplateVars {
+                fallback_port: Some(14),
+                ..vars(true)
+            },
+        )
+        .expect("render");
+        assert!(fb.contains("port_value: 14 "), "{fb}");
         let without = render(TEMPLATE, &vars(false)).expect("render");
         assert!(!without.contains("envoy.filters.http.wasm"));
         assert!(without.contains("envoy.filters.http.router"));

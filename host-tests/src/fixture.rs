@@ -18,6 +18,8 @@ use crate::upstream::Upstream;
 
 /// Names of the three upstreams, in template order (`UPSTREAM1_PORT`..).
 pub const UPSTREAM_NAMES: [&str; 3] = ["u1", "u2", "u3"];
+/// Name of the `fallback` cluster's upstream (`FALLBACK_PORT`).
+pub const FALLBACK_NAME: &str = "fb";
 
 /// What only an integration test knows at compile time: the mg-upstream
 /// binary Cargo built for it and Cargo's scratch directory for tests. Build
@@ -48,12 +50,17 @@ pub fn required_env_file(var: &str, what: &str, how: &str) -> PathBuf {
 }
 
 /// Three upstreams (u1, u2, u3: index 0, 1, 2) behind a real Envoy running
-/// meshguard. Everything is stopped on drop, also when a test panics.
+/// meshguard, plus `fb`, the one host of the `fallback` cluster (reached
+/// only through the route on `x-meshguard-fallback`). Everything is stopped
+/// on drop, also when a test panics.
 pub struct ThreeUpstreams {
     // Field order is drop order: Envoy goes first so it never sees its
     // upstreams vanish while still running.
     pub envoy: Envoy,
+    /// u1, u2, u3: the `demo` cluster.
     pub ups: Vec<Upstream>,
+    /// fb: the `fallback` cluster.
+    pub fallback: Upstream,
     /// Rendered config, logs: kept after the run.
     pub dir: PathBuf,
 }
@@ -82,15 +89,23 @@ impl ThreeUpstreams {
                     .unwrap_or_else(|e| panic!("start mg-upstream {n}: {e}"))
             })
             .collect();
+        let fallback = Upstream::start(&paths.mg_upstream, FALLBACK_NAME, &dir)
+            .unwrap_or_else(|e| panic!("start mg-upstream {FALLBACK_NAME}: {e}"));
         let ports = [ups[0].data.port(), ups[1].data.port(), ups[2].data.port()];
         let plugin = WasmPlugin {
             wasm_path: wasm,
             config: plugin_config.to_string(),
         };
-        let envoy =
-            Envoy::start(&envoy_bin, &dir, ports, Some(plugin)).unwrap_or_else(|e| panic!("{e}"));
+        let envoy = Envoy::start_with_fallback(
+            &envoy_bin,
+            &dir,
+            ports,
+            Some(fallback.data.port()),
+            Some(plugin),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         println!(
-            "envoy pid {} listener {} admin {}; upstreams {}; logs in {}",
+            "envoy pid {} listener {} admin {}; upstreams {}; fallback {}={}; logs in {}",
             envoy.pid(),
             envoy.listener,
             envoy.admin,
@@ -98,9 +113,16 @@ impl ThreeUpstreams {
                 .map(|u| format!("{}={}", u.name, u.data))
                 .collect::<Vec<_>>()
                 .join(" "),
+            fallback.name,
+            fallback.data,
             dir.display()
         );
-        Self { envoy, ups, dir }
+        Self {
+            envoy,
+            ups,
+            fallback,
+            dir,
+        }
     }
 
     /// Envoy's listener: where client traffic goes.
@@ -122,6 +144,7 @@ impl ThreeUpstreams {
         let stats: Vec<String> = self
             .ups
             .iter()
+            .chain(std::iter::once(&self.fallback))
             .map(|u| match u.admin.stats() {
                 Ok(s) => format!("{}: {} requests, {} errors", s.name, s.requests, s.errors),
                 Err(e) => format!("{}: stats unavailable: {e}", u.name),
@@ -129,13 +152,13 @@ impl ThreeUpstreams {
             .collect();
         let envoy_stats = self
             .envoy
-            .admin_get("/stats?filter=cluster\\.demo\\.(upstream_rq_|upstream_cx_connect_fail|upstream_cx_destroy|lb_)|wasm|meshguard")
+            .admin_get("/stats?filter=cluster\\.(demo|fallback)\\.(upstream_rq_|upstream_cx_connect_fail|upstream_cx_destroy|lb_)|wasm|meshguard")
             .map(|s| s.lines().filter(|l| !l.ends_with(": 0")).collect::<Vec<_>>().join("\n"))
             .unwrap_or_else(|e| format!("unavailable: {e}"));
         panic!(
             "{msg}\n\n--- upstream counters (since last reset)\n{}\n\n--- envoy stats (non-zero)\n{envoy_stats}\n\n\
              --- meshguard log lines (last 40)\n{}\n\n\
-             --- access log, not-200 lines (last 20): start code flags upstream details\n{}\n\n\
+             --- access log, not-200 lines (last 20): start code flags upstream details route cluster\n{}\n\n\
              --- envoy log since startup (last 40 lines)\n{}\n\n(full log: {}; access log: {})",
             stats.join("\n"),
             self.envoy.log_matching("meshguard", 40),
@@ -191,6 +214,32 @@ impl ThreeUpstreams {
                 })
                 .unwrap_or(0),
             Err(e) => self.fail(&format!("cannot read envoy stat {name}: {e}")),
+        }
+    }
+
+    /// Envoy log lines from meshguard containing `needle`, oldest first, as
+    /// flushed so far.
+    pub fn meshguard_lines(&self, needle: &str) -> Vec<String> {
+        self.envoy
+            .log()
+            .lines()
+            .filter(|l| l.contains("meshguard: ") && l.contains(needle))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Polls the Envoy log (flushed every 200 ms) for up to `limit` until a
+    /// meshguard line satisfies `pred`; returns it.
+    pub fn wait_for_log(&self, limit: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(l) = self.meshguard_lines("").into_iter().find(|l| pred(l)) {
+                return Some(l);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 

@@ -59,8 +59,57 @@ pub fn request(
     stream.write_all(&out)?;
 
     let mut raw = Vec::with_capacity(1024);
-    stream.read_to_end(&mut raw)?;
+    read_response(&mut stream, &mut raw)?;
     parse_response(&raw)
+}
+
+/// Reads until the response is complete (by Content-Length or the last
+/// chunk) or the server closes. Not waiting for the close matters: Envoy may
+/// hold a connection whose request it answered early (a filter's local
+/// reply) open for its `delayed_close_timeout` (1 s) before closing it.
+fn read_response(stream: &mut TcpStream, raw: &mut Vec<u8>) -> io::Result<()> {
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if response_complete(raw) {
+            return Ok(());
+        }
+    }
+}
+
+/// Whether `raw` holds a whole response with a Content-Length or chunked
+/// body. Other responses (1xx aside, which Envoy does not send here) end
+/// at the close.
+fn response_complete(raw: &[u8]) -> bool {
+    let Some(end) = find(raw, b"\r\n\r\n") else {
+        return false;
+    };
+    let Ok(head) = std::str::from_utf8(&raw[..end]) else {
+        return false;
+    };
+    let body = &raw[end + 4..];
+    let header = |name: &str| {
+        head.split("\r\n")
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_ascii_lowercase())
+    };
+    if header("transfer-encoding").is_some_and(|te| te.contains("chunked")) {
+        return body.ends_with(b"0\r\n\r\n") && dechunk(body).is_ok();
+    }
+    match header("content-length").and_then(|l| l.parse::<usize>().ok()) {
+        Some(len) => body.len() >= len,
+        None => false,
+    }
 }
 
 /// `GET path`, no extra headers.
@@ -158,5 +207,15 @@ mod tests {
         let r = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").expect("parse");
         assert_eq!(r.body, b"abcde");
         assert!(parse_response(b"").is_err());
+        assert!(response_complete(
+            b"HTTP/1.1 503 X\r\nContent-Length: 2\r\n\r\nhi"
+        ));
+        assert!(!response_complete(
+            b"HTTP/1.1 503 X\r\nContent-Length: 3\r\n\r\nhi"
+        ));
+        assert!(response_complete(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n"
+        ));
+        assert!(!response_complete(b"HTTP/1.1 200 OK\r\n\r\nabc"));
     }
 }

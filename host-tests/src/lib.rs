@@ -1,20 +1,28 @@
 //! Test harnesses for meshguard.
 //!
 //! - [`behaviour`]: what an mg-upstream server does (shared by the server and tests);
+//! - [`containers`]: the end-to-end harness: Envoy and N upstreams as Docker
+//!   containers (testcontainers) or local processes, stats, cleanup;
 //! - [`upstream`]: start mg-upstream processes, change their behaviour, read stats;
 //! - [`envoy`]: render `envoy/demo.yaml.tmpl` and run the real Envoy on it;
 //! - [`fixture`]: three upstreams behind Envoy with meshguard, for the real-Envoy tests;
 //! - [`traffic`]: client traffic through Envoy, tallied per upstream and status;
 //! - [`http`]: a minimal blocking HTTP/1.1 client;
+//! - [`istio`]: the manifests in `istio/` and an Istio-sidecar-shaped Envoy config built from them;
 //! - [`process`]: child processes killed on drop, also when a test panics.
+//! - [`wasm_host`]: a proxy-wasm host on wasmtime that runs the built module
+//!   natively (virtual clock, several VMs, scenario DSL, never-trap driver).
 
 pub mod behaviour;
+pub mod containers;
 pub mod envoy;
 pub mod fixture;
 pub mod http;
+pub mod istio;
 pub mod process;
 pub mod traffic;
 pub mod upstream;
+pub mod wasm_host;
 
 use std::path::PathBuf;
 

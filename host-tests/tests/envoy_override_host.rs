@@ -101,6 +101,7 @@ fn demo_config_with_meshguard_validates() {
             admin_port: 9901,
             listen_port: 10000,
             upstream_ports: [18081, 18082, 18083],
+            fallback_port: Some(18084),
             wasm: Some(WasmPlugin {
                 wasm_path: wasm,
                 config: host_tests::TEST_PLUGIN_CONFIG.to_string(),

@@ -3,6 +3,9 @@
 //! an inconsistent threshold set from silently changing behaviour.
 
 mod breaker;
+/// The configuration as typed document and its JSON Schema (tools and tests only).
+#[cfg(not(target_arch = "wasm32"))]
+pub mod document;
 mod duration;
 mod headers;
 mod json;

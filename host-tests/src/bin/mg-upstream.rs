@@ -4,17 +4,20 @@
 //! mg-upstream --name u1 --listen 127.0.0.1:18081 --admin 127.0.0.1:19081
 //! ```
 //! Data port: 200 `{"upstream":"u1"}` with `x-upstream-name: u1`, unless the
-//! behaviour says otherwise. Admin port: `PUT|GET /behaviour`, `GET /stats`,
-//! `POST /stats/reset` (see `host_tests::Behaviour`). Port 0 picks a free
-//! port; the first stdout line reports the bound addresses.
+//! behaviour says otherwise; the `x-meshguard-upstream` and `x-request-id`
+//! request headers it received come back as `x-upstream-saw-<name>`. Admin
+//! port: `PUT|GET /behaviour`, `GET /stats`, `POST /stats/reset` (see
+//! `host_tests::Behaviour`). Port 0 picks a free port; the first stdout line
+//! reports the bound addresses.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use host_tests::behaviour::{FaultDice, RateMeter};
 use host_tests::upstream::READY_PREFIX;
 use host_tests::{Behaviour, ErrorSpreader, Stats};
 use http_body_util::combinators::BoxBody;
@@ -32,6 +35,8 @@ type Body = BoxBody<Bytes, Infallible>;
 
 const STEERING_HEADER: &str = "x-meshguard-upstream";
 const SAW_STEERING_HEADER: &str = "x-upstream-saw-meshguard-upstream";
+const REQUEST_ID_HEADER: &str = "x-request-id";
+const SAW_REQUEST_ID_HEADER: &str = "x-upstream-saw-request-id";
 
 struct Args {
     name: String,
@@ -68,6 +73,11 @@ fn parse_args() -> Result<Args, String> {
 struct State {
     behaviour: Behaviour,
     spreader: ErrorSpreader,
+    /// `randomErrors` and the overload model (`capacityRps`).
+    dice: FaultDice,
+    overload_spreader: ErrorSpreader,
+    rate: RateMeter,
+    epoch: Instant,
 }
 
 struct Shared {
@@ -100,6 +110,7 @@ impl Shared {
         {
             let mut st = self.state();
             st.spreader = ErrorSpreader::new(b.effective_error_percent());
+            st.overload_spreader = ErrorSpreader::new(b.overload_error_percent.unwrap_or(100));
             st.behaviour = b;
         }
         self.refuse.send_replace(refuse);
@@ -138,26 +149,47 @@ async fn handle_data(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, InjectedReset> {
     shared.requests.fetch_add(1, Ordering::Relaxed);
-    let (b, fault) = {
+    let (b, fault, overloaded) = {
         let mut st = shared.state();
-        let fault = st.spreader.next_is_fault();
-        (st.behaviour.clone(), fault)
+        let fault = if st.behaviour.random_errors {
+            let p = st.behaviour.effective_error_percent();
+            st.dice.roll(p)
+        } else {
+            st.spreader.next_is_fault()
+        };
+        let now_ms = u64::try_from(st.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let recent = st.rate.record(now_ms);
+        let overloaded = match st.behaviour.capacity_rps {
+            Some(cap) if recent > cap => {
+                if st.behaviour.random_errors {
+                    let p = st.behaviour.overload_error_percent.unwrap_or(100);
+                    st.dice.roll(p)
+                } else {
+                    st.overload_spreader.next_is_fault()
+                }
+            }
+            _ => false,
+        };
+        (st.behaviour.clone(), fault, overloaded && !fault)
     };
     if b.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(b.latency_ms)).await;
     }
-    if fault {
+    if fault || overloaded {
         shared.errors.fetch_add(1, Ordering::Relaxed);
-        if b.reset {
-            return Err(InjectedReset);
-        }
+    }
+    if fault && b.reset {
+        return Err(InjectedReset);
     }
     let name = shared.name.as_str();
     let mut resp = if let Some(code) = b.grpc_status {
         grpc_response(if fault { code } else { 0 })
     } else {
-        let status = match (fault, b.status) {
-            (true, Some(s)) => StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        let status = match (fault, overloaded, b.status) {
+            (true, _, Some(s)) | (_, true, Some(s)) => {
+                StatusCode::from_u16(s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            (_, true, None) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::OK,
         };
         let body = if status == StatusCode::OK {
@@ -174,6 +206,11 @@ async fn handle_data(
     // the request reaches the application.
     if let Some(v) = req.headers().get(STEERING_HEADER) {
         resp.headers_mut().insert(SAW_STEERING_HEADER, v.clone());
+    }
+    // Lets tests check which request id reached the application (meshguard's
+    // header rules can generate one).
+    if let Some(v) = req.headers().get(REQUEST_ID_HEADER) {
+        resp.headers_mut().insert(SAW_REQUEST_ID_HEADER, v.clone());
     }
     Ok(resp)
 }
@@ -389,6 +426,13 @@ async fn run_admin(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
+/// A fixed seed per server name: `randomErrors` repeats from run to run.
+fn seed_from_name(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 async fn shutdown_signal(mut term: Signal, mut int: Signal) -> &'static str {
     tokio::select! {
         _ = term.recv() => "SIGTERM",
@@ -412,6 +456,10 @@ async fn run(args: Args) -> Result<(), String> {
         state: Mutex::new(State {
             behaviour: Behaviour::healthy().normalized(),
             spreader: ErrorSpreader::new(0),
+            dice: FaultDice::new(seed_from_name(&args.name)),
+            overload_spreader: ErrorSpreader::new(100),
+            rate: RateMeter::default(),
+            epoch: Instant::now(),
         }),
         requests: AtomicU64::new(0),
         errors: AtomicU64::new(0),

@@ -1,0 +1,470 @@
+//! The never-trap property test: randomised, seeded streams of
+//! configurations (valid and invalid), header maps (empty, huge,
+//! non-UTF-8, duplicated), property answers (missing, wrong type, host
+//! errors), shared-data corruption, host-call faults, clock jumps and
+//! event orders (response without request, log without response, reset
+//! streams...). A case fails on any trap or `proc_exit`; it never fails on
+//! what the plugin decides.
+//!
+//! Events are only ever sent to contexts that exist, as Envoy does: the
+//! SDK itself panics on an unknown context id, which is a contract of the
+//! ABI, not a bug of the plugin.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::abi::{HeaderMap, Status};
+use super::imports::Call;
+use super::module::PluginModule;
+use super::props::{Answer, Metadata};
+use super::proxy::{Proxy, ProxyOptions, StreamRef};
+use super::rng::Rng;
+use super::vm::VmOptions;
+
+/// Totals over the cases run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Totals {
+    pub cases: u64,
+    pub operations: u64,
+    pub streams: u64,
+    pub host_calls: u64,
+}
+
+/// Runs `cases` cases from `seed`; stops at the first failure and returns
+/// its report (seed, case, the operations that led to it, the trap).
+pub fn run(module: &PluginModule, seed: u64, cases: u64) -> Result<Totals, String> {
+    let mut totals = Totals::default();
+    for case in 0..cases {
+        let case_seed = seed ^ case.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let stats = run_case(module, case_seed).map_err(|failure| {
+            format!("never-trap case {case} (seed {case_seed:#x}, reproduce with run_case) failed:\n{failure}")
+        })?;
+        totals.cases += 1;
+        totals.operations += stats.operations;
+        totals.streams += stats.streams;
+        totals.host_calls += stats.host_calls;
+    }
+    Ok(totals)
+}
+
+const VALID_CONFIGS: &[&str] = &[
+    "",
+    "{}",
+    r#"{"detection":{"windowSize":10,"minRequests":3,"consecutive5xxErrors":2}}"#,
+    r#"{"detection":{"slowCallThreshold":"1ms","slowCallPercent":1,"countClientCancellations":true,
+        "failureStatusCodes":["4xx","5xx",429,"500-504"],"grpcFailureCodes":[1,2,14,16]}}"#,
+    r#"{"ejection":{"baseEjectionTime":"1ms","maxEjectionTime":"2ms","maxEjectionPercent":100,
+        "ejectionJitter":"5ms","warmupDuration":"0s","degradedWeightPercent":0}}"#,
+    r#"{"steering":{"encoding":"base64","header":"x-session"}}"#,
+    r#"{"steering":{"enabled":false}}"#,
+    r#"{"limits":{"maxServices":1,"maxHostsPerService":1,"hostIdleTimeout":"1ms"}}"#,
+    r#"{"circuitBreaker":{"windowSize":5,"minRequests":1,"failurePercent":1,"openDuration":"1ms",
+        "maxOpenDuration":"5ms","halfOpenRequests":1,"closeAfterSuccesses":1}}"#,
+    r#"{"circuitBreaker":{"mode":"fallback","minRequests":1,"failurePercent":1}}"#,
+    r#"{"headers":{"requestId":{"header":"x-request-id","generate":true},
+        "request":[{"op":"set","name":"x-state","value":"{hostState} {breakerState} {route} {virtualService} {upstreamHost} {requestId}"},
+                   {"op":"remove","name":"x-meshguard-upstream"},{"op":"rename","name":"a","to":"b"}],
+        "response":[{"op":"append","name":"via","value":"{service}","when":{"status":["5xx"]}}]}}"#,
+    r#"{"overrides":[{"virtualService":"ns/*","detection":{"consecutive5xxErrors":1},
+        "circuitBreaker":{"minRequests":1,"failurePercent":1}},{"route":"r*","headers":{"response":[{"op":"remove","name":"server"}]}}]}"#,
+];
+
+const INVALID_CONFIGS: &[&str] = &[
+    "{",
+    "[]",
+    "null",
+    r#"{"detection":{"windowSize":0}}"#,
+    r#"{"detection":{"minRequests":1000}}"#,
+    r#"{"ejection":{"maxEjectionTime":"1ms"}}"#,
+    r#"{"unknown":1}"#,
+    r#"{"steering":{"header":":path"}}"#,
+    r#"{"detection":{"windowSize":1e400}}"#,
+];
+
+fn config(rng: &mut Rng) -> Vec<u8> {
+    match rng.below(10) {
+        0..=4 => rng.pick(VALID_CONFIGS).as_bytes().to_vec(),
+        5..=6 => rng.pick(INVALID_CONFIGS).as_bytes().to_vec(),
+        7 => {
+            let len = rng.below(64) as usize;
+            rng.bytes(len)
+        }
+        _ => {
+            // A valid configuration with a few bytes mutated.
+            let mut bytes = rng.pick(VALID_CONFIGS).as_bytes().to_vec();
+            for _ in 0..=rng.below(4) {
+                if bytes.is_empty() {
+                    break;
+                }
+                let at = rng.below(bytes.len() as u64) as usize;
+                match rng.below(3) {
+                    0 => bytes[at] = rng.next_u64() as u8,
+                    1 => {
+                        bytes.remove(at);
+                    }
+                    _ => bytes.insert(at, *rng.pick(b"{}[]\",:0123456789-.ex\\")),
+                }
+            }
+            bytes
+        }
+    }
+}
+
+const HOSTS: &[&str] = &[
+    "10.0.0.1:80",
+    "10.0.0.2:80",
+    "10.0.0.3:80",
+    "[::1]:8080",
+    "10.0.0.4:80",
+];
+const CLUSTERS: &[&str] = &["demo", "outbound|80||a.ns.svc.cluster.local", "other", "c"];
+
+fn bytes_like(rng: &mut Rng, good: &[u8]) -> Vec<u8> {
+    match rng.below(12) {
+        0 => Vec::new(),
+        1 => vec![0xff, 0xfe, 0x00, 0xc3],
+        2 => good.repeat(2000),
+        3 => {
+            let len = rng.below(40) as usize;
+            rng.bytes(len)
+        }
+        4 => {
+            let mut v = good.to_vec();
+            v.push(0);
+            v.extend_from_slice(b"\r\nx: y");
+            v
+        }
+        _ => good.to_vec(),
+    }
+}
+
+fn answer_string(rng: &mut Rng, good: &str) -> Answer {
+    match rng.below(10) {
+        0 => Answer::Missing,
+        1 => Answer::Fail(*rng.pick(&[
+            Status::SerializationFailure,
+            Status::InternalFailure,
+            Status::BadArgument,
+        ])),
+        2 => Answer::int(rng.next_u64() as i64),
+        _ => Answer::Value(bytes_like(rng, good.as_bytes())),
+    }
+}
+
+fn answer_int(rng: &mut Rng, good: i64) -> Answer {
+    match rng.below(12) {
+        0 => Answer::Missing,
+        1 => Answer::Fail(Status::SerializationFailure),
+        2 => Answer::Value(good.to_le_bytes()[..4].to_vec()),
+        3 => Answer::string(good.to_string()),
+        4 => Answer::int(*rng.pick(&[-1, 0, 99, 600, 65_536, i64::MAX, i64::MIN])),
+        5 => Answer::Value(Vec::new()),
+        6 => Answer::Value(rng.bytes(9)),
+        _ => Answer::int(good),
+    }
+}
+
+fn header_map(rng: &mut Rng, response: bool) -> HeaderMap {
+    let mut map: HeaderMap = Vec::new();
+    match rng.below(8) {
+        0 => return map,
+        1 => {
+            // Huge: many headers and one large value.
+            for i in 0..rng.range(100, 1000) {
+                map.push((format!("x-h{i}").into_bytes(), rng.bytes(8)));
+            }
+            map.push((b"x-big".to_vec(), vec![b'a'; 100_000]));
+        }
+        _ => {}
+    }
+    if response {
+        let status = *rng.pick(&["200", "503", "abc", "", "99999", "204"]);
+        map.push((b":status".to_vec(), status.as_bytes().to_vec()));
+        if rng.chance(0.3) {
+            let grpc = *rng.pick(&["0", "14", " 14 ", "-1", "99999999999", "x"]);
+            map.push((b"grpc-status".to_vec(), grpc.as_bytes().to_vec()));
+            map.push((b"content-type".to_vec(), b"application/grpc".to_vec()));
+        }
+    } else {
+        map.push((b":method".to_vec(), b"GET".to_vec()));
+        map.push((b":path".to_vec(), bytes_like(rng, b"/api")));
+        map.push((b":authority".to_vec(), b"demo.svc".to_vec()));
+        if rng.chance(0.2) {
+            map.push((b"content-type".to_vec(), b"application/grpc".to_vec()));
+        }
+    }
+    for _ in 0..rng.below(4) {
+        // Duplicates of the headers the plugin reads or writes.
+        let name = *rng.pick(&[
+            "x-meshguard-upstream",
+            "x-session",
+            "x-request-id",
+            "grpc-status",
+            "a",
+            "via",
+        ]);
+        let host = *rng.pick(HOSTS);
+        let value = bytes_like(rng, host.as_bytes());
+        map.push((name.as_bytes().to_vec(), value));
+    }
+    if rng.chance(0.1) {
+        map.push((vec![0xff, b'x'], vec![0x80, 0x81]));
+    }
+    map
+}
+
+fn stream_properties(rng: &mut Rng, proxy: &mut Proxy, stream: StreamRef) {
+    let host = rng.pick(HOSTS).to_string();
+    let cluster = rng.pick(CLUSTERS).to_string();
+    let code = *rng.pick(&[200, 200, 200, 503, 500, 404, 429, 0]);
+    let flags = *rng.pick(&[0, 0, 0x20, 0x10, 0x4, 0x4000, 0x2, 0x80_0000, 0x40]);
+    let route_metadata = match rng.below(5) {
+        0 => Answer::Missing,
+        1 => Answer::Value({
+            let len = rng.below(30) as usize;
+            rng.bytes(len)
+        }),
+        2 => Answer::Fail(Status::SerializationFailure),
+        _ => {
+            let name = *rng.pick(&["a", "b", ""]);
+            Answer::metadata(&Metadata::istio_virtual_service("ns", name))
+        }
+    };
+    let route = *rng.pick(&["default", "r1", "batch-x"]);
+    let props = [
+        ("upstream.address", answer_string(rng, &host)),
+        ("upstream.port", answer_int(rng, 80)),
+        ("response.code", answer_int(rng, code)),
+        ("response.flags", answer_int(rng, flags)),
+        ("xds.cluster_name", answer_string(rng, &cluster)),
+        ("xds.route_name", answer_string(rng, route)),
+        ("xds.route_metadata", route_metadata),
+        ("xds.virtual_host_name", answer_string(rng, "vh")),
+        ("request.path", answer_string(rng, "/")),
+    ];
+    let state = proxy.vm_mut(stream.vm).stream_mut(stream.id);
+    for (name, answer) in props {
+        if rng.chance(0.9) {
+            state.properties.set(name, answer);
+        }
+    }
+}
+
+const FAULTABLE: &[Call] = &[
+    Call::GetSharedData,
+    Call::SetSharedData,
+    Call::GetProperty,
+    Call::GetHeaderMapValue,
+    Call::ReplaceHeaderMapValue,
+    Call::RemoveHeaderMapValue,
+    Call::AddHeaderMapValue,
+    Call::GetHeaderMapPairs,
+    Call::GetCurrentTime,
+    Call::GetBufferBytes,
+    Call::SetTickPeriod,
+    Call::GetLogLevel,
+    Call::SendLocalResponse,
+    Call::CallForeignFunction,
+    Call::Log,
+];
+
+/// What one case did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CaseStats {
+    pub operations: u64,
+    pub streams: u64,
+    pub host_calls: u64,
+}
+
+/// One case, fully determined by `seed`.
+pub fn run_case(module: &PluginModule, seed: u64) -> Result<CaseStats, String> {
+    let mut rng = Rng::new(seed);
+    let mut trace = String::new();
+    let workers = rng.range(1, 3) as usize;
+    let first = config(&mut rng);
+    let mut vm = VmOptions::default();
+    if rng.chance(0.1) {
+        vm.plugin_name = String::from_utf8_lossy(&rng.bytes(6)).into_owned();
+    }
+    let _ = writeln!(
+        trace,
+        "start {workers} VMs, config {:?}",
+        String::from_utf8_lossy(&first)
+    );
+    let options = ProxyOptions {
+        workers,
+        plugin_configuration: first,
+        vm,
+        seed,
+        ..ProxyOptions::default()
+    };
+    let fail = |trace: &str, proxy: Option<&Proxy>, error: &dyn std::fmt::Display| -> String {
+        let logs = proxy.map(|p| {
+            p.logs()
+                .iter()
+                .rev()
+                .take(10)
+                .map(|r| format!("  vm{} {:?}: {}\n", r.vm, r.level, r.message))
+                .collect::<String>()
+        });
+        format!(
+            "{error}\noperations:\n{trace}last log lines (newest first):\n{}",
+            logs.unwrap_or_default()
+        )
+    };
+    let mut proxy = Proxy::with_options(module, options).map_err(|e| fail(&trace, None, &e))?;
+    let mut open: Vec<StreamRef> = Vec::new();
+    let mut stats = CaseStats::default();
+    let operations = rng.range(10, 150);
+    for _ in 0..operations {
+        stats.operations += 1;
+        let result = (|| {
+            match rng.below(100) {
+                0..=14 => {
+                    let vm = rng.below(workers as u64) as usize;
+                    let stream = proxy.open(vm)?;
+                    stream_properties(&mut rng, &mut proxy, stream);
+                    let _ = writeln!(trace, "open {stream:?}");
+                    open.push(stream);
+                    stats.streams += 1;
+                }
+                15..=74 if !open.is_empty() => {
+                    let index = rng.below(open.len() as u64) as usize;
+                    let stream = open[index];
+                    let event = rng.below(10);
+                    let _ = writeln!(trace, "event {event} on {stream:?}");
+                    let mut http = proxy.resume(stream);
+                    match event {
+                        0 | 1 => {
+                            let eos = rng.chance(0.7);
+                            http.request_headers(header_map(&mut rng, false), eos)?;
+                        }
+                        2 => {
+                            let chunk = {
+                                let len = rng.below(100) as usize;
+                                rng.bytes(len)
+                            };
+                            http.request_body(&chunk, rng.chance(0.5))?;
+                        }
+                        3 => {
+                            http.request_trailers(header_map(&mut rng, false))?;
+                        }
+                        4 | 5 => {
+                            let eos = rng.chance(0.7);
+                            http.response_headers(header_map(&mut rng, true), eos)?;
+                        }
+                        6 => {
+                            let chunk = {
+                                let len = rng.below(100) as usize;
+                                rng.bytes(len)
+                            };
+                            http.response_body(&chunk, rng.chance(0.5))?;
+                        }
+                        7 => {
+                            http.response_trailers(header_map(&mut rng, true))?;
+                        }
+                        8 => {
+                            http.log()?;
+                        }
+                        _ => {
+                            // End of the stream: log (usually), done, delete.
+                            if rng.chance(0.8) {
+                                http.log()?;
+                            }
+                            http.done()?;
+                            http.delete()?;
+                            open.remove(index);
+                        }
+                    }
+                }
+                75..=84 => {
+                    let by = match rng.below(10) {
+                        0 => Duration::from_secs(rng.range(1, 120)),
+                        _ => Duration::from_millis(rng.below(400)),
+                    };
+                    let _ = writeln!(trace, "advance {by:?}");
+                    proxy.advance(by)?;
+                }
+                85..=86 => {
+                    let delta = match rng.below(4) {
+                        0 => -(rng.range(1, 86_400) as i64) * 1_000_000_000,
+                        1 => (rng.range(1, 10 * 365 * 86_400) as i64) * 1_000_000_000,
+                        2 => i64::MIN / 2,
+                        _ => i64::MAX / 2,
+                    };
+                    let _ = writeln!(trace, "jump wall clock {delta}ns");
+                    proxy.jump_wall_clock(delta);
+                }
+                87..=89 => {
+                    let bytes = config(&mut rng);
+                    let _ = writeln!(trace, "configure {:?}", String::from_utf8_lossy(&bytes));
+                    proxy.configure_bytes(&bytes)?;
+                }
+                90..=93 => {
+                    let vm = rng.below(workers as u64) as usize;
+                    if rng.chance(0.3) {
+                        let _ = writeln!(trace, "clear faults vm{vm}");
+                        proxy.vm_mut(vm).clear_faults();
+                    } else {
+                        let call = *rng.pick(FAULTABLE);
+                        let status = *rng.pick(&[
+                            Status::InternalFailure,
+                            Status::NotFound,
+                            Status::BadArgument,
+                            Status::CasMismatch,
+                            Status::SerializationFailure,
+                            Status::Unimplemented,
+                        ]);
+                        let _ = writeln!(trace, "fault vm{vm} {} -> {status:?}", call.name());
+                        proxy.vm_mut(vm).inject_fault(call, status);
+                    }
+                }
+                94..=96 => {
+                    // Corrupt a shared-data record (another plugin version,
+                    // a bug elsewhere): the plugin must treat it as garbage.
+                    let mut shared = proxy.lock();
+                    let keys = shared.data_keys();
+                    if !keys.is_empty() {
+                        let key = keys[rng.below(keys.len() as u64) as usize].clone();
+                        let value = match rng.below(3) {
+                            0 => Vec::new(),
+                            1 => {
+                                let len = rng.below(64) as usize;
+                                rng.bytes(len)
+                            }
+                            _ => {
+                                let mut v = shared.get_data(&key).map(|d| d.0).unwrap_or_default();
+                                if !v.is_empty() {
+                                    let at = rng.below(v.len() as u64) as usize;
+                                    v[at] ^= 0xff;
+                                }
+                                v
+                            }
+                        };
+                        let _ =
+                            writeln!(trace, "corrupt shared {:?}", String::from_utf8_lossy(&key));
+                        shared.set_data(&key, &value, 0);
+                    }
+                }
+                _ => {
+                    let vm = rng.below(workers as u64) as usize;
+                    let _ = writeln!(trace, "tick vm{vm}");
+                    proxy.tick(vm)?;
+                }
+            }
+            Ok::<(), super::vm::VmError>(())
+        })();
+        if let Err(error) = result {
+            return Err(fail(&trace, Some(&proxy), &error));
+        }
+    }
+    // Envoy ends every stream eventually.
+    for stream in open {
+        let _ = writeln!(trace, "finish {stream:?}");
+        if let Err(error) = proxy.resume(stream).finish() {
+            return Err(fail(&trace, Some(&proxy), &error));
+        }
+    }
+    stats.host_calls = proxy.host_calls();
+    Ok(stats)
+}
