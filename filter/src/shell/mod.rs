@@ -240,6 +240,38 @@ impl Stream {
         }
     }
 
+    /// Runs header rules against what is known of the request: the host it
+    /// goes to (or came from), the breaker, the route and the status.
+    fn run_rules(
+        &self,
+        worker: &Worker,
+        map: Map,
+        rules: &[crate::headers::Rule],
+        cluster: &str,
+        address: Option<String>,
+        status: Option<u16>,
+    ) {
+        let state = address
+            .as_deref()
+            .map(|a| worker.host_state(cluster, &self.scope, a));
+        let breaker = worker.breaker_state(cluster, &self.scope);
+        let state_text = state.map(|s| s.to_string()).unwrap_or_default();
+        let breaker_text = breaker.to_string();
+        let facts = Facts {
+            host_state: state,
+            breaker_state: breaker,
+            route: self.route.as_ref().map_or("", |r| r.name.as_str()),
+            virtual_service: self
+                .route
+                .as_ref()
+                .map_or("", |r| r.virtual_service.as_str()),
+            status,
+        };
+        let address = address.unwrap_or_default();
+        let values = self.values(&address, &state_text, &breaker_text);
+        self.apply_rules(map, rules, &facts, &values);
+    }
+
     fn apply_rules(
         &self,
         map: Map,
@@ -321,28 +353,9 @@ impl HttpContext for Stream {
             self.strip_client_steering(&config);
         }
         if !rules.request.is_empty() {
-            let breaker = worker.breaker_state(&cluster, &self.scope);
-            let address = self.steered_to.clone().unwrap_or_default();
-            let state = self
-                .steered_to
-                .as_deref()
-                .map(|a| worker.host_state(&cluster, &self.scope, a));
-            let (state_text, breaker_text) = (
-                state.map(|s| s.to_string()).unwrap_or_default(),
-                breaker.to_string(),
-            );
-            let facts = Facts {
-                host_state: state,
-                breaker_state: breaker,
-                route: self.route.as_ref().map_or("", |r| r.name.as_str()),
-                virtual_service: self
-                    .route
-                    .as_ref()
-                    .map_or("", |r| r.virtual_service.as_str()),
-                status: None,
-            };
-            let values = self.values(&address, &state_text, &breaker_text);
-            self.apply_rules(Map::RequestHeaders, &rules.request, &facts, &values);
+            let address = self.steered_to.clone();
+            let rules = &rules.request;
+            self.run_rules(&worker, Map::RequestHeaders, rules, &cluster, address, None);
         }
         Action::Continue
     }
@@ -374,27 +387,16 @@ impl HttpContext for Stream {
         };
         let status =
             props::header_text(Map::ResponseHeaders, ":status").and_then(|s| s.parse().ok());
-        let address = props::upstream_address().unwrap_or_default();
+        let address = props::upstream_address();
         let cluster = self.cluster().map(str::to_string).unwrap_or_default();
-        let state =
-            (!address.is_empty()).then(|| worker.host_state(&cluster, &self.scope, &address));
-        let breaker = worker.breaker_state(&cluster, &self.scope);
-        let (state_text, breaker_text) = (
-            state.map(|s| s.to_string()).unwrap_or_default(),
-            breaker.to_string(),
-        );
-        let facts = Facts {
-            host_state: state,
-            breaker_state: breaker,
-            route: self.route.as_ref().map_or("", |r| r.name.as_str()),
-            virtual_service: self
-                .route
-                .as_ref()
-                .map_or("", |r| r.virtual_service.as_str()),
+        self.run_rules(
+            &worker,
+            Map::ResponseHeaders,
+            rules,
+            &cluster,
+            address,
             status,
-        };
-        let values = self.values(&address, &state_text, &breaker_text);
-        self.apply_rules(Map::ResponseHeaders, rules, &facts, &values);
+        );
         Action::Continue
     }
 
