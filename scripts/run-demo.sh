@@ -20,7 +20,9 @@ URL="http://127.0.0.1:$ENVOY_PORT/"
 RATE=50
 # Like the tests' configuration, but the ejection outlasts the "u2 is broken"
 # scene so the story is not interrupted by u2's (failing) return.
-PLUGIN_CONFIG='{"detection":{"windowSize":20,"minRequests":10},"ejection":{"baseEjectionTime":"10s","maxEjectionTime":"60s","warmupDuration":"5s"}}'
+# The status endpoint (loopback only, by default) feeds the live table.
+PLUGIN_CONFIG='{"detection":{"windowSize":20,"minRequests":10},"ejection":{"baseEjectionTime":"10s","maxEjectionTime":"60s","warmupDuration":"5s"},"status":{"enabled":true}}'
+STATUS_URL="http://127.0.0.1:$ENVOY_PORT/meshguard/status"
 
 if [[ -t 1 ]]; then
     B=$'\e[1m' DIM=$'\e[2m' RED=$'\e[31m' GRN=$'\e[32m' YEL=$'\e[33m' CYA=$'\e[36m' RST=$'\e[0m'
@@ -36,6 +38,18 @@ if ! command -v curl >/dev/null; then
     command -v apt-get >/dev/null && [[ $(id -u) -eq 0 ]] || die "curl is required (apt-get install curl)"
     say "installing curl..."
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
+fi
+# The live table reads meshguard's status endpoint (JSON) with python3, or
+# with jq where there is no python3.
+if command -v python3 >/dev/null; then
+    JSON_TOOL=python3
+else
+    if ! command -v jq >/dev/null; then
+        command -v apt-get >/dev/null && [[ $(id -u) -eq 0 ]] || die "python3 or jq is required (apt-get install jq)"
+        say "installing jq..."
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null
+    fi
+    JSON_TOOL=jq
 fi
 # --rate (curl >= 7.84) spaces the requests of one curl run evenly.
 RATE_OPT=()
@@ -140,13 +154,45 @@ bar() { # percent -> bar of 8 cells
     printf '%s' "$s"
 }
 
-# Host states, as meshguard reports them: every transition is one Envoy log
-# line "meshguard: demo host <ip:port>: <From> -> <To>: <reason>".
-declare -A STATE=() ADDR_NAME=()
+# Host states and steering weights, as meshguard reports them on its status
+# endpoint: services[].hosts[] with address, state, weightPercent. A host
+# meshguard has not seen yet is Healthy at full weight.
+declare -A STATE=() WEIGHT=() ADDR_NAME=()
 for i in 0 1 2; do
     STATE[${NAMES[$i]}]=Healthy
+    WEIGHT[${NAMES[$i]}]=100
     ADDR_NAME[127.0.0.1:${UP_PORTS[$i]}]=${NAMES[$i]}
 done
+# Prints "address state weightPercent" per host of the demo cluster.
+status_hosts() {
+    local json
+    json=$(curl -s --max-time 2 "$STATUS_URL") || return 0
+    if [[ $JSON_TOOL == python3 ]]; then
+        python3 -c '
+import json, sys
+try:
+    doc = json.loads(sys.argv[1])
+except ValueError:
+    sys.exit(0)
+for service in doc.get("services", []):
+    if service.get("service") == "demo":
+        for h in service.get("hosts", []):
+            print(h.get("address", "?"), h.get("state", "?"), int(h.get("weightPercent", 0)))
+' "$json"
+    else
+        jq -r '.services[]? | select(.service == "demo") | .hosts[]? | "\(.address) \(.state) \(.weightPercent)"' \
+            <<<"$json" 2>/dev/null || true
+    fi
+}
+poll_status() {
+    local addr st wt name
+    while read -r addr st wt; do
+        name=${ADDR_NAME[$addr]:-}
+        [[ -n $name ]] || continue
+        STATE[$name]=$st
+        WEIGHT[$name]=$wt
+    done < <(status_hosts)
+}
 TRANSITIONS_SEEN=0
 state_color() {
     case "$1" in
@@ -155,8 +201,9 @@ state_color() {
         *) printf '%s' "$RED" ;;
     esac
 }
-# Prints the transitions logged since the last call (one line each) and
-# updates STATE. Envoy flushes its log every 200 ms.
+# Prints the transitions logged since the last call (one line each), for
+# the narration; the table's states come from the status endpoint. Envoy
+# flushes its log every 200 ms.
 poll_transitions() {
     local lines=() l name
     mapfile -t lines < <(grep -E 'meshguard: .* host [0-9.]+:[0-9]+: [A-Za-z]+ -> [A-Za-z]+: ' "$RUN_DIR/envoy.log" 2>/dev/null || true)
@@ -164,7 +211,6 @@ poll_transitions() {
         l=${lines[$k]}
         [[ $l =~ host\ ([0-9.]+:[0-9]+):\ ([A-Za-z]+)\ -\>\ ([A-Za-z]+):\ (.*)$ ]] || continue
         name=${ADDR_NAME[${BASH_REMATCH[1]}]:-${BASH_REMATCH[1]}}
-        STATE[$name]=${BASH_REMATCH[3]}
         printf '        %s» meshguard: %s %s -> %s%s%s  %s%s\n' "$B" "$name" "${BASH_REMATCH[2]}" \
             "$(state_color "${BASH_REMATCH[3]}")" "${BASH_REMATCH[3]}" "$RST$DIM" "${BASH_REMATCH[4]}" "$RST"
     done
@@ -173,7 +219,7 @@ poll_transitions() {
 
 table_header() {
     printf '  %s%5s  %-10s' "$DIM" "time" "clients"
-    for name in "${NAMES[@]}"; do printf ' │ %-23s' "$name  state / share"; done
+    for name in "${NAMES[@]}"; do printf ' │ %-28s' "$name  state  weight  share"; done
     printf '%s\n' "$RST"
 }
 
@@ -191,14 +237,15 @@ second() {
     ((ok < total)) && okc="$RED"
     sleep 0.25 # let Envoy flush this second's log lines
     poll_transitions
+    poll_status
     SECOND=$((SECOND + 1))
     line=$(printf '  %s%4ds%s  %s%3d/%-3d ok%s' "$DIM" "$SECOND" "$RST" "$okc" "$ok" "$total" "$RST")
     for name in "${NAMES[@]}"; do
-        local n pct st=${STATE[$name]}
+        local n pct st=${STATE[$name]} wt=${WEIGHT[$name]}
         n=$(grep -c " $name\$" <<<"$out" || true)
         pct=$(( n * 100 / total ))
         [[ $name == u2 ]] && U2_SHARE=$pct
-        line+=$(printf ' │ %s%-9s%s %s %3d%%' "$(state_color "$st")" "$st" "$RST" "$(bar "$pct")" "$pct")
+        line+=$(printf ' │ %s%-9s%s %s%3d%%%s %s %3d%%' "$(state_color "$st")" "$st" "$RST" "$DIM" "$wt" "$RST" "$(bar "$pct")" "$pct")
     done
     printf '%s\n' "$line"
     # Without --rate curl sends as fast as it can: pad to a full second.
@@ -214,8 +261,9 @@ set_behaviour() { # index json
 
 title "1. Normal traffic"
 say "Clients send $RATE requests/s through Envoy; round robin gives each upstream about a third."
-say "Each row is one second: client answers, then every upstream's state (from meshguard's log)"
-say "and its share of the requests. meshguard's decisions appear as » lines when they happen."
+say "Each row is one second: client answers, then every upstream's state and steering weight"
+say "(from meshguard's status endpoint, $STATUS_URL) and its share of the requests."
+say "meshguard's decisions appear as » lines (from Envoy's log) when they happen."
 table_header
 for _ in 1 2 3; do second; done
 
@@ -256,6 +304,7 @@ say "Everything keeps running. In another terminal:"
 say ""
 try() { printf '  %s%-72s%s %s%s%s\n' "$B" "$1" "$RST" "$DIM" "$2" "$RST"; }
 try "curl -s localhost:$ENVOY_PORT/" "one request through Envoy"
+try "curl -s localhost:$ENVOY_PORT/meshguard/status" "meshguard's view of every host (JSON)"
 try "for i in \$(seq 60); do curl -s localhost:$ENVOY_PORT/; echo; done" "some traffic"
 try "curl -s -XPUT localhost:19082/behaviour -d '{\"status\":503,\"errorPercent\":35}'" "grey failure on u2"
 try "curl -s -XPUT localhost:19083/behaviour -d '{\"latencyMs\":300}'" "slow u3"

@@ -118,6 +118,20 @@ extern "C" {
     ) -> u32;
 }
 
+#[link(wasm_import_module = "wasi_snapshot_preview1")]
+extern "C" {
+    fn random_get(buf: *mut u8, buf_len: usize) -> i32;
+}
+
+/// Eight random bytes from the host (WASI `random_get`, which Envoy serves).
+pub fn random_u64() -> Result<u64, Status> {
+    let mut bytes = [0u8; 8];
+    match unsafe { random_get(bytes.as_mut_ptr(), bytes.len()) } {
+        0 => Ok(u64::from_le_bytes(bytes)),
+        errno => Err(Status(errno as u32)),
+    }
+}
+
 /// Takes ownership of a buffer the host allocated in our memory (through
 /// the SDK's exported `proxy_on_memory_allocate`).
 ///

@@ -113,7 +113,12 @@ impl RootContext for Root {
             None => {
                 let plugin = props::plugin_name().unwrap_or_else(|| "meshguard".to_string());
                 let now = host::now_ms().unwrap_or(0);
-                self.worker = Some(Rc::new(RefCell::new(Worker::new(config, &plugin, now))));
+                // Workers start within the same millisecond: seed each from
+                // the host's entropy, or request ids would repeat across them.
+                let seed = host::random_u64().unwrap_or(0) ^ now;
+                self.worker = Some(Rc::new(RefCell::new(Worker::new(
+                    config, &plugin, now, seed,
+                ))));
             }
         }
         if let Err(status) = host::set_tick_period_ms(TICK_MS) {
@@ -306,7 +311,8 @@ impl HttpContext for Stream {
             return action;
         }
         if worker.route_aware() {
-            self.route = Some(worker.route(props::route_name()));
+            let route = worker.route(props::virtual_host_name(), props::route_name());
+            self.route = Some(route);
         }
         let (config, scope) = worker.config_for(self.route.as_ref());
         self.scope = scope;

@@ -11,6 +11,7 @@ const RESPONSE_FLAGS: &[u8] = b"response\0flags";
 const PLUGIN_NAME: &[u8] = b"plugin_name";
 const SOURCE_ADDRESS: &[u8] = b"source\0address";
 const ROUTE_NAME: &[u8] = b"xds\0route_name";
+const VIRTUAL_HOST_NAME: &[u8] = b"xds\0virtual_host_name";
 const ROUTE_METADATA: &[u8] = b"xds\0route_metadata";
 
 fn string(path: &[u8]) -> Option<String> {
@@ -37,6 +38,10 @@ pub fn upstream_address() -> Option<String> {
 /// Envoy's route name; empty when the route has none.
 pub fn route_name() -> String {
     string(ROUTE_NAME).unwrap_or_default()
+}
+
+pub fn virtual_host_name() -> String {
+    string(VIRTUAL_HOST_NAME).unwrap_or_default()
 }
 
 /// `namespace/name` of the Istio VirtualService the route was built from.

@@ -139,6 +139,15 @@ impl Store {
         Err(StoreError::Contention)
     }
 
+    /// The names of every record in the index.
+    pub fn keys(&self) -> Result<Vec<String>, StoreError> {
+        let (bytes, _) = host::shared_data(&self.index_key)?;
+        let index: Index = bytes
+            .and_then(|b| postcard::from_bytes(&b).ok())
+            .unwrap_or_default();
+        Ok(index.slots.into_iter().map(|e| e.service).collect())
+    }
+
     /// Every service record in shared data (for the status endpoint).
     pub fn all(&self) -> Result<Vec<ServiceHealth>, StoreError> {
         let (bytes, _) = host::shared_data(&self.index_key)?;

@@ -32,6 +32,9 @@ const MAX_ROUTES: usize = 256;
 #[derive(Debug, Clone, Default)]
 pub struct Route {
     pub name: String,
+    /// Envoy's virtual host: route names are unique only within one (two
+    /// VirtualServices may both name a route `main`; unnamed routes abound).
+    pub virtual_host: String,
     /// `namespace/name`, empty when the route is not from a VirtualService.
     pub virtual_service: String,
     pub override_index: Option<usize>,
@@ -136,14 +139,14 @@ fn unit_key(cluster: &str, scope: &str) -> String {
 }
 
 impl Worker {
-    pub fn new(config: Rc<Config>, plugin: &str, now: u64) -> Self {
+    pub fn new(config: Rc<Config>, plugin: &str, now: u64, seed: u64) -> Self {
         let mut worker = Worker {
             config: Rc::clone(&config),
             override_configs: Vec::new(),
             store: Store::new(plugin),
             units: Vec::new(),
             routes: Vec::new(),
-            random: now | 1,
+            random: seed | 1,
             metrics: Metrics::default(),
             log_limiter: LogLimiter::default(),
             clock_ms: now,
@@ -187,8 +190,12 @@ impl Worker {
     }
 
     /// Resolves a route by name, reading its metadata once per worker.
-    pub fn route(&mut self, name: String) -> Route {
-        if let Some(route) = self.routes.iter().find(|r| r.name == name) {
+    pub fn route(&mut self, virtual_host: String, name: String) -> Route {
+        if let Some(route) = self
+            .routes
+            .iter()
+            .find(|r| r.name == name && r.virtual_host == virtual_host)
+        {
             return route.clone();
         }
         let virtual_service = props::virtual_service().unwrap_or_default();
@@ -199,6 +206,7 @@ impl Worker {
             .position(|o| o.matches(&virtual_service, &name));
         let route = Route {
             name,
+            virtual_host,
             virtual_service,
             override_index,
         };
@@ -334,7 +342,7 @@ impl Worker {
         address: &str,
         observation: Observation,
     ) {
-        let Some(position) = self.unit(cluster, scope, config) else {
+        let Some(position) = self.unit(cluster, scope, config, self.clock_ms) else {
             return;
         };
         let max_hosts = usize::from(config.limits.max_hosts_per_service);
@@ -372,6 +380,7 @@ impl Worker {
     /// refresh the other workers' view, rebuild steering plans.
     pub fn tick(&mut self, now: u64) {
         self.clock_ms = now;
+        self.adopt_known_services(now);
         let mut position = 0;
         while position < self.units.len() {
             let unit = &self.units[position];
@@ -562,11 +571,46 @@ impl Worker {
         }
     }
 
+    /// Takes on every record other workers have written, so that a worker
+    /// honours an ejection or an open breaker from its very first request
+    /// to a service, not only after one of its own requests completed.
+    fn adopt_known_services(&mut self, now: u64) {
+        let Ok(keys) = self.store.keys() else {
+            return;
+        };
+        for key in keys {
+            if self.units.len() >= usize::from(self.config.limits.max_services) {
+                return;
+            }
+            if self.units.iter().any(|u| u.key == key) {
+                continue;
+            }
+            let Some((cluster, scope, config)) = self.unit_of_key(&key) else {
+                continue;
+            };
+            let _ = self.unit(&cluster, &scope, &config, now);
+        }
+    }
+
+    /// The cluster, scope and configuration a record key stands for, if the
+    /// configuration in force still has that scope.
+    fn unit_of_key(&self, key: &str) -> Option<(String, String, Rc<Config>)> {
+        let Some((cluster, scope)) = key.strip_suffix(']').and_then(|k| k.rsplit_once(" [")) else {
+            return Some((key.to_string(), String::new(), Rc::clone(&self.config)));
+        };
+        let index = self
+            .config
+            .overrides
+            .iter()
+            .position(|o| o.scope == scope)?;
+        let config = self.override_configs.get(index)?;
+        Some((cluster.to_string(), scope.to_string(), Rc::clone(config)))
+    }
+
     /// The cache position of a unit, resolving its shared slot the first
     /// time this worker sees it (and evicting the least recently used unit
     /// if the cache is full).
-    fn unit(&mut self, cluster: &str, scope: &str, config: &Rc<Config>) -> Option<usize> {
-        let now = self.clock_ms;
+    fn unit(&mut self, cluster: &str, scope: &str, config: &Rc<Config>, now: u64) -> Option<usize> {
         if let Some(position) = self.find(cluster, scope) {
             self.units[position].last_used_ms = now;
             return Some(position);

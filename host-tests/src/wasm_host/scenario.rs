@@ -36,7 +36,7 @@ use super::module::PluginModule;
 use super::props::{Answer, Metadata};
 use super::proxy::{Proxy, ProxyOptions, StreamRef};
 use super::rng::Rng;
-use super::shared::LogRecord;
+use super::shared::{LogRecord, Metric};
 use super::vm::{LocalReply, VmError, VmOptions};
 
 /// Envoy's legacy response-flag bits the simulation produces.
@@ -152,9 +152,13 @@ impl HostSpec {
 }
 
 /// The route a request takes (for per-route / per-VirtualService
-/// configuration): Envoy's `xds.route_name` and `xds.route_metadata`.
+/// configuration): Envoy's `xds.virtual_host_name`, `xds.route_name` and
+/// `xds.route_metadata`.
 #[derive(Debug, Clone, Default)]
 pub struct RouteSpec {
+    /// Route names are unique only within a virtual host; istiod makes one
+    /// virtual host per VirtualService host.
+    pub virtual_host: String,
     pub name: String,
     pub metadata: Option<Metadata>,
 }
@@ -192,6 +196,9 @@ pub struct Scenario {
     /// Run the plugin (false: plain round robin, the "no protection" baseline).
     pub filter: bool,
     pub steps: Vec<(Duration, Step)>,
+    /// Virtual time run after `duration` with no new traffic, so the VMs'
+    /// ticks add the last batched counters to the metrics.
+    pub settle: Duration,
 }
 
 impl Scenario {
@@ -208,6 +215,7 @@ impl Scenario {
             seed: 1,
             cluster: "demo".to_string(),
             route: RouteSpec {
+                virtual_host: "demo".to_string(),
                 name: "default".to_string(),
                 metadata: None,
             },
@@ -215,6 +223,7 @@ impl Scenario {
             steering_header: "x-meshguard-upstream".to_string(),
             filter: true,
             steps: Vec::new(),
+            settle: Duration::ZERO,
         }
     }
 
@@ -297,6 +306,13 @@ impl Scenario {
     /// Runs without the plugin: Envoy's round robin alone.
     pub fn without_filter(mut self) -> Self {
         self.filter = false;
+        self
+    }
+
+    /// After `duration`, let virtual time run this much longer without new
+    /// requests (ticks only) before the report's metrics are read.
+    pub fn settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
         self
     }
 
@@ -392,6 +408,18 @@ pub struct Report {
     pub host_calls: u64,
     /// What `proxy_on_configure` answered at start, per VM.
     pub configured: Vec<bool>,
+    /// The plugin's metrics at the end (after `settle`).
+    pub metrics: Vec<Metric>,
+}
+
+impl Report {
+    /// A metric's value at the end of the run, by its full name.
+    pub fn metric(&self, name: &str) -> Option<i64> {
+        self.metrics
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| m.value)
+    }
 }
 
 impl Report {
@@ -629,6 +657,7 @@ impl<'a> Simulation<'a> {
             client_errors: 0,
             host_calls: 0,
             configured: Vec::new(),
+            metrics: Vec::new(),
         };
         let proxy = if scenario.filter {
             let options = ProxyOptions {
@@ -718,6 +747,10 @@ impl<'a> Simulation<'a> {
             proxy.advance_to_ns(end)?;
         }
         self.collect_logs();
+        if let Some(proxy) = &mut self.proxy {
+            proxy.advance_to_ns(end.saturating_add(self.scenario.settle.as_nanos() as u64))?;
+        }
+        self.collect_logs();
         Ok(())
     }
 
@@ -751,6 +784,10 @@ impl<'a> Simulation<'a> {
             let id = http.id();
             http.property("xds.cluster_name", Answer::string(&self.scenario.cluster))
                 .property("xds.route_name", Answer::string(&self.route.name))
+                .property(
+                    "xds.virtual_host_name",
+                    Answer::string(&self.route.virtual_host),
+                )
                 .property("request.path", Answer::string("/"));
             if let Some(metadata) = &self.route.metadata {
                 http.property("xds.route_metadata", Answer::metadata(metadata));
@@ -937,6 +974,7 @@ impl<'a> Simulation<'a> {
         self.collect_logs();
         if let Some(proxy) = &self.proxy {
             self.report.host_calls = proxy.host_calls();
+            self.report.metrics = proxy.lock().metrics().to_vec();
         }
         self.report
     }
