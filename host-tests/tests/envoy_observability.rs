@@ -241,3 +241,27 @@ fn status_endpoint_is_invisible_to_other_sources() {
         );
     }
 }
+
+/// A client cannot pin a host through meshguard's steering header: the
+/// demo config removes it before meshguard runs, and no upstream sees it.
+#[test]
+fn clients_cannot_pin_a_host_through_the_steering_header() {
+    let s = ThreeUpstreams::start(
+        host_tests::test_paths!(),
+        "envoy_observability_client_header",
+        host_tests::TEST_PLUGIN_CONFIG,
+    );
+    let u2 = s.upstream(U2).data.to_string();
+    let mut tally = Tally::default();
+    for _ in 0..60 {
+        let outcome = host_tests::traffic::send_one(s.listener(), &[("x-meshguard-upstream", &u2)]);
+        s.check(outcome.upstream_saw_steering.is_none(), || {
+            format!("an upstream received the client's steering header: {outcome:?}")
+        });
+        tally.add(&outcome);
+    }
+    s.check(
+        tally.share("u2") < 0.5 && tally.with_status(200) == 60,
+        || format!("the client's header must not pin u2: {tally}"),
+    );
+}

@@ -273,6 +273,12 @@ pub struct Steering {
     /// (stateful-session header, Istio persistent sessions). Default "plain".
     #[schemars(extend("default" = "plain"))]
     pub encoding: Option<Encoding>,
+    /// Remove a steering header sent by the client, in the filter (one host
+    /// call per request; plain encoding only). Off by default: put an Envoy
+    /// header_mutation filter that removes it ahead of meshguard instead, as
+    /// envoy/demo.yaml.tmpl does. Default false.
+    #[schemars(extend("default" = false))]
+    pub strip_client_header: Option<bool>,
 }
 
 /// Bounds on what the filter tracks.

@@ -190,6 +190,10 @@ pub struct Steering {
     /// Lower-cased header name.
     pub header: String,
     pub encoding: Encoding,
+    /// Remove a client-sent steering header in the filter (one host call per
+    /// request). Off by default: an Envoy `header_mutation` filter ahead of
+    /// meshguard does it at no cost to the filter.
+    pub strip_client_header: bool,
 }
 
 impl Default for Steering {
@@ -198,6 +202,7 @@ impl Default for Steering {
             enabled: true,
             header: "x-meshguard-upstream".to_string(),
             encoding: Encoding::Plain,
+            strip_client_header: false,
         }
     }
 }
@@ -456,8 +461,9 @@ impl Ejection {
 
 impl Steering {
     fn apply(&mut self, o: &Object) -> Result<(), ConfigError> {
-        o.only(&["enabled", "header", "encoding"])?;
+        o.only(&["enabled", "header", "encoding", "stripClientHeader"])?;
         o.bool("enabled", &mut self.enabled)?;
+        o.bool("stripClientHeader", &mut self.strip_client_header)?;
         let mut header = self.header.clone();
         o.string("header", &mut header)?;
         self.header =

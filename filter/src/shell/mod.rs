@@ -493,12 +493,14 @@ impl Stream {
         }
     }
 
-    /// A client must not pick the host itself through our header. The
-    /// session header of base64 mode is the application's own (sticky
-    /// sessions) and is left alone.
+    /// A client must not pick the host itself through our header, when the
+    /// operator asked the filter to see to it (an Envoy header_mutation
+    /// filter ahead of meshguard does it for free). The session header of
+    /// base64 mode is the application's own (sticky sessions).
     fn strip_client_steering(&self, config: &Config) -> Action {
         let steering = &config.steering;
-        if steering.enabled && steering.encoding == Encoding::Plain {
+        if steering.enabled && steering.strip_client_header && steering.encoding == Encoding::Plain
+        {
             let _ = host::remove_header(Map::RequestHeaders, &steering.header);
         }
         Action::Continue
