@@ -21,7 +21,7 @@ WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-gl
 # What ships, and what the tests and the demo load: the wasm-opt'd module.
 MODULE := $(WASM_OPT)
 
-.PHONY: build lint test run envoy images oci-image toolchain clean distclean fuzz bench-host
+.PHONY: build lint test run envoy images oci-image toolchain clean distclean fuzz bench-host bench
 
 toolchain:
 	@command -v rustup >/dev/null || { echo "rustup is required (https://rustup.rs)" >&2; exit 1; }
@@ -87,6 +87,14 @@ fuzz: build
 # Host calls and ns per request (healthy, incident, breaker-open paths).
 bench-host: build
 	MESHGUARD_WASM='$(MODULE)' $(HOST_RELEASE) cargo run --release -p host-tests --bin wasm-host-bench
+
+# Overhead against plain Envoy and a do-nothing wasm filter, and incidents
+# against Envoy's own outlier detection (README "Performance"). Local
+# processes on loopback; about 11 minutes. Prints the tables and writes
+# bench/results/ (results.md, results.json, SVG charts). BENCH_QUICK=1 is a
+# two-minute smoke run into target/bench-quick; other knobs in scripts/bench.sh.
+bench: build
+	MESHGUARD_WASM='$(MODULE)' MESHGUARD_ENVOY="$$(scripts/ensure-envoy.sh)" scripts/bench.sh
 
 run: build
 	cargo build -p host-tests --bin mg-upstream

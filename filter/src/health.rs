@@ -182,6 +182,9 @@ pub struct HostHealth {
 /// warm-up period; full weight after it.
 const WARMUP_STEPS: [u8; 3] = [10, 30, 50];
 
+/// Least share a Degraded host keeps, in percent of a healthy host's.
+pub const MIN_DEGRADED_WEIGHT: u8 = 1;
+
 impl HostHealth {
     pub fn new(now: u64, window_size: u16) -> Self {
         HostHealth {
@@ -381,7 +384,12 @@ impl HostHealth {
         let warmup = config.ejection.warmup_duration.0;
         match self.state {
             HostState::Healthy => 100,
-            HostState::Degraded => config.ejection.degraded_weight_percent,
+            // A trickle at least: a host that gets no traffic can never
+            // show that it has recovered.
+            HostState::Degraded => config
+                .ejection
+                .degraded_weight_percent
+                .max(MIN_DEGRADED_WEIGHT),
             HostState::Unhealthy if now < self.ejected_until_ms => 0,
             HostState::Unhealthy => ramp(now - self.ejected_until_ms, warmup),
             HostState::WarmingUp => ramp(now.saturating_sub(self.state_since_ms), warmup),

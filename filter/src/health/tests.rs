@@ -386,3 +386,15 @@ fn a_new_window_size_takes_effect_on_the_next_outcome() {
     assert_eq!(host.health.window().capacity(), 50);
     assert_eq!(host.health.window().len(), 1);
 }
+
+#[test]
+fn a_degraded_host_keeps_a_trickle_so_it_can_recover() {
+    let mut cfg = config("");
+    cfg.ejection.degraded_weight_percent = 0;
+    let mut host = Host::new(cfg);
+    host.feed(OK, 6).feed(E500, 4);
+    assert_eq!(host.state(), HostState::Degraded);
+    assert_eq!(host.weight(), MIN_DEGRADED_WEIGHT);
+    host.feed(OK, 10);
+    assert_eq!(host.state(), HostState::Healthy);
+}

@@ -1,0 +1,469 @@
+//! `make bench`: meshguard's cost on the happy path against plain Envoy and a
+//! do-nothing wasm filter, and its handling of incidents against Envoy's own
+//! outlier detection. See README "Performance" and scripts/bench.sh.
+//!
+//! ```text
+//! mg-bench run            (configured by the environment, see Config::from_env)
+//! mg-bench serve --name u1 [--fail-first N]   static upstream for the overhead runs
+//! ```
+
+mod chart;
+mod client;
+mod envoy;
+mod incidents;
+mod overhead;
+mod procs;
+mod stats;
+mod upstreams;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use incidents::{Outcome, Scenario};
+
+struct Config {
+    envoy: PathBuf,
+    meshguard: PathBuf,
+    noop: PathBuf,
+    mg_upstream: PathBuf,
+    out: PathBuf,
+    work: PathBuf,
+    quick: bool,
+    overhead: bool,
+    incidents: bool,
+    scenarios: Vec<String>,
+    rounds: usize,
+    seconds: u32,
+    connections: u32,
+    rate: u32,
+    pin: bool,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn file_env(name: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(env(name).ok_or(format!("{name} is not set (run `make bench`)"))?);
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(format!("{name}={} does not exist", p.display()))
+    }
+}
+
+impl Config {
+    /// MESHGUARD_ENVOY, MESHGUARD_WASM, NOOP_WASM, MG_UPSTREAM: inputs.
+    /// BENCH_QUICK=1: a smoke run (1 round of 2 s, incidents at 1/5 length).
+    /// BENCH_ONLY=overhead|incidents, BENCH_SCENARIOS=a,c,f, BENCH_ROUNDS,
+    /// BENCH_SECONDS (per wrk run), BENCH_CONNECTIONS, BENCH_RATE (req/s of
+    /// the incidents), BENCH_PIN=0 (no CPU pinning), BENCH_OUT, BENCH_WORK.
+    fn from_env() -> Result<Self, String> {
+        let quick = env("BENCH_QUICK").is_some_and(|v| v != "0");
+        let only = env("BENCH_ONLY").unwrap_or_default();
+        let num = |k: &str, d: u64| -> Result<u64, String> {
+            env(k).map_or(Ok(d), |v| {
+                v.parse().map_err(|_| format!("{k}={v}: not a number"))
+            })
+        };
+        Ok(Self {
+            envoy: file_env("MESHGUARD_ENVOY")?,
+            meshguard: file_env("MESHGUARD_WASM")?,
+            noop: file_env("NOOP_WASM")?,
+            mg_upstream: file_env("MG_UPSTREAM")?,
+            out: PathBuf::from(env("BENCH_OUT").unwrap_or_else(|| {
+                if quick {
+                    "target/bench-quick"
+                } else {
+                    "bench/results"
+                }
+                .into()
+            })),
+            work: PathBuf::from(env("BENCH_WORK").unwrap_or_else(|| "target/bench-work".into())),
+            quick,
+            overhead: only.is_empty() || only == "overhead",
+            incidents: only.is_empty() || only == "incidents",
+            scenarios: env("BENCH_SCENARIOS")
+                .map(|s| s.split(',').map(|x| x.trim().to_string()).collect())
+                .unwrap_or_default(),
+            rounds: num("BENCH_ROUNDS", if quick { 1 } else { 5 })? as usize,
+            seconds: num("BENCH_SECONDS", if quick { 2 } else { 5 })? as u32,
+            connections: num("BENCH_CONNECTIONS", 16)? as u32,
+            rate: num("BENCH_RATE", 200)? as u32,
+            pin: env("BENCH_PIN").is_none_or(|v| v != "0"),
+        })
+    }
+}
+
+fn civil(epoch_s: i64) -> String {
+    let days = epoch_s.div_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let secs = epoch_s.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        secs / 3600,
+        secs / 60 % 60
+    )
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let n = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let os = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("PRETTY_NAME=")
+                    .map(|v| v.trim_matches('"').to_string())
+            })
+        })
+        .unwrap_or_default();
+    format!("{n} CPUs (nproc), {cpu}, {os}")
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn envoy_version(bin: &std::path::Path) -> String {
+    std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .and_then(|s| {
+            s.split_whitespace()
+                .find(|w| w.contains("/1."))
+                .map(|w| w.to_string())
+        })
+        .and_then(|w| w.split('/').nth(1).map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "**missed**"
+    }
+}
+
+fn find<'a>(outs: &'a [Outcome], sc: &str, v: &str) -> Option<&'a Outcome> {
+    outs.iter().find(|o| o.scenario == sc && o.variant == v)
+}
+
+fn incident_targets(outs: &[Outcome]) -> Vec<String> {
+    let mut t = Vec::new();
+    let f = |sc: &str, v: &str| find(outs, sc, v).map(|o| o.failed);
+    for sc in ["a", "b", "d"] {
+        if let (Some(mg), Some(i10), Some(i50)) = (f(sc, "mg"), f(sc, "istio10"), f(sc, "istio50"))
+        {
+            t.push(format!(
+                "({sc}) meshguard (defaults) fails fewer requests than every Istio-reachable native variant: {mg} vs {i10} (max 10%) and {i50} (max 50%): {}",
+                verdict(mg < i10 && mg < i50)
+            ));
+        }
+    }
+    let p99 = |sc: &str, v: &str| find(outs, sc, v).map(|o| o.p99_ms);
+    if let (Some(i10), Some(i50)) = (p99("c", "istio10"), p99("c", "istio50")) {
+        for v in ["mg", "mg-slow", "mg-slow0"] {
+            if let Some(m) = p99("c", v) {
+                t.push(format!(
+                    "(c) lower p99 (by 10% or more) than the Istio-reachable native variants, {v}: {m:.1} ms vs {i10:.1} / {i50:.1} ms: {}",
+                    // A real improvement, not noise: at least 10% lower.
+                    verdict(m < 0.9 * i10.min(i50))
+                ));
+            }
+        }
+    }
+    for sc in ["a", "b"] {
+        if let (Some(eq), Some(tu)) = (find(outs, sc, "mg-eq"), find(outs, sc, "tuned")) {
+            t.push(format!(
+                "({sc}) equal thresholds: no more failures than tuned native: {} vs {}: {}; faster detection: {} vs {} s: {}",
+                eq.failed,
+                tu.failed,
+                verdict(eq.failed <= tu.failed),
+                eq.detect_s.map_or("never".into(), |d| format!("{d:.2}")),
+                tu.detect_s.map_or("never".into(), |d| format!("{d:.2}")),
+                verdict(match (eq.detect_s, tu.detect_s) {
+                    (Some(a), Some(b)) => a < b,
+                    (Some(_), None) => true,
+                    _ => false,
+                })
+            ));
+        }
+    }
+    for (sc, v) in [("d", "mg"), ("e", "mg"), ("e", "mg-graded")] {
+        if let (Some(mg), Some(tu)) = (find(outs, sc, v), f(sc, "tuned")) {
+            t.push(format!(
+                "({sc}) {} fails fewer requests than tuned native: {} vs {tu}: {}",
+                mg.label,
+                mg.failed,
+                verdict(mg.failed < tu)
+            ));
+        }
+    }
+    if let Some(o) = find(outs, "f", "mg") {
+        t.push(format!(
+            "(f) breaker-open replies in under 2 ms: p99 {} ms over {} replies: {}",
+            o.breaker_p99_ms.map_or("-".into(), |v| format!("{v:.2}")),
+            o.breaker_replies,
+            verdict(o.breaker_p99_ms.is_some_and(|v| v < 2.0))
+        ));
+    }
+    t
+}
+
+fn run(cfg: &Config) -> Result<(), String> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&cfg.out).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&cfg.work).map_err(|e| e.to_string())?;
+    let date = civil(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64),
+    );
+    let machine = machine();
+    let load_start = loadavg();
+    let ev = envoy_version(&cfg.envoy);
+    let mut md = String::new();
+    let _ = writeln!(md, "# meshguard benchmark results\n");
+    let _ = writeln!(
+        md,
+        "Measured {date} on {machine}; Envoy {ev}; command `make bench`{}. \
+         Envoy, the upstreams and the load generators run as local processes on 127.0.0.1.\n",
+        if cfg.quick {
+            " (BENCH_QUICK=1: smoke run, not for publishing)"
+        } else {
+            ""
+        }
+    );
+    let mut json =
+        serde_json::json!({ "date": date, "machine": machine, "envoy": ev, "quick": cfg.quick });
+
+    if cfg.overhead {
+        let pin = if cfg.pin && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+            Some(("0".to_string(), "1-1023".to_string()))
+        } else {
+            None
+        };
+        let s = overhead::Settings {
+            envoy: cfg.envoy.clone(),
+            meshguard: cfg.meshguard.clone(),
+            noop: cfg.noop.clone(),
+            rounds: cfg.rounds,
+            seconds: cfg.seconds,
+            connections: cfg.connections,
+            pin: pin.clone(),
+            work: overhead::work_dir(&cfg.work),
+        };
+        eprintln!(
+            "overhead: {} interleaved rounds of {} variants, wrk -t1 -c{} -d{}s, Envoy --concurrency 1{}",
+            s.rounds,
+            overhead::Variant::ALL.len(),
+            s.connections,
+            s.seconds,
+            if pin.is_some() { ", Envoy on CPU 0, wrk and upstreams on the others" } else { "" }
+        );
+        let runs = overhead::run(&s)?;
+        let sum = overhead::summarize(&runs, &overhead::Variant::ALL);
+        let table = overhead::table(&sum, s.rounds).markdown();
+        let _ = writeln!(
+            md,
+            "## Overhead (happy path)\n\n`wrk -t1 -c{} -d{}s --latency` through Envoy `--concurrency 1` to three static upstreams \
+             (`mg-bench serve`: keep-alive, 17-byte 200 answers), {} rounds interleaved (plain, do-nothing filter, its host-call \
+             diagnostic, meshguard, meshguard steering, then again), a 2 s warm-up before each run{}. Median of the rounds; spread is the min-max \
+             of the rounds' req/s. Envoy's access log is off in every variant. The wasm variants use the template's \
+             meshguard block, which also holds the native header_mutation filter that strips client-sent steering \
+             headers.\n",
+            s.connections,
+            s.seconds,
+            s.rounds,
+            if pin.is_some() { "; Envoy pinned to CPU 0, wrk and the upstreams to CPU 1 (taskset)" } else { "" }
+        );
+        md.push_str(&table);
+        let get = |v: overhead::Variant| sum.iter().find(|x| x.variant == v);
+        if let (Some(mg), Some(noop)) = (
+            get(overhead::Variant::Meshguard),
+            get(overhead::Variant::Noop),
+        ) {
+            let _ = writeln!(
+                md,
+                "\nTargets: healthy-path throughput ≥ 0.90 of plain Envoy: {:.3}: {}; within 0.03 of the do-nothing filter: \
+                 {:.3} vs {:.3} (gap {:.3}): {}; p99 added ≤ 0.2 ms: {:+.3} ms: {}.",
+                mg.rps_ratio,
+                verdict(mg.rps_ratio >= 0.90),
+                mg.rps_ratio,
+                noop.rps_ratio,
+                noop.rps_ratio - mg.rps_ratio,
+                verdict(noop.rps_ratio - mg.rps_ratio <= 0.03),
+                mg.p99_added_ms,
+                verdict(mg.p99_added_ms <= 0.2)
+            );
+        }
+        println!("\n## Overhead\n\n{table}");
+        json["overhead"] = serde_json::json!({ "runs": runs, "summary": sum });
+    }
+
+    if cfg.incidents {
+        let scale = if cfg.quick { 0.2 } else { 1.0 };
+        let all: Vec<Scenario> = incidents::scenarios(scale)
+            .into_iter()
+            .filter(|s| cfg.scenarios.is_empty() || cfg.scenarios.iter().any(|k| k == s.key))
+            .collect();
+        let s = incidents::Settings {
+            envoy: cfg.envoy.clone(),
+            meshguard: cfg.meshguard.clone(),
+            mg_upstream: cfg.mg_upstream.clone(),
+            rate: cfg.rate,
+            work: cfg.work.join("incidents"),
+        };
+        let _ = writeln!(
+            md,
+            "\n## Incidents\n\nOpen-loop client at {} req/s per variant (requests leave on schedule whatever earlier \
+             ones are doing; latency is from sending, connect included, to the whole response; 5 s timeout), \
+             one connection per request, three mg-upstreams per variant, Envoy \
+             `--concurrency 2`. All variants of a scenario run at the same time, side by side, one round each. \
+             `failed` = client got anything but a 200. `detect` = seconds from the incident's start until the bad host gets \
+             under 3/4 of its fair share for 0.5 s (for (f): until the first breaker reply). `full share back` = seconds \
+             from the heal until the bad host keeps ≥ 90% of its fair share to the end of the run (`> n` = not within the run). \
+             Charts: share of each second's requests per host and failed, for meshguard and native variants; the bar on \
+             top is the bad host's state (meshguard: its transition log lines, rate-limited to 6 per host per minute, so \
+             quick flapping can be missing; native: Envoy's outlier event log).\n",
+            cfg.rate
+        );
+        let mut outs: Vec<Outcome> = Vec::new();
+        for sc in &all {
+            eprintln!(
+                "incident ({}) {}: {:.0} s, {} variants at once",
+                sc.key,
+                sc.title,
+                sc.duration_s,
+                incidents::variants(sc).len()
+            );
+            let o = incidents::run_scenario(&s, sc)?;
+            let table = incidents::table(sc, &o).markdown();
+            println!("\n## ({}) {}: {}\n\n{table}", sc.key, sc.title, sc.what);
+            let _ = writeln!(
+                md,
+                "\n### ({}) {}\n\n{}.\n\n{table}",
+                sc.key, sc.title, sc.what
+            );
+            let svg = cfg.out.join(format!("incident-{}.svg", sc.key));
+            let ids: &[&str] = match sc.key {
+                "c" => &["mg-slow", "mg-slow0", "istio50"],
+                "e" => &["mg", "mg-graded", "tuned"],
+                "f" => &["mg", "tuned"],
+                _ => &["mg", "tuned", "istio50"],
+            };
+            let panels: Vec<&Outcome> = ids
+                .iter()
+                .filter_map(|v| o.iter().find(|x| x.variant == *v))
+                .collect();
+            match chart::render(&svg, sc, &panels) {
+                Ok(()) => {
+                    let _ = writeln!(md, "\n![({})](incident-{}.svg)", sc.key, sc.key);
+                }
+                Err(e) => eprintln!("  WARNING: chart {}: {e}", svg.display()),
+            }
+            outs.extend(o);
+        }
+        let targets = incident_targets(&outs);
+        if !targets.is_empty() {
+            let _ = writeln!(md, "\n### Targets\n");
+            println!("\n## Incident targets\n");
+            for t in &targets {
+                let _ = writeln!(md, "- {t}");
+                println!("- {t}");
+            }
+        }
+        json["incidents"] = serde_json::to_value(&outs).map_err(|e| e.to_string())?;
+    }
+    let total = started.elapsed().as_secs_f64();
+    let _ = writeln!(
+        md,
+        "\nBench run time (without builds): {:.0} s. Load average at the start: {load_start}; at the end: {}.",
+        total,
+        loadavg()
+    );
+    json["run_seconds"] = serde_json::json!(total);
+    std::fs::write(cfg.out.join("results.md"), md).map_err(|e| e.to_string())?;
+    std::fs::write(
+        cfg.out.join("results.json"),
+        serde_json::to_string(&json).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    eprintln!(
+        "\nwrote {} (results.md, results.json, incident-*.svg) in {total:.0} s",
+        cfg.out.display()
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("serve") => {
+            let mut name = "u".to_string();
+            let mut fail_first = 0;
+            let mut it = args.iter().skip(1);
+            while let Some(a) = it.next() {
+                match (a.as_str(), it.next()) {
+                    ("--name", Some(v)) => name = v.clone(),
+                    ("--fail-first", Some(v)) => fail_first = v.parse().unwrap_or(0),
+                    _ => {
+                        eprintln!("usage: mg-bench serve --name NAME [--fail-first N]");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            match upstreams::serve(&name, fail_first) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("mg-bench serve: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Some("run") | None => match Config::from_env().and_then(|c| run(&c)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mg-bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(other) => {
+            eprintln!("mg-bench: unknown command {other} (run | serve)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn civil_dates() {
+        assert_eq!(super::civil(0), "1970-01-01 00:00 UTC");
+        assert_eq!(super::civil(1_709_251_200 + 3_660), "2024-03-01 01:01 UTC");
+    }
+}

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# `make bench`: builds what the benchmark needs and runs it (bench/runner).
+#   1. overhead: wrk through Envoy (1 worker) for plain Envoy, a do-nothing
+#      Rust wasm filter, meshguard healthy, meshguard steering; 5 rounds
+#      interleaved;
+#   2. incidents: six scenarios at a fixed request rate over wall time,
+#      meshguard against Envoy's own outlier detection.
+# Prints the tables; writes bench/results/{results.md,results.json,*.svg}.
+#
+# Inputs: MESHGUARD_WASM (the shipped module), MESHGUARD_ENVOY (Envoy 1.40).
+# Knobs (see bench/runner/src/main.rs): BENCH_QUICK=1 (smoke run, results in
+# target/bench-quick), BENCH_ONLY=overhead|incidents, BENCH_SCENARIOS=a,b,
+# BENCH_ROUNDS, BENCH_SECONDS, BENCH_RATE, BENCH_PIN=0, BENCH_OUT.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+# The load generator and the overhead upstream are built optimised for speed,
+# in their own target dir: the workspace release profile is tuned for the
+# module's size (opt-level z, fat LTO), which is slow to build and to run.
+BENCH_TARGET="${BENCH_TARGET_DIR:-$TARGET/bench-release}"
+
+: "${MESHGUARD_WASM:?set MESHGUARD_WASM (run make bench)}"
+: "${MESHGUARD_ENVOY:?set MESHGUARD_ENVOY (run make bench)}"
+
+if ! command -v wrk >/dev/null; then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        echo "bench: installing wrk from Debian packages..." >&2
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+    else
+        echo "bench: wrk is missing: sudo apt-get install wrk" >&2
+        exit 1
+    fi
+fi
+command -v taskset >/dev/null || echo "bench: taskset missing; running without CPU pinning" >&2
+command -v taskset >/dev/null || export BENCH_PIN=0
+
+# The do-nothing filter: same SDK, target, release profile and wasm-opt
+# flags as the module that ships.
+cargo build --release --target wasm32-wasip1 -p meshguard-noop-filter
+NOOP="$TARGET/wasm32-wasip1/release/meshguard_noop_filter.wasm"
+NOOP_OPT="$TARGET/wasm32-wasip1/release/meshguard_noop_filter.opt.wasm"
+wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+    --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types \
+    "$NOOP" -o "$NOOP_OPT"
+
+# mg-upstream for the incidents (a debug build is plenty at 200 req/s).
+cargo build -p host-tests --bin mg-upstream
+
+CARGO_TARGET_DIR="$BENCH_TARGET" CARGO_PROFILE_RELEASE_OPT_LEVEL=3 CARGO_PROFILE_RELEASE_LTO=false \
+    CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_PANIC=unwind CARGO_PROFILE_RELEASE_STRIP=false \
+    cargo build --release -p mg-bench
+
+echo "bench: load average before the run: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+start=$(date +%s)
+NOOP_WASM="$NOOP_OPT" MG_UPSTREAM="$TARGET/debug/mg-upstream" BENCH_WORK="${BENCH_WORK:-$TARGET/bench-work}" \
+    "$BENCH_TARGET/release/mg-bench" run
+echo "bench: finished in $(( $(date +%s) - start )) s (run only; builds before that)" >&2
