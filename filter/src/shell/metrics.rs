@@ -1,6 +1,8 @@
 //! Reporting through Envoy's stats: metric ids defined lazily and cached,
 //! gauges written only when they change, counters added in batches.
 
+use std::collections::BTreeMap;
+
 use super::host;
 use crate::metrics::Kind;
 
@@ -9,16 +11,24 @@ use crate::metrics::Kind;
 /// rather than grow memory.
 const MAX_METRICS: usize = 8192;
 
+/// A defined metric: Envoy's id and the last gauge value written.
+struct Known {
+    id: u32,
+    last: Option<u64>,
+}
+
+/// Keyed by name in an ordered map: every tick looks up each host's gauges,
+/// so a scan over thousands of names would be the tick's main cost (and a
+/// hash map would need random keys from the host).
 #[derive(Default)]
 pub struct Metrics {
-    /// (name, id, last gauge value written)
-    known: Vec<(String, u32, Option<u64>)>,
+    known: BTreeMap<String, Known>,
 }
 
 impl Metrics {
-    fn id(&mut self, name: String, kind: Kind) -> Option<usize> {
-        if let Some(index) = self.known.iter().position(|(n, ..)| *n == name) {
-            return Some(index);
+    fn entry(&mut self, name: String, kind: Kind) -> Option<&mut Known> {
+        if self.known.contains_key(&name) {
+            return self.known.get_mut(&name);
         }
         if self.known.len() >= MAX_METRICS {
             return None;
@@ -28,27 +38,22 @@ impl Metrics {
             Kind::Gauge => 1,
         };
         let id = host::define_metric(type_code, &name).ok()?;
-        self.known.push((name, id, None));
-        Some(self.known.len() - 1)
+        Some(self.known.entry(name).or_insert(Known { id, last: None }))
     }
 
     pub fn add(&mut self, name: String, delta: u64) {
         if delta == 0 {
             return;
         }
-        if let Some(index) = self.id(name, Kind::Counter) {
-            let _ = host::increment_metric(
-                self.known[index].1,
-                i64::try_from(delta).unwrap_or(i64::MAX),
-            );
+        if let Some(known) = self.entry(name, Kind::Counter) {
+            let _ = host::increment_metric(known.id, i64::try_from(delta).unwrap_or(i64::MAX));
         }
     }
 
     pub fn set(&mut self, name: String, value: u64) {
-        if let Some(index) = self.id(name, Kind::Gauge) {
-            let entry = &mut self.known[index];
-            if entry.2 != Some(value) && host::record_metric(entry.1, value).is_ok() {
-                entry.2 = Some(value);
+        if let Some(known) = self.entry(name, Kind::Gauge) {
+            if known.last != Some(value) && host::record_metric(known.id, value).is_ok() {
+                known.last = Some(value);
             }
         }
     }
