@@ -4,6 +4,7 @@
 //! are passed in) that is unit-tested natively; `shell` is the thin layer
 //! that talks to Envoy through the proxy-wasm ABI.
 
+pub mod address_clusters;
 pub mod breaker;
 pub mod cidr;
 pub mod classify;
@@ -12,6 +13,7 @@ pub mod glob;
 pub mod guard;
 pub mod headers;
 pub mod health;
+pub mod in_flight;
 pub mod metrics;
 pub mod route_metadata;
 pub mod service;
