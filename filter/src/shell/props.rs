@@ -9,6 +9,7 @@ const UPSTREAM_ADDRESS: &[u8] = b"upstream\0address";
 const RESPONSE_CODE: &[u8] = b"response\0code";
 const RESPONSE_FLAGS: &[u8] = b"response\0flags";
 const PLUGIN_NAME: &[u8] = b"plugin_name";
+const PLUGIN_ROOT_ID: &[u8] = b"plugin_root_id";
 const SOURCE_ADDRESS: &[u8] = b"source\0address";
 const ROUTE_NAME: &[u8] = b"xds\0route_name";
 const VIRTUAL_HOST_NAME: &[u8] = b"xds\0virtual_host_name";
@@ -61,6 +62,10 @@ pub fn source_address() -> Option<String> {
 
 pub fn plugin_name() -> Option<String> {
     string(PLUGIN_NAME)
+}
+
+pub fn plugin_root_id() -> Option<String> {
+    string(PLUGIN_ROOT_ID)
 }
 
 pub fn response_code() -> Option<u16> {

@@ -16,6 +16,7 @@ use super::host;
 use super::metrics::Metrics;
 use super::props;
 use super::store::{Slot, Store, StoreError};
+use crate::address_clusters::{AddressClusters, Lookup};
 use crate::breaker::{Admission, BreakerState};
 use crate::config::{Config, Encoding};
 use crate::health::HostState;
@@ -128,7 +129,12 @@ pub struct Worker {
     /// Time of the last tick: precise enough for bookkeeping, and saves a
     /// host call per request.
     clock_ms: u64,
+    /// Upstream address to cluster, so successes need not read the cluster.
+    clusters: AddressClusters,
 }
+
+/// Addresses whose cluster a worker remembers (the default limits' hosts).
+const MAX_ADDRESSES: usize = 4096;
 
 fn unit_key(cluster: &str, scope: &str) -> String {
     if scope.is_empty() {
@@ -150,6 +156,7 @@ impl Worker {
             metrics: Metrics::default(),
             log_limiter: LogLimiter::default(),
             clock_ms: now,
+            clusters: AddressClusters::new(MAX_ADDRESSES),
         };
         worker.reconfigure(config);
         worker
@@ -333,18 +340,67 @@ impl Worker {
             .map_or(HostState::Healthy, |h| h.health.state())
     }
 
-    /// Records one request's outcome against its host and the breaker.
-    pub fn observe(
+    /// The time of the last tick (or prompt write).
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
+    }
+
+    /// Records one finished request against its host and the breaker.
+    /// `cluster` is known when the request path read it; otherwise it comes
+    /// from the address cache, or from the host when the cache cannot say.
+    pub fn observe_request(
         &mut self,
-        cluster: &str,
+        cluster: Option<&str>,
         scope: &str,
         config: &Rc<Config>,
         address: &str,
         observation: Observation,
     ) {
+        let read;
+        let cluster = match cluster {
+            Some(cluster) => {
+                self.clusters.learn(address, cluster);
+                cluster
+            }
+            None => {
+                let matters =
+                    observation.outcome.failed() || observation.breaker_slow || observation.probe;
+                match self.clusters.lookup(address, matters) {
+                    Lookup::Cached(cached) => {
+                        let known = self
+                            .units
+                            .iter()
+                            .position(|u| u.cluster == cached && u.scope == scope);
+                        if let Some(position) = known {
+                            self.units[position].last_used_ms = self.clock_ms;
+                            return self.observe_at(position, config, address, observation);
+                        }
+                        read = cached.to_string();
+                    }
+                    Lookup::Ask => {
+                        let Some(cluster) = props::cluster_name() else {
+                            return;
+                        };
+                        self.clusters.learn(address, &cluster);
+                        read = cluster;
+                    }
+                }
+                &read
+            }
+        };
         let Some(position) = self.unit(cluster, scope, config, self.clock_ms) else {
             return;
         };
+        self.observe_at(position, config, address, observation);
+    }
+
+    fn observe_at(
+        &mut self,
+        position: usize,
+        config: &Rc<Config>,
+        address: &str,
+        observation: Observation,
+    ) {
         let max_hosts = usize::from(config.limits.max_hosts_per_service);
         let unit = &mut self.units[position];
         unit.counts.requests += 1;

@@ -98,6 +98,16 @@ impl PluginModule {
             .map(|i| (i.module().to_string(), i.name().to_string()))
             .collect()
     }
+
+    /// Names of the module's exported functions.
+    pub fn exported_functions(&self) -> Vec<String> {
+        self.0
+            .module
+            .exports()
+            .filter(|e| matches!(e.ty(), wasmtime::ExternType::Func(_)))
+            .map(|e| e.name().to_string())
+            .collect()
+    }
 }
 
 /// Compiling the module takes seconds in a debug build and every test

@@ -1,0 +1,164 @@
+//! The proxy-wasm ABI's entry points, written out rather than taken from
+//! the SDK's dispatcher: Envoy skips every callback a module does not
+//! export, and each entry into the VM costs about as much as the rest of
+//! the filter's work per request (`make bench`). The SDK exports them all,
+//! so a do-nothing filter built on it enters the VM seven times per
+//! request; meshguard enters three times (request headers, response
+//! headers, log), plus response trailers when there are any.
+//!
+//! Every entry point catches a busy state (re-entry) and an unconfigured
+//! plugin by passing the request through untouched.
+
+use std::cell::RefCell;
+
+use super::roots::Roots;
+use super::stream::{Stream, CONTINUE};
+use crate::in_flight::InFlight;
+
+#[derive(Default)]
+struct Filter {
+    roots: Roots,
+    streams: InFlight<Stream>,
+    /// Whether the full-table warning was logged.
+    refused_logged: bool,
+}
+
+thread_local! {
+    static FILTER: RefCell<Option<Filter>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` on the filter's state, or returns `None` when it is already in
+/// use (a host call that re-entered the module) rather than panic.
+fn with_filter<R>(f: impl FnOnce(&mut Filter) -> R) -> Option<R> {
+    FILTER.with(|cell| {
+        let mut state = cell.try_borrow_mut().ok()?;
+        Some(f(state.get_or_insert_with(Filter::default)))
+    })
+}
+
+impl Filter {
+    /// The request's state and the worker that serves it, creating the
+    /// state at the request's first callback.
+    fn stream(&mut self, context_id: u32) -> Option<(&mut Stream, &mut super::worker::Worker)> {
+        let now = self.roots.clock_ms();
+        let Some(stream) = self.streams.get_or_create(context_id, now) else {
+            if !self.refused_logged {
+                self.refused_logged = true;
+                log::warn!(
+                    "meshguard: {} requests in flight on this worker; newer ones pass through unobserved",
+                    crate::in_flight::MAX_STREAMS
+                );
+            }
+            return None;
+        };
+        let worker = self.roots.for_stream(stream)?;
+        Some((stream, worker))
+    }
+}
+
+#[cfg(target_os = "wasi")]
+extern "C" {
+    fn __wasm_call_ctors();
+}
+
+/// The reactor's initializer (Envoy calls it once per VM).
+#[no_mangle]
+pub extern "C" fn _initialize() {
+    #[cfg(target_os = "wasi")]
+    unsafe {
+        __wasm_call_ctors();
+    }
+    super::init();
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_abi_version_0_2_1() {}
+
+/// The host's allocations in our memory (returned header values, property
+/// values, configuration): a boxed slice of exactly `size` bytes, which
+/// `host::take` turns back into a `Vec`.
+#[no_mangle]
+pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
+    let buffer: Box<[std::mem::MaybeUninit<u8>]> = Box::new_uninit_slice(size);
+    Box::into_raw(buffer).cast::<u8>()
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_vm_start(_root_context_id: u32, _vm_configuration_size: usize) -> u32 {
+    1
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_configure(root_context_id: u32, configuration_size: usize) -> u32 {
+    with_filter(|filter| {
+        let now = super::host::now_ms().unwrap_or(0);
+        match filter.roots.get_or_create(root_context_id, now) {
+            Some(root) => super::configure(root, configuration_size),
+            None => {
+                log::error!(
+                    "meshguard: too many plugin configurations in one VM; this one is not started"
+                );
+                false
+            }
+        }
+    })
+    .map_or(0, u32::from)
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_tick(root_context_id: u32) {
+    with_filter(|filter| {
+        let Ok(now) = super::host::now_ms() else {
+            return;
+        };
+        if let Some(worker) = filter
+            .roots
+            .tick(root_context_id, now)
+            .and_then(|root| root.worker.as_mut())
+        {
+            worker.tick(now);
+        }
+    });
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, _end: u32) -> u32 {
+    with_filter(|filter| {
+        let (stream, worker) = filter.stream(context_id)?;
+        Some(stream.on_request_headers(worker))
+    })
+    .flatten()
+    .unwrap_or(CONTINUE)
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_response_headers(context_id: u32, _headers: usize, end: u32) -> u32 {
+    with_filter(|filter| {
+        let (stream, worker) = filter.stream(context_id)?;
+        Some(stream.on_response_headers(worker, end != 0))
+    })
+    .flatten()
+    .unwrap_or(CONTINUE)
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_response_trailers(context_id: u32, _trailers: usize) -> u32 {
+    with_filter(|filter| {
+        let (stream, _) = filter.stream(context_id)?;
+        Some(stream.on_response_trailers())
+    })
+    .flatten()
+    .unwrap_or(CONTINUE)
+}
+
+/// The request is over (Envoy's access-log phase, delivered for every
+/// stream): record its outcome and drop its state.
+#[no_mangle]
+pub extern "C" fn proxy_on_log(context_id: u32) {
+    with_filter(|filter| {
+        let mut stream = filter.streams.remove(context_id).unwrap_or_default();
+        if let Some(worker) = filter.roots.for_stream(&mut stream) {
+            stream.on_log(worker);
+        }
+    });
+}

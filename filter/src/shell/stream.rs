@@ -1,0 +1,361 @@
+//! One request's way through the filter: the breaker and steering on the
+//! request headers, the response's status and header rules on the response
+//! headers, and the outcome recorded against its host at log time.
+//!
+//! The healthy path is kept to two host calls per request (`:status` on
+//! the response, `upstream.address` at log time); the cluster comes from
+//! the worker's address cache (see `crate::address_clusters`).
+
+use std::rc::Rc;
+
+use super::host::{self, Map};
+use super::props;
+use super::worker::{Route, Worker};
+use crate::breaker::Admission;
+use crate::classify::{self, ResponseFacts};
+use crate::config::{BreakerMode, Config, Encoding};
+use crate::headers::{self, Action, Facts};
+use crate::service::Observation;
+use crate::template::Values;
+
+/// What a callback tells Envoy (the ABI's `FilterHeadersStatus`).
+pub const CONTINUE: u32 = 0;
+pub const PAUSE: u32 = 1;
+
+/// Per-request state between Envoy's callbacks.
+#[derive(Default)]
+pub struct Stream {
+    /// The plugin instance (root context) the request belongs to, when the
+    /// VM runs several (see `super::roots`).
+    pub root: Option<u32>,
+    /// The configuration governing this request (an override's, or the
+    /// top-level one) and the scope of its state.
+    config: Option<Rc<Config>>,
+    scope: String,
+    route: Option<Route>,
+    cluster: Option<String>,
+    steered_to: Option<String>,
+    probe: bool,
+    local_reply: bool,
+    request_id: Option<String>,
+    request_at_ms: Option<u64>,
+    response_at_ms: Option<u64>,
+    grpc_status: Option<u32>,
+    status: Option<u16>,
+}
+
+impl Stream {
+    fn cluster(&mut self) -> Option<&str> {
+        if self.cluster.is_none() {
+            self.cluster = props::cluster_name();
+        }
+        self.cluster.as_deref()
+    }
+
+    fn values<'a>(
+        &'a self,
+        upstream_host: &'a str,
+        host_state: &'a str,
+        breaker_state: &'a str,
+    ) -> Values<'a> {
+        Values {
+            service: self.cluster.as_deref().unwrap_or(""),
+            upstream_host,
+            host_state,
+            breaker_state,
+            route: self.route.as_ref().map_or("", |r| r.name.as_str()),
+            virtual_service: self
+                .route
+                .as_ref()
+                .map_or("", |r| r.virtual_service.as_str()),
+            request_id: self.request_id.as_deref().unwrap_or(""),
+            retry_after_seconds: 0,
+        }
+    }
+
+    pub fn on_request_headers(&mut self, worker: &mut Worker) -> u32 {
+        if let Some(action) = self.status_endpoint(worker) {
+            return action;
+        }
+        if worker.route_aware() {
+            let route = worker.route(props::virtual_host_name(), props::route_name());
+            self.route = Some(route);
+        }
+        let (config, scope) = worker.config_for(self.route.as_ref());
+        self.scope = scope;
+        self.config = Some(Rc::clone(&config));
+        if config.detection.slow_calls_enabled() || config.circuit_breaker.slow_calls_enabled() {
+            self.request_at_ms = host::now_ms().ok();
+        }
+        let rules = &config.headers;
+        if rules.request_id.generate || !rules.request.is_empty() || !rules.response.is_empty() {
+            self.request_id = props::header_text(Map::RequestHeaders, &rules.request_id.header);
+            if self.request_id.is_none() && rules.request_id.generate {
+                let id = headers::request_id(worker.random(), worker.random());
+                let _ =
+                    host::set_header(Map::RequestHeaders, &rules.request_id.header, id.as_bytes());
+                self.request_id = Some(id);
+            }
+        }
+        let active = worker.request_path_active() || !rules.request.is_empty();
+        let Some(cluster) = active.then(|| self.cluster().map(str::to_string)).flatten() else {
+            return self.strip_client_steering(&config);
+        };
+        match worker.admit(&cluster, &self.scope) {
+            Admission::Allowed => {}
+            Admission::Probe => self.probe = true,
+            Admission::Rejected { retry_after_ms } => {
+                if config.circuit_breaker.mode == BreakerMode::LocalReply {
+                    worker.count_local_reply(&cluster, &self.scope);
+                }
+                return self.reject(&config, retry_after_ms);
+            }
+        }
+        let steering = &config.steering;
+        let mut steered = false;
+        if steering.enabled {
+            if let Some((value, address)) = worker.steer(&cluster, &self.scope) {
+                steered = host::set_header(Map::RequestHeaders, &steering.header, value).is_ok();
+                if steered {
+                    self.steered_to = Some(address.to_string());
+                }
+            }
+        }
+        if !steered {
+            self.strip_client_steering(&config);
+        }
+        if !rules.request.is_empty() {
+            let address = self.steered_to.clone();
+            let rules = &rules.request;
+            self.run_rules(worker, Map::RequestHeaders, rules, &cluster, address, None);
+        }
+        CONTINUE
+    }
+
+    pub fn on_response_headers(&mut self, worker: &Worker, end_of_stream: bool) -> u32 {
+        // The status is read here, where it is a header lookup, rather than
+        // as the `response.code` property at log time, which costs more.
+        self.status =
+            props::header_text(Map::ResponseHeaders, ":status").and_then(|s| s.parse().ok());
+        let Some(config) = self.config.clone() else {
+            return CONTINUE;
+        };
+        if self.request_at_ms.is_some() {
+            self.response_at_ms = host::now_ms().ok();
+        }
+        let steering = &config.steering;
+        // The stateful-session filter writes the chosen host into the
+        // response; clients should not see (or pin) upstream addresses.
+        if steering.enabled && (self.steered_to.is_some() || steering.encoding == Encoding::Base64)
+        {
+            let _ = host::remove_header(Map::ResponseHeaders, &steering.header);
+        }
+        if end_of_stream {
+            // A gRPC "trailers-only" response carries its status here.
+            self.grpc_status = props::grpc_status(Map::ResponseHeaders);
+        }
+        let rules = &config.headers.response;
+        if rules.is_empty() || self.local_reply {
+            return CONTINUE;
+        }
+        let address = props::upstream_address();
+        let cluster = self.cluster().map(str::to_string).unwrap_or_default();
+        let status = self.status;
+        self.run_rules(
+            worker,
+            Map::ResponseHeaders,
+            rules,
+            &cluster,
+            address,
+            status,
+        );
+        CONTINUE
+    }
+
+    pub fn on_response_trailers(&mut self) -> u32 {
+        self.grpc_status = props::grpc_status(Map::ResponseTrailers);
+        CONTINUE
+    }
+
+    /// The request is over: its outcome counts against the host it went to.
+    pub fn on_log(&mut self, worker: &mut Worker) {
+        // Our own local replies never count against anyone.
+        if self.local_reply {
+            return;
+        }
+        // A request that never reached a host says nothing about any host.
+        let Some(address) = props::upstream_address() else {
+            return;
+        };
+        let config = match &self.config {
+            Some(config) => Rc::clone(config),
+            None => worker.config_for(None).0,
+        };
+        let status = self.status.or_else(props::response_code).unwrap_or(0);
+        let flags = if classify::needs_flags(status, &config.detection) {
+            props::response_flags().unwrap_or(0)
+        } else {
+            0
+        };
+        let duration_ms = self
+            .request_at_ms
+            .zip(self.response_at_ms)
+            .map(|(start, end)| end.saturating_sub(start));
+        let facts = ResponseFacts {
+            status,
+            flags,
+            grpc_status: self.grpc_status,
+            duration_ms,
+            from_this_filter: false,
+        };
+        let Ok(outcome) = classify::classify(&facts, &config.detection) else {
+            return;
+        };
+        let breaker = &config.circuit_breaker;
+        let observation = Observation {
+            outcome,
+            breaker_slow: breaker.slow_calls_enabled()
+                && duration_ms.is_some_and(|ms| ms > breaker.slow_call_threshold.0),
+            probe: self.probe,
+        };
+        worker.observe_request(
+            self.cluster.as_deref(),
+            &self.scope,
+            &config,
+            &address,
+            observation,
+        );
+    }
+
+    /// Answers locally (mode localReply) or redirects through the fallback
+    /// header (mode fallback) while the breaker is open.
+    fn reject(&mut self, config: &Config, retry_after_ms: u64) -> u32 {
+        let breaker = &config.circuit_breaker;
+        let retry_after_seconds = retry_after_ms.div_ceil(1000).max(1);
+        let mut values = self.values("", "", "Open");
+        values.retry_after_seconds = retry_after_seconds;
+        if breaker.mode == BreakerMode::Fallback {
+            let value = breaker.fallback.value.render(&values);
+            let _ = host::set_header(
+                Map::RequestHeaders,
+                &breaker.fallback.header,
+                value.as_bytes(),
+            );
+            // Match routes again, so a route on this header wins.
+            let _ = host::clear_route_cache();
+            return CONTINUE;
+        }
+        let reply = &breaker.local_reply;
+        let body = reply.body.render(&values);
+        let rendered: Vec<(&str, String)> = reply
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.render(&values)))
+            .collect();
+        let retry_after = retry_after_seconds.to_string();
+        let mut headers: Vec<(&str, &str)> =
+            rendered.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        headers.push(("retry-after", &retry_after));
+        let grpc = props::header_text(Map::RequestHeaders, "content-type")
+            .is_some_and(|t| t.starts_with("application/grpc"));
+        // gRPC clients get UNAVAILABLE as a status, not an HTTP body.
+        let grpc_status = grpc.then_some(14);
+        self.local_reply = true;
+        match host::send_local_response(
+            reply.status,
+            "meshguard_circuit_open",
+            body.as_bytes(),
+            &headers,
+            grpc_status,
+        ) {
+            Ok(()) => PAUSE,
+            Err(_) => CONTINUE,
+        }
+    }
+
+    /// Runs header rules against what is known of the request: the host it
+    /// goes to (or came from), the breaker, the route and the status.
+    fn run_rules(
+        &self,
+        worker: &Worker,
+        map: Map,
+        rules: &[crate::headers::Rule],
+        cluster: &str,
+        address: Option<String>,
+        status: Option<u16>,
+    ) {
+        let state = address
+            .as_deref()
+            .map(|a| worker.host_state(cluster, &self.scope, a));
+        let breaker = worker.breaker_state(cluster, &self.scope);
+        let state_text = state.map(|s| s.to_string()).unwrap_or_default();
+        let breaker_text = breaker.to_string();
+        let facts = Facts {
+            host_state: state,
+            breaker_state: breaker,
+            route: self.route.as_ref().map_or("", |r| r.name.as_str()),
+            virtual_service: self
+                .route
+                .as_ref()
+                .map_or("", |r| r.virtual_service.as_str()),
+            status,
+        };
+        let address = address.unwrap_or_default();
+        let values = self.values(&address, &state_text, &breaker_text);
+        for action in headers::actions(rules, &facts, &values) {
+            let _ = match action {
+                Action::Set(name, value) => host::set_header(map, name, value.as_bytes()),
+                Action::Append(name, value) => host::add_header(map, name, value.as_bytes()),
+                Action::Remove(name) => host::remove_header(map, name),
+                Action::Rename(from, to) => match host::header(map, from) {
+                    Ok(Some(value)) => host::remove_header(map, from)
+                        .and_then(|()| host::set_header(map, to, &value)),
+                    _ => Ok(()),
+                },
+            };
+        }
+    }
+
+    /// Answers the status endpoint for allowed sources; everyone else's
+    /// request passes on as if the endpoint did not exist.
+    fn status_endpoint(&mut self, worker: &Worker) -> Option<u32> {
+        let status = &worker.config_base().status;
+        if !status.enabled {
+            return None;
+        }
+        let path = props::header_text(Map::RequestHeaders, ":path")?;
+        let path = path.split('?').next().unwrap_or("");
+        if path != status.path {
+            return None;
+        }
+        let source = props::source_address()?;
+        let ip = crate::cidr::source_ip(&source)?;
+        if !status.allowed_cidrs.iter().any(|c| c.contains(ip)) {
+            return None;
+        }
+        let now = host::now_ms().unwrap_or(0);
+        let body = worker.status_json(now);
+        self.local_reply = true;
+        let headers = [
+            ("content-type", "application/json"),
+            ("cache-control", "no-store"),
+        ];
+        match host::send_local_response(200, "meshguard_status", body.as_bytes(), &headers, None) {
+            Ok(()) => Some(PAUSE),
+            Err(_) => None,
+        }
+    }
+
+    /// A client must not pick the host itself through our header, when the
+    /// operator asked the filter to see to it (an Envoy header_mutation
+    /// filter ahead of meshguard does it for free). The session header of
+    /// base64 mode is the application's own (sticky sessions).
+    fn strip_client_steering(&self, config: &Config) -> u32 {
+        let steering = &config.steering;
+        if steering.enabled && steering.strip_client_header && steering.encoding == Encoding::Plain
+        {
+            let _ = host::remove_header(Map::RequestHeaders, &steering.header);
+        }
+        CONTINUE
+    }
+}
