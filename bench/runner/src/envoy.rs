@@ -193,6 +193,11 @@ impl Envoy {
     pub fn stop(&mut self) {
         self.child.stop();
     }
+
+    /// CPU time Envoy used so far (all threads).
+    pub fn cpu_time(&self) -> std::io::Result<Duration> {
+        crate::procs::cpu_time(self.child.pid())
+    }
 }
 
 #[cfg(test)]

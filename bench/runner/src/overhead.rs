@@ -55,7 +55,7 @@ impl Variant {
             Variant::Plain => "plain Envoy",
             Variant::Noop => "do-nothing Rust wasm filter",
             Variant::HostCalls => {
-                "do-nothing filter + meshguard's 3 healthy-path host calls (diagnostic)"
+                "do-nothing filter + meshguard's 2 healthy-path host calls (diagnostic)"
             }
             Variant::Meshguard => "meshguard, defaults, all hosts healthy",
             Variant::Steering => "meshguard, steering active (one host Degraded)",
@@ -71,6 +71,9 @@ pub struct Run {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub non_2xx: u64,
+    /// Envoy's CPU time per request, in microseconds (all its threads,
+    /// over the measured run).
+    pub cpu_us_per_request: f64,
     /// For `Steering`: whether meshguard logged the Degraded transition.
     pub degraded_seen: Option<bool>,
 }
@@ -84,6 +87,16 @@ pub struct Summary {
     pub p99_ms: Spread,
     pub rps_ratio: f64,
     pub p99_added_ms: f64,
+    pub cpu_us: Spread,
+    /// Requests per Envoy CPU-second, relative to plain Envoy.
+    pub cpu_ratio: f64,
+}
+
+/// The number of requests wrk completed (`85000 requests in 5.00s, ...`).
+pub fn parse_wrk_requests(out: &str) -> Option<u64> {
+    out.lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
 }
 
 /// Parses wrk's `--latency` output: (req/s, p50 ms, p99 ms, non-2xx).
@@ -172,7 +185,7 @@ fn run_one(s: &Settings, v: Variant, round: usize) -> Result<Run, String> {
         },
         Variant::HostCalls => Filter::Wasm {
             path: s.noop.clone(),
-            config: "host-calls".into(),
+            config: std::env::var("BENCH_DIAGNOSTIC").unwrap_or_else(|_| "host-calls".into()),
         },
         Variant::Meshguard => Filter::Wasm {
             path: s.meshguard.clone(),
@@ -196,7 +209,9 @@ fn run_one(s: &Settings, v: Variant, round: usize) -> Result<Run, String> {
     let target = format!("http://{}/", envoy.listener);
     // Warm-up: connections, V8 tiering, and (Steering) the Degraded grade.
     wrk(&target, 2, s.connections, load_cpus)?;
+    let cpu_before = envoy.cpu_time().map_err(|e| e.to_string())?;
     let out = wrk(&target, s.seconds, s.connections, load_cpus)?;
+    let cpu = envoy.cpu_time().map_err(|e| e.to_string())? - cpu_before;
     std::thread::sleep(Duration::from_millis(250)); // log flush
     let degraded_seen = (v == Variant::Steering).then(|| {
         let port = ups[1].data.port();
@@ -208,6 +223,8 @@ fn run_one(s: &Settings, v: Variant, round: usize) -> Result<Run, String> {
     envoy.stop();
     let (rps, p50_ms, p99_ms, non_2xx) =
         parse_wrk(&out).ok_or_else(|| format!("cannot parse wrk output:\n{out}"))?;
+    let requests = parse_wrk_requests(&out).unwrap_or(0).max(1);
+    let cpu_us_per_request = cpu.as_secs_f64() * 1e6 / requests as f64;
     Ok(Run {
         variant: v,
         round,
@@ -215,6 +232,7 @@ fn run_one(s: &Settings, v: Variant, round: usize) -> Result<Run, String> {
         p50_ms,
         p99_ms,
         non_2xx,
+        cpu_us_per_request,
         degraded_seen,
     })
 }
@@ -222,17 +240,24 @@ fn run_one(s: &Settings, v: Variant, round: usize) -> Result<Run, String> {
 /// All rounds, interleaved (A B C D, A B C D, ...).
 pub fn run(s: &Settings) -> Result<Vec<Run>, String> {
     let mut runs = Vec::new();
+    // BENCH_VARIANTS=Plain,Noop,...: a subset, for quick comparisons.
+    let chosen = std::env::var("BENCH_VARIANTS").unwrap_or_default();
+    let variants: Vec<Variant> = Variant::ALL
+        .into_iter()
+        .filter(|v| chosen.is_empty() || chosen.split(',').any(|c| c == format!("{v:?}")))
+        .collect();
     for round in 0..s.rounds {
-        for v in Variant::ALL {
+        for &v in &variants {
             let r = run_one(s, v, round)?;
             eprintln!(
-                "  overhead round {}/{} {:<10} {:>9.0} req/s  p50 {:.3} ms  p99 {:.3} ms{}",
+                "  overhead round {}/{} {:<10} {:>9.0} req/s  p50 {:.3} ms  p99 {:.3} ms  Envoy CPU {:.1} µs/req{}",
                 round + 1,
                 s.rounds,
                 format!("{v:?}"),
                 r.rps,
                 r.p50_ms,
                 r.p99_ms,
+                r.cpu_us_per_request,
                 match r.degraded_seen {
                     Some(false) => "  (WARNING: no Degraded transition logged)",
                     _ => "",
@@ -255,11 +280,13 @@ pub fn summarize(runs: &[Run], variants: &[Variant]) -> Vec<Summary> {
     };
     let plain_rps = of(Variant::Plain, |r| r.rps).median;
     let plain_p99 = of(Variant::Plain, |r| r.p99_ms).median;
+    let plain_cpu = of(Variant::Plain, |r| r.cpu_us_per_request).median;
     variants
         .iter()
         .map(|&v| {
             let rps = of(v, |r| r.rps);
             let p99 = of(v, |r| r.p99_ms);
+            let cpu = of(v, |r| r.cpu_us_per_request);
             Summary {
                 variant: v,
                 label: v.label(),
@@ -268,6 +295,8 @@ pub fn summarize(runs: &[Run], variants: &[Variant]) -> Vec<Summary> {
                 p99_ms: p99,
                 rps_ratio: rps.median / plain_rps,
                 p99_added_ms: p99.median - plain_p99,
+                cpu_ratio: plain_cpu / cpu.median,
+                cpu_us: cpu,
             }
         })
         .collect()
@@ -283,6 +312,8 @@ pub fn table(sum: &[Summary], rounds: usize) -> Table {
         "p50 ms",
         "p99 ms",
         "p99 added ms",
+        "Envoy CPU µs/req",
+        "req per CPU-s, ratio to plain",
     ]);
     for s in sum {
         t.row(vec![
@@ -294,6 +325,11 @@ pub fn table(sum: &[Summary], rounds: usize) -> Table {
             format!("{:.3}", s.p50_ms.median),
             format!("{:.3}", s.p99_ms.median),
             format!("{:+.3}", s.p99_added_ms),
+            format!(
+                "{:.1} ({:.1}-{:.1})",
+                s.cpu_us.median, s.cpu_us.min, s.cpu_us.max
+            ),
+            format!("{:.3}", s.cpu_ratio),
         ]);
     }
     let _ = rounds;
@@ -315,5 +351,6 @@ mod tests {
         let (rps, p50, p99, n) = parse_wrk(out).expect("parse");
         assert_eq!((rps, n), (17000.12, 3));
         assert!((p50 - 0.812).abs() < 1e-9 && (p99 - 2.1).abs() < 1e-9);
+        assert_eq!(parse_wrk_requests(out), Some(85000));
     }
 }

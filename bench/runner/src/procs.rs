@@ -37,6 +37,10 @@ impl ChildGuard {
         })
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
@@ -97,4 +101,26 @@ pub fn free_ports(n: usize) -> io::Result<Vec<u16>> {
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<io::Result<Vec<_>>>()?;
     ls.iter().map(|l| Ok(l.local_addr()?.port())).collect()
+}
+
+/// CPU time a process (all its threads) has used so far, from
+/// `/proc/<pid>/stat` (utime + stime, in clock ticks of 10 ms).
+pub fn cpu_time(pid: u32) -> io::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| io::Error::other("unreadable /proc stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line; `rest`
+    // starts at field 3.
+    let ticks = |i: usize| -> io::Result<u64> {
+        fields
+            .get(i - 3)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| io::Error::other("unreadable /proc stat"))
+    };
+    let hz = 100; // USER_HZ on Linux
+    Ok(Duration::from_millis((ticks(14)? + ticks(15)?) * 1000 / hz))
 }
