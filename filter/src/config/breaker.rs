@@ -64,7 +64,7 @@ impl Default for CircuitBreaker {
             failure_percent: 50,
             slow_call_threshold: Millis(0),
             slow_call_percent: 100,
-            open_duration: Millis::from_secs(30),
+            open_duration: Millis::from_secs(5),
             max_open_duration: Millis::from_secs(300),
             half_open_requests: 3,
             close_after_successes: 3,

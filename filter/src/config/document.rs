@@ -334,8 +334,8 @@ pub struct CircuitBreaker {
     #[schemars(extend("default" = 100))]
     pub slow_call_percent: Option<Int<1, 100>>,
     /// First open period (longer than 0s); doubles per consecutive trip.
-    /// Default "30s".
-    #[schemars(extend("default" = "30s"))]
+    /// Default "5s".
+    #[schemars(extend("default" = "5s"))]
     pub open_duration: Option<Duration>,
     /// Cap on the open period (at least openDuration). Default "300s".
     #[schemars(extend("default" = "300s"))]

@@ -328,7 +328,7 @@ fn circuit_breaker_settings() {
     assert_eq!(defaults.window_size, 100);
     assert_eq!(defaults.min_requests, 20);
     assert_eq!(defaults.failure_percent, 50);
-    assert_eq!(defaults.open_duration, Millis(30_000));
+    assert_eq!(defaults.open_duration, Millis(5_000));
     assert_eq!(defaults.max_open_duration, Millis(300_000));
     assert_eq!(
         (defaults.half_open_requests, defaults.close_after_successes),
