@@ -146,8 +146,8 @@ impl Stream {
         let steering = &config.steering;
         // The stateful-session filter writes the chosen host into the
         // response; clients should not see (or pin) upstream addresses.
-        if steering.enabled && (self.steered_to.is_some() || steering.encoding == Encoding::Base64)
-        {
+        // Envoy's override_host policy (plain encoding) writes nothing back.
+        if steering.enabled && steering.encoding == Encoding::Base64 {
             let _ = host::remove_header(Map::ResponseHeaders, &steering.header);
         }
         if end_of_stream {
