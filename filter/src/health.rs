@@ -73,6 +73,9 @@ pub enum Reason {
         failures: u16,
         volume: u16,
     },
+    /// Another host started failing after this one was ejected: the hosts
+    /// that took its traffic cannot carry it.
+    Overload,
 }
 
 fn percent(count: u16, volume: u16) -> u32 {
@@ -132,6 +135,9 @@ impl fmt::Display for Reason {
                 "warm-up over with failure {}% over {volume}",
                 percent(failures, volume)
             ),
+            Reason::Overload => {
+                f.write_str("back early: the hosts that took its traffic started failing")
+            }
         }
     }
 }
@@ -176,11 +182,22 @@ pub struct HostHealth {
     /// began (see `ServiceHealth::writes`).
     streak_started_write: u64,
     window: OutcomeWindow,
+    /// Ejected for its answers (not for being unreachable), so taking it
+    /// back adds capacity.
+    ejected_for_answers: bool,
+    /// Taken back early because its ejection overloaded the other hosts;
+    /// cleared when it is Healthy again or ejected.
+    back_for_overload: bool,
 }
 
 /// Warm-up weights, in percent of a healthy host's, for each third of the
 /// warm-up period; full weight after it.
 const WARMUP_STEPS: [u8; 3] = [10, 30, 50];
+
+/// Hosts that start failing within this long of an ejection are taken to
+/// share its cause (several hosts failing together); later ones, to be
+/// failing under the traffic the ejected host no longer takes.
+pub const LOAD_SHIFT_DELAY_MS: u64 = 250;
 
 /// Least share a Degraded host keeps, in percent of a healthy host's.
 pub const MIN_DEGRADED_WEIGHT: u8 = 1;
@@ -195,6 +212,8 @@ impl HostHealth {
             last_seen_ms: now,
             streaks: Streaks::default(),
             streak_started_write: 0,
+            ejected_for_answers: false,
+            back_for_overload: false,
             window: OutcomeWindow::new(window_size),
         }
     }
@@ -364,6 +383,26 @@ impl HostHealth {
         }
     }
 
+    /// Ends an ejection early because the hosts that took this one's
+    /// traffic started failing: ejecting it overloaded them. It comes back
+    /// at the Degraded weight, judged afresh. A host ejected for being
+    /// unreachable stays out (taking it back adds no capacity).
+    pub fn return_for_overload(&mut self, now: u64, config: &Config) -> Option<Transition> {
+        if self.state != HostState::Unhealthy
+            || now >= self.ejected_until_ms
+            || now < self.state_since_ms.saturating_add(LOAD_SHIFT_DELAY_MS)
+            || !self.ejected_for_answers
+        {
+            return None;
+        }
+        self.window = OutcomeWindow::new(config.detection.window_size);
+        self.streaks = Streaks::default();
+        self.ejected_until_ms = now;
+        let transition = self.enter(HostState::Degraded, now, Reason::Overload);
+        self.back_for_overload = true;
+        Some(transition)
+    }
+
     /// Whether `advance` would change something at `now`.
     pub fn due(&self, now: u64, config: &Config) -> bool {
         match self.state {
@@ -420,14 +459,19 @@ impl HostHealth {
         let detection = &config.detection;
         let tripped = |count: u16, threshold: u16| threshold > 0 && count >= threshold;
         let streaks = self.streaks;
+        // A host taken back because ejecting it overloaded the others is
+        // judged by its failure rate: runs of error answers are expected
+        // from it under load. A run of local-origin failures still ejects
+        // it (the host is unreachable).
+        let answers_count = !self.back_for_overload;
         let streak = if tripped(
             streaks.local_origin,
             detection.consecutive_local_origin_failures,
         ) {
             Some((Streak::LocalOriginFailures, streaks.local_origin))
-        } else if tripped(streaks.gateway, detection.consecutive_gateway_errors) {
+        } else if answers_count && tripped(streaks.gateway, detection.consecutive_gateway_errors) {
             Some((Streak::GatewayErrors, streaks.gateway))
-        } else if tripped(streaks.failures, detection.consecutive_5xx_errors) {
+        } else if answers_count && tripped(streaks.failures, detection.consecutive_5xx_errors) {
             Some((Streak::Failures, streaks.failures))
         } else {
             None
@@ -513,6 +557,13 @@ impl HostHealth {
             .saturating_add(jitter_ms);
         self.ejected_until_ms = now.saturating_add(duration);
         self.streaks = Streaks::default();
+        self.ejected_for_answers = !matches!(
+            reason,
+            Reason::Consecutive {
+                streak: Streak::LocalOriginFailures,
+                ..
+            }
+        );
         let mut transition = self.enter(HostState::Unhealthy, now, reason);
         transition.ejected_for_ms = Some(duration);
         transition
@@ -520,6 +571,7 @@ impl HostHealth {
 
     fn enter(&mut self, to: HostState, at: u64, reason: Reason) -> Transition {
         let from = self.state;
+        self.back_for_overload = false;
         self.state = to;
         self.state_since_ms = at;
         Transition {

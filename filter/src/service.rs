@@ -8,7 +8,7 @@ use crate::breaker::{Breaker, BreakerTransition};
 use crate::classify::Outcome;
 use crate::config::Config;
 use crate::guard;
-use crate::health::{HostHealth, HostState, Reason, Transition};
+use crate::health::{HostHealth, HostState, Reason, Streak, Transition};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostEntry {
@@ -241,7 +241,35 @@ impl ServiceHealth {
                     reason,
                 });
             }
+            if recorded.transition.is_some_and(|t| signals_overload(&t)) {
+                ejected -= self.return_overloaded(index, now, config, events);
+            }
         }
+    }
+
+    /// Takes back the hosts ejected for their answers, other than `except`,
+    /// at the Degraded weight; returns how many came back.
+    fn return_overloaded(
+        &mut self,
+        except: usize,
+        now: u64,
+        config: &Config,
+        events: &mut Vec<Event>,
+    ) -> usize {
+        let mut returned = 0;
+        for (index, entry) in self.hosts.iter_mut().enumerate() {
+            if index == except {
+                continue;
+            }
+            if let Some(transition) = entry.health.return_for_overload(now, config) {
+                returned += 1;
+                events.push(Event::Transition {
+                    address: entry.address.clone(),
+                    transition,
+                });
+            }
+        }
+        returned
     }
 
     /// Applies time-driven changes (ejections ending, warm-ups ending) and
@@ -315,6 +343,23 @@ impl ServiceHealth {
         self.hosts[victim] = entry;
         Some(victim)
     }
+}
+
+/// A host that was fine starting to fail for its answers (not for being
+/// unreachable) while another is ejected: the ejected host's traffic went
+/// to it, so ejecting shifted load onto hosts that cannot carry it (the
+/// overload cascade). Envoy's detector keeps ejecting here.
+fn signals_overload(transition: &Transition) -> bool {
+    let was_fine = matches!(transition.from, HostState::Healthy | HostState::WarmingUp);
+    let now_bad = matches!(transition.to, HostState::Degraded | HostState::Unhealthy);
+    let unreachable = matches!(
+        transition.reason,
+        Reason::Consecutive {
+            streak: Streak::LocalOriginFailures,
+            ..
+        }
+    );
+    was_fine && now_bad && !unreachable
 }
 
 fn forgettable(entry: &HostEntry, now: u64, idle_ms: u64) -> bool {

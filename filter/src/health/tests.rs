@@ -398,3 +398,97 @@ fn a_degraded_host_keeps_a_trickle_so_it_can_recover() {
     host.feed(OK, 10);
     assert_eq!(host.state(), HostState::Healthy);
 }
+
+#[test]
+fn a_host_back_for_overload_is_judged_by_its_rate_not_by_runs_of_errors() {
+    let mut cfg = config("");
+    cfg.detection.window_size = 20;
+    cfg.detection.min_requests = 20;
+    cfg.detection.consecutive_5xx_errors = 4;
+    let mut host = Host::new(cfg);
+    host.feed(E503, 4);
+    assert_eq!(host.state(), HostState::Unhealthy);
+    let now = host.now + 1_000;
+    host.health
+        .return_for_overload(now, &host.config)
+        .expect("returned");
+    host.now = now;
+    // Four 503s in a row eject a Healthy host; this one stays Degraded.
+    host.feed(OK, 2).feed(E503, 4).feed(OK, 1).feed(E503, 4);
+    assert_eq!(host.state(), HostState::Degraded, "{:?}", host.last());
+    // Once judged (20 outcomes), a rate over the unhealthy threshold
+    // ejects it.
+    host.feed(E503, 9);
+    assert_eq!(host.state(), HostState::Unhealthy);
+    assert!(matches!(host.last().reason, Reason::FailureRate { .. }));
+}
+
+#[test]
+fn a_degraded_host_that_fails_hard_is_still_ejected_by_a_run_of_errors() {
+    let mut cfg = config("");
+    cfg.detection.consecutive_5xx_errors = 5;
+    let mut host = Host::new(cfg);
+    host.feed(OK, 6).feed(E503, 4);
+    assert_eq!(host.state(), HostState::Degraded);
+    host.feed(E503, 1);
+    assert_eq!(host.state(), HostState::Unhealthy);
+    assert!(matches!(host.last().reason, Reason::Consecutive { .. }));
+}
+
+#[test]
+fn a_host_back_for_overload_that_becomes_unreachable_is_ejected_at_once() {
+    let mut cfg = config("");
+    cfg.detection.consecutive_local_origin_failures = 3;
+    let mut host = Host::new(cfg);
+    host.feed(E503, 10);
+    let now = host.now + 1_000;
+    host.health
+        .return_for_overload(now, &host.config)
+        .expect("returned");
+    host.now = now;
+    host.feed(OK, 2).feed(REFUSED, 3);
+    assert_eq!(host.state(), HostState::Unhealthy);
+    assert_eq!(
+        host.last().reason.to_string(),
+        "3 consecutive local-origin failures"
+    );
+}
+
+#[test]
+fn an_overload_return_brings_the_host_back_degraded_and_judged_afresh() {
+    let mut host = Host::new(config(""));
+    host.feed(E503, 10);
+    assert_eq!(host.state(), HostState::Unhealthy);
+    let ejected_at = host.now;
+    // Too soon after the ejection: the other host failed with it.
+    assert!(host
+        .health
+        .return_for_overload(ejected_at + LOAD_SHIFT_DELAY_MS - 1, &host.config)
+        .is_none());
+    let back = host
+        .health
+        .return_for_overload(ejected_at + 1_000, &host.config)
+        .expect("returned");
+    assert_eq!(
+        (back.from, back.to),
+        (HostState::Unhealthy, HostState::Degraded)
+    );
+    assert_eq!(back.reason, Reason::Overload);
+    assert_eq!(host.health.window().len(), 0, "judged afresh");
+    host.now = ejected_at + 1_000;
+    assert_eq!(host.weight(), 50);
+}
+
+#[test]
+fn an_unreachable_host_is_not_taken_back_for_overload() {
+    let mut cfg = config("");
+    cfg.detection.consecutive_local_origin_failures = 3;
+    let mut host = Host::new(cfg);
+    host.feed(REFUSED, 3);
+    assert_eq!(host.state(), HostState::Unhealthy);
+    let later = host.now + 1_000;
+    assert!(host
+        .health
+        .return_for_overload(later, &host.config)
+        .is_none());
+}

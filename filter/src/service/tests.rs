@@ -430,3 +430,56 @@ fn the_success_that_completes_the_window_can_eject() {
     assert_eq!(service.state(&host(4)), HostState::Unhealthy);
     assert_eq!(service.refusals(), 0);
 }
+
+/// A host ejected for its answers; then, `after_ms` later, the hosts that
+/// took its traffic start failing at 40% (the overload cascade).
+fn cascade(after_ms: u64) -> Service {
+    let mut service = Service::new(config());
+    for n in 1..=3 {
+        service.apply(&host(n), successes(10), 0);
+    }
+    service.apply(&host(2), failures(5), 1_000);
+    assert_eq!(service.state(&host(2)), HostState::Unhealthy);
+    let t = 1_000 + after_ms;
+    for _ in 0..4 {
+        service.apply(&host(1), successes(3), t);
+        service.apply(&host(1), failures(2), t);
+    }
+    service
+}
+
+#[test]
+fn hosts_failing_after_an_ejection_bring_the_ejected_host_back() {
+    let service = cascade(1_000);
+    assert_eq!(service.state(&host(1)), HostState::Degraded);
+    assert_eq!(
+        service.state(&host(2)),
+        HostState::Degraded,
+        "ejecting it overloaded the others: it comes back at the Degraded weight"
+    );
+    assert_eq!(service.record.ejected(), 0);
+    let returned = service.events.iter().any(|e| {
+        matches!(e, Event::Transition { address, transition }
+            if *address == host(2) && transition.reason == Reason::Overload)
+    });
+    assert!(returned, "{:?}", service.events);
+}
+
+#[test]
+fn hosts_failing_together_do_not_bring_each_other_back() {
+    let service = cascade(100);
+    assert_eq!(service.state(&host(1)), HostState::Degraded);
+    assert_eq!(service.state(&host(2)), HostState::Unhealthy);
+}
+
+#[test]
+fn an_unrelated_healthy_service_keeps_its_ejection() {
+    let mut service = Service::new(config());
+    for n in 1..=3 {
+        service.apply(&host(n), successes(10), 0);
+    }
+    service.apply(&host(2), failures(5), 1_000);
+    service.apply(&host(1), successes(20), 5_000);
+    service.apply(&host(3), successes(20), 5_000);
+    assert_eq!(service.state(&host(2)), HostState::Unhealthy);
+}
