@@ -14,14 +14,17 @@
 //!   natively (virtual clock, several VMs, scenario DSL, never-trap driver).
 
 pub mod behaviour;
+#[cfg(feature = "containers")]
 pub mod containers;
 pub mod envoy;
 pub mod fixture;
 pub mod http;
+#[cfg(feature = "containers")]
 pub mod istio;
 pub mod process;
 pub mod traffic;
 pub mod upstream;
+#[cfg(feature = "wasm-host")]
 pub mod wasm_host;
 
 use std::path::PathBuf;

@@ -1,8 +1,9 @@
 //! Child processes that cannot outlive the test that started them.
 
-use std::io;
+use std::io::{self, BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Owns a child process: on drop (also while unwinding from a failed
@@ -45,6 +46,33 @@ impl ChildGuard {
 
     pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
         self.child.stdout.take()
+    }
+
+    /// Reads the child's first stdout line (its ready line) within
+    /// `limit`, then keeps draining stdout in the background so the child
+    /// never blocks on a full pipe. The child needs `Stdio::piped()`.
+    pub fn first_stdout_line(&mut self, limit: Duration) -> io::Result<String> {
+        let name = self.name.clone();
+        let out = self
+            .take_stdout()
+            .ok_or_else(|| io::Error::other(format!("{name}: no stdout pipe")))?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(out).lines();
+            let _ = tx.send(lines.next());
+            for _ in lines {}
+        });
+        match rx.recv_timeout(limit) {
+            Ok(Some(Ok(line))) => Ok(line),
+            Ok(Some(Err(e))) => Err(e),
+            Ok(None) => Err(io::Error::other(format!(
+                "{name} exited before it was ready"
+            ))),
+            Err(_) => Err(io::Error::other(format!(
+                "{name} not ready after {} s",
+                limit.as_secs()
+            ))),
+        }
     }
 
     pub fn name(&self) -> &str {

@@ -2,11 +2,10 @@
 //! behaviour, read their counters.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader};
+use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::behaviour::{Behaviour, Stats};
@@ -102,29 +101,7 @@ impl Upstream {
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log));
         let mut child = ChildGuard::spawn(name, &mut cmd, Duration::from_secs(2))?;
-        let stdout = child
-            .take_stdout()
-            .ok_or_else(|| io::Error::other(format!("{name}: no stdout pipe")))?;
-
-        // A reader thread turns the blocking read into one with a timeout,
-        // then keeps draining so the child never blocks on a full pipe.
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let first = lines.next();
-            let _ = tx.send(first);
-            for _ in lines {}
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Some(Ok(line))) => line,
-            Ok(Some(Err(e))) => return Err(e),
-            Ok(None) => {
-                return Err(io::Error::other(format!(
-                    "{name} exited before it was ready"
-                )))
-            }
-            Err(_) => return Err(io::Error::other(format!("{name} not ready after 10 s"))),
-        };
+        let line = child.first_stdout_line(Duration::from_secs(10))?;
         let (data, admin) = parse_ready_line(&line)
             .ok_or_else(|| io::Error::other(format!("{name}: unexpected ready line {line:?}")))?;
         Ok(Self {

@@ -196,7 +196,7 @@ impl Envoy {
 
     /// CPU time Envoy used so far (all threads).
     pub fn cpu_time(&self) -> std::io::Result<Duration> {
-        crate::procs::cpu_time(self.child.pid())
+        crate::procs::cpu_time(self.child.id())
     }
 }
 

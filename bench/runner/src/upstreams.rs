@@ -47,9 +47,8 @@ impl Upstream {
         .stderr(Stdio::from(log));
         let mut child = ChildGuard::spawn(name, &mut cmd, Duration::from_secs(2))?;
         let line = child.first_stdout_line(Duration::from_secs(10))?;
-        let (Some(data), Some(admin)) = (field(&line, "data="), field(&line, "admin=")) else {
-            return Err(io::Error::other(format!("{name}: bad ready line {line:?}")));
-        };
+        let (data, admin) = host_tests::upstream::parse_ready_line(&line)
+            .ok_or_else(|| io::Error::other(format!("{name}: bad ready line {line:?}")))?;
         Ok(Self {
             name: name.into(),
             data,
