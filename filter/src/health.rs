@@ -78,6 +78,21 @@ pub enum Reason {
     Overload,
 }
 
+impl Reason {
+    /// A run of local-origin failures (refused connections, resets,
+    /// timeouts): the host could not be reached, as opposed to answering
+    /// badly.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            Reason::Consecutive {
+                streak: Streak::LocalOriginFailures,
+                ..
+            }
+        )
+    }
+}
+
 fn percent(count: u16, volume: u16) -> u32 {
     if volume == 0 {
         0
@@ -557,13 +572,7 @@ impl HostHealth {
             .saturating_add(jitter_ms);
         self.ejected_until_ms = now.saturating_add(duration);
         self.streaks = Streaks::default();
-        self.ejected_for_answers = !matches!(
-            reason,
-            Reason::Consecutive {
-                streak: Streak::LocalOriginFailures,
-                ..
-            }
-        );
+        self.ejected_for_answers = !reason.is_unreachable();
         let mut transition = self.enter(HostState::Unhealthy, now, reason);
         transition.ejected_for_ms = Some(duration);
         transition

@@ -59,17 +59,25 @@ impl<T: Default> InFlight<T> {
         self.map.is_empty()
     }
 
-    /// The state of stream `id`, created (at time `now`) if this is its
-    /// first callback; `None` only when the table is full.
-    pub fn get_or_create(&mut self, id: u32, now: u64) -> Option<&mut T> {
-        if !self.map.contains_key(&id) && self.map.len() >= MAX_STREAMS {
+    /// The state of stream `id`, created (at time `now()`, asked only
+    /// then) if this is its first callback; `None` only when the table is
+    /// full. One hash lookup unless the table is full.
+    pub fn get_or_create(&mut self, id: u32, now: impl Fn() -> u64) -> Option<&mut T> {
+        if self.map.len() >= MAX_STREAMS && !self.map.contains_key(&id) {
+            let now = now();
             self.map
                 .retain(|_, (created, _)| now.saturating_sub(*created) < STALE_MS);
             if self.map.len() >= MAX_STREAMS {
                 return None;
             }
         }
-        Some(&mut self.map.entry(id).or_insert_with(|| (now, T::default())).1)
+        Some(
+            &mut self
+                .map
+                .entry(id)
+                .or_insert_with(|| (now(), T::default()))
+                .1,
+        )
     }
 
     /// Ends stream `id`, returning its state if it had any.
@@ -85,8 +93,8 @@ mod tests {
     #[test]
     fn state_lives_from_the_first_callback_to_the_log() {
         let mut streams: InFlight<u32> = InFlight::default();
-        *streams.get_or_create(7, 0).unwrap() = 42;
-        assert_eq!(*streams.get_or_create(7, 5).unwrap(), 42);
+        *streams.get_or_create(7, || 0).unwrap() = 42;
+        assert_eq!(*streams.get_or_create(7, || 5).unwrap(), 42);
         assert_eq!(streams.remove(7), Some(42));
         assert_eq!(streams.remove(7), None);
         assert!(streams.is_empty());
@@ -96,14 +104,14 @@ mod tests {
     fn a_full_table_drops_stale_streams_then_refuses() {
         let mut streams: InFlight<u8> = InFlight::default();
         for id in 0..MAX_STREAMS as u32 {
-            assert!(streams.get_or_create(id, 0).is_some());
+            assert!(streams.get_or_create(id, || 0).is_some());
         }
         // Full of fresh streams: a new one goes untracked, old ones stay.
-        assert!(streams.get_or_create(u32::MAX, 1).is_none());
-        assert!(streams.get_or_create(3, 1).is_some());
+        assert!(streams.get_or_create(u32::MAX, || 1).is_none());
+        assert!(streams.get_or_create(3, || 1).is_some());
         assert_eq!(streams.len(), MAX_STREAMS);
         // An hour on, the ones whose log never came make room.
-        assert!(streams.get_or_create(u32::MAX, STALE_MS).is_some());
+        assert!(streams.get_or_create(u32::MAX, || STALE_MS).is_some());
         assert_eq!(streams.len(), 1);
     }
 }

@@ -8,7 +8,7 @@ use crate::breaker::{Breaker, BreakerTransition};
 use crate::classify::Outcome;
 use crate::config::Config;
 use crate::guard;
-use crate::health::{HostHealth, HostState, Reason, Streak, Transition};
+use crate::health::{HostHealth, HostState, Reason, Transition};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostEntry {
@@ -352,14 +352,7 @@ impl ServiceHealth {
 fn signals_overload(transition: &Transition) -> bool {
     let was_fine = matches!(transition.from, HostState::Healthy | HostState::WarmingUp);
     let now_bad = matches!(transition.to, HostState::Degraded | HostState::Unhealthy);
-    let unreachable = matches!(
-        transition.reason,
-        Reason::Consecutive {
-            streak: Streak::LocalOriginFailures,
-            ..
-        }
-    );
-    was_fine && now_bad && !unreachable
+    was_fine && now_bad && !transition.reason.is_unreachable()
 }
 
 fn forgettable(entry: &HostEntry, now: u64, idle_ms: u64) -> bool {

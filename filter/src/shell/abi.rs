@@ -40,8 +40,8 @@ impl Filter {
     /// The request's state and the worker that serves it, creating the
     /// state at the request's first callback.
     fn stream(&mut self, context_id: u32) -> Option<(&mut Stream, &mut super::worker::Worker)> {
-        let now = self.roots.clock_ms();
-        let Some(stream) = self.streams.get_or_create(context_id, now) else {
+        let roots = &self.roots;
+        let Some(stream) = self.streams.get_or_create(context_id, || roots.clock_ms()) else {
             if !self.refused_logged {
                 self.refused_logged = true;
                 log::warn!(

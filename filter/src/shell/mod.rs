@@ -96,12 +96,11 @@ fn configure(root: &mut Root, size: usize) -> bool {
     match &mut root.worker {
         Some(worker) => worker.reconfigure(config),
         None => {
-            let plugin = props::plugin_name().unwrap_or_else(|| "meshguard".to_string());
             let now = host::now_ms().unwrap_or(0);
             // Workers start within the same millisecond: seed each from
             // the host's entropy, or request ids would repeat across them.
             let seed = host::random_u64().unwrap_or(0) ^ now;
-            root.worker = Some(Worker::new(config, &plugin, now, seed));
+            root.worker = Some(Worker::new(config, &root.name, now, seed));
         }
     }
     if let Err(status) = host::set_tick_period_ms(TICK_MS) {

@@ -23,7 +23,8 @@ const MAX_ROOTS: usize = 64;
 pub struct Root {
     pub context_id: u32,
     root_id: String,
-    name: String,
+    /// `plugin_name`: also the prefix of the shared-data keys.
+    pub name: String,
     /// `None` until a configuration was accepted.
     pub worker: Option<Worker>,
     last_seen_ms: u64,

@@ -136,6 +136,21 @@ pub struct Worker {
 /// Addresses whose cluster a worker remembers (the default limits' hosts).
 const MAX_ADDRESSES: usize = 4096;
 
+fn position(units: &[Unit], cluster: &str, scope: &str) -> Option<usize> {
+    units
+        .iter()
+        .position(|u| u.cluster == cluster && u.scope == scope)
+}
+
+/// The cache position of a unit this worker already has, marked used at
+/// `now`. A free function, so a caller may hold a borrow of another field
+/// (the address cache's answer) meanwhile.
+fn known_unit(units: &mut [Unit], cluster: &str, scope: &str, now: u64) -> Option<usize> {
+    let found = position(units, cluster, scope)?;
+    units[found].last_used_ms = now;
+    Some(found)
+}
+
 fn unit_key(cluster: &str, scope: &str) -> String {
     if scope.is_empty() {
         cluster.to_string()
@@ -249,9 +264,7 @@ impl Worker {
     }
 
     fn find(&self, cluster: &str, scope: &str) -> Option<usize> {
-        self.units
-            .iter()
-            .position(|u| u.cluster == cluster && u.scope == scope)
+        position(&self.units, cluster, scope)
     }
 
     /// The breaker's answer for a new request. Closed and open are read
@@ -367,12 +380,8 @@ impl Worker {
                     observation.outcome.failed() || observation.breaker_slow || observation.probe;
                 match self.clusters.lookup(address, matters) {
                     Lookup::Cached(cached) => {
-                        let known = self
-                            .units
-                            .iter()
-                            .position(|u| u.cluster == cached && u.scope == scope);
-                        if let Some(position) = known {
-                            self.units[position].last_used_ms = self.clock_ms;
+                        let now = self.clock_ms;
+                        if let Some(position) = known_unit(&mut self.units, cached, scope, now) {
                             return self.observe_at(position, config, address, observation);
                         }
                         read = cached.to_string();
@@ -667,8 +676,7 @@ impl Worker {
     /// time this worker sees it (and evicting the least recently used unit
     /// if the cache is full).
     fn unit(&mut self, cluster: &str, scope: &str, config: &Rc<Config>, now: u64) -> Option<usize> {
-        if let Some(position) = self.find(cluster, scope) {
-            self.units[position].last_used_ms = now;
+        if let Some(position) = known_unit(&mut self.units, cluster, scope, now) {
             return Some(position);
         }
         let key = unit_key(cluster, scope);
