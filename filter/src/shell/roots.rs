@@ -101,8 +101,11 @@ impl Roots {
         } else if distinct(|r| r.name.as_str()) {
             Some(Tell::ByName)
         } else {
-            log::warn!(
-                "meshguard: {} plugin configurations share this VM under the same root_id and name; requests follow the newest. Give each filter its own root_id (or vm_id) to keep them apart",
+            // Usually a configuration update while the old listener drains;
+            // also two filters that share root_id and name, which deserve a
+            // hint.
+            log::info!(
+                "meshguard: {} plugin configurations share this VM under the same root_id and name; requests follow the newest (filters that should keep their own configuration need their own root_id or vm_id)",
                 self.roots.len()
             );
             Some(Tell::Newest)
