@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use host_tests::envoy::{free_ports, TemplateVars, WasmPlugin};
+
 use crate::client;
-use crate::procs::{free_ports, ChildGuard};
+use crate::procs::ChildGuard;
 
 pub const TEMPLATE: &str = include_str!("../../../envoy/demo.yaml.tmpl");
 
@@ -37,41 +39,29 @@ pub struct Spec {
     pub upstream_ports: [u16; 3],
 }
 
-/// Renders the template for `spec` with Envoy on `admin`/`listen`.
+/// Renders the template for `spec` with Envoy on `admin`/`listen`: the
+/// tests' renderer (meshguard block, variables), then what only the bench
+/// varies: the access log, outlier detection, Envoy's outlier event log.
 pub fn render(spec: &Spec, admin: u16, listen: u16) -> Result<String, String> {
-    let mut out = String::with_capacity(TEMPLATE.len() + 512);
-    let mut skipping = false;
-    // Indentation of an `access_log:` key being dropped, while inside it.
-    let mut dropping_log: Option<usize> = None;
-    for line in TEMPLATE.lines() {
-        let t = line.trim_start();
-        let indent = line.len() - t.len();
-        if matches!(spec.filter, Filter::None) {
-            if t.starts_with("# BEGIN meshguard") {
-                skipping = true;
-                continue;
-            }
-            if t.starts_with("# END meshguard") {
-                skipping = false;
-                continue;
-            }
-            if skipping {
-                continue;
-            }
-        }
-        if let Some(i) = dropping_log {
-            if t.is_empty() || indent > i || (t.starts_with('-') && indent == i) {
-                continue;
-            }
-            dropping_log = None;
-        }
-        if !spec.access_log && t.starts_with("access_log:") {
-            dropping_log = Some(indent);
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
+    let vars = TemplateVars {
+        admin_port: admin,
+        listen_port: listen,
+        upstream_ports: spec.upstream_ports,
+        fallback_port: None,
+        wasm: match &spec.filter {
+            Filter::None => None,
+            Filter::Wasm { path, config } => Some(WasmPlugin {
+                wasm_path: path.clone(),
+                config: config.clone(),
+            }),
+        },
+    };
+    let rendered = host_tests::envoy::render(TEMPLATE, &vars)?;
+    let mut out = if spec.access_log {
+        rendered
+    } else {
+        without_access_logs(&rendered)
+    };
     if let Some(od) = &spec.outlier_detection {
         let anchor = "  - name: demo\n    type: STATIC\n    connect_timeout: 1s\n";
         let at = out
@@ -86,29 +76,31 @@ pub fn render(spec: &Spec, admin: u16, listen: u16) -> Result<String, String> {
             log.display()
         ));
     }
-    let p = spec.upstream_ports;
-    let mut subst = vec![
-        ("ADMIN_PORT", admin.to_string()),
-        ("LISTEN_PORT", listen.to_string()),
-        ("UPSTREAM1_PORT", p[0].to_string()),
-        ("UPSTREAM2_PORT", p[1].to_string()),
-        ("UPSTREAM3_PORT", p[2].to_string()),
-        ("FALLBACK_PORT", p[2].to_string()),
-    ];
-    if let Filter::Wasm { path, config } = &spec.filter {
-        subst.push(("WASM_PATH", path.display().to_string()));
-        subst.push(("PLUGIN_CONFIG", config.replace('\'', "''")));
-    }
-    for (k, v) in subst {
-        out = out.replace(&format!("${{{k}}}"), &v);
-    }
-    if let Some(l) = out
-        .lines()
-        .find(|l| !l.trim_start().starts_with('#') && l.contains("${"))
-    {
-        return Err(format!("unsubstituted variable: {l}"));
-    }
     Ok(out)
+}
+
+/// Drops every `access_log:` key with what is nested under it.
+fn without_access_logs(yaml: &str) -> String {
+    let mut out = String::with_capacity(yaml.len());
+    // Indentation of an `access_log:` key being dropped, while inside it.
+    let mut dropping: Option<usize> = None;
+    for line in yaml.lines() {
+        let t = line.trim_start();
+        let indent = line.len() - t.len();
+        if let Some(i) = dropping {
+            if t.is_empty() || indent > i || (t.starts_with('-') && indent == i) {
+                continue;
+            }
+            dropping = None;
+        }
+        if t.starts_with("access_log:") {
+            dropping = Some(indent);
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 /// A running Envoy.
@@ -125,7 +117,7 @@ pub const LOG_FORMAT: &str = "[%E.%e] %v";
 impl Envoy {
     pub fn start(bin: &Path, dir: &Path, spec: &Spec, cpus: Option<&str>) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
-        let ports = free_ports(2)?;
+        let ports = free_ports::<2>()?;
         let yaml = render(spec, ports[0], ports[1]).map_err(io::Error::other)?;
         let config = dir.join("envoy.yaml");
         fs::write(&config, yaml)?;

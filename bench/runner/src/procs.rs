@@ -1,19 +1,10 @@
-//! Child processes that die with the bench (host-tests' guard), loopback
-//! ports, and a process's CPU time.
+//! Child processes that die with the bench (host-tests' guard) and a
+//! process's CPU time.
 
 use std::io;
-use std::net::TcpListener;
 use std::time::Duration;
 
 pub use host_tests::process::ChildGuard;
-
-/// `n` distinct loopback ports that were free a moment ago.
-pub fn free_ports(n: usize) -> io::Result<Vec<u16>> {
-    let ls = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<io::Result<Vec<_>>>()?;
-    ls.iter().map(|l| Ok(l.local_addr()?.port())).collect()
-}
 
 /// CPU time a process (all its threads) has used so far, from
 /// `/proc/<pid>/stat` (utime + stime, in clock ticks of 10 ms).

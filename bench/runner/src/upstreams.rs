@@ -1,7 +1,6 @@
 //! Upstreams: mg-upstream processes for the incidents, and a minimal static
 //! HTTP/1.1 server (`mg-bench serve`) for the overhead runs.
 
-use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -20,7 +19,14 @@ pub struct Upstream {
     pub data: SocketAddr,
     /// mg-upstream's admin port (None for `mg-bench serve`).
     pub admin: Option<SocketAddr>,
-    _child: ChildGuard,
+    _process: Process,
+}
+
+/// What keeps the upstream process alive (and stops it on drop); held,
+/// never read.
+enum Process {
+    MgUpstream { _upstream: host_tests::Upstream },
+    Static { _child: ChildGuard },
 }
 
 fn field(line: &str, key: &str) -> Option<SocketAddr> {
@@ -30,30 +36,17 @@ fn field(line: &str, key: &str) -> Option<SocketAddr> {
 }
 
 impl Upstream {
-    /// Starts mg-upstream `name` on OS-chosen loopback ports.
+    /// Starts mg-upstream `name` on OS-chosen loopback ports (stderr in
+    /// `<dir>/<name>.log`).
     pub fn mg_upstream(bin: &Path, name: &str, dir: &Path) -> io::Result<Self> {
-        let log = File::create(dir.join(format!("{name}.log")))?;
-        let mut cmd = Command::new(bin);
-        cmd.args([
-            "--name",
-            name,
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::from(log));
-        let mut child = ChildGuard::spawn(name, &mut cmd, Duration::from_secs(2))?;
-        let line = child.first_stdout_line(Duration::from_secs(10))?;
-        let (data, admin) = host_tests::upstream::parse_ready_line(&line)
-            .ok_or_else(|| io::Error::other(format!("{name}: bad ready line {line:?}")))?;
+        let upstream = host_tests::Upstream::start(bin, name, dir)?;
         Ok(Self {
             name: name.into(),
-            data,
-            admin: Some(admin),
-            _child: child,
+            data: upstream.data,
+            admin: Some(upstream.admin.admin),
+            _process: Process::MgUpstream {
+                _upstream: upstream,
+            },
         })
     }
 
@@ -86,7 +79,7 @@ impl Upstream {
             name: name.into(),
             data,
             admin: None,
-            _child: child,
+            _process: Process::Static { _child: child },
         })
     }
 
