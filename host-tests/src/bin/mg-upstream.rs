@@ -9,16 +9,35 @@
 //! port: `PUT|GET /behaviour`, `GET /stats`, `POST /stats/reset` (see
 //! `host_tests::Behaviour`). Port 0 picks a free port; the first stdout line
 //! reports the bound addresses.
+//!
+//! Many hosts from one process (large services, EDS membership changes):
+//!
+//! ```text
+//! mg-upstream --name h --hosts 200 --listen 127.0.1.1:0 --admin 127.0.0.1:0
+//! ```
+//! serves hosts `h-0` .. `h-199`, host `i` on its own loopback address
+//! (`host_tests::upstream::fleet_address`: 127.0.1.1 .. 127.0.1.250, then
+//! 127.0.2.1 ..) and one port shared by all (port 0: one free on every
+//! address). One listener per address, never 0.0.0.0, so other servers on
+//! the same port elsewhere in 127/8 are unaffected. Each host has its own
+//! behaviour, `randomErrors` seed and counters and answers as itself
+//! (`x-upstream-name: h-7`). Admin port, besides the endpoints above (which
+//! then mean: `PUT /behaviour` every host, `GET /behaviour` host 0,
+//! `GET /stats` the sum, `POST /stats/reset` every host):
+//! `GET /hosts` (`[{"index","name","address"}]`), `GET /hosts/stats`
+//! (`[{"index","name","address","requests","errors"}]`), `GET /hosts/<i>/stats`,
+//! `GET|PUT /hosts/<i>/behaviour`. The ready line adds `hosts=N last=ADDR`.
+//! Client: `host_tests::upstream::{Fleet, FleetAdmin}`.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use host_tests::behaviour::{FaultDice, RateMeter};
-use host_tests::upstream::READY_PREFIX;
+use host_tests::upstream::{fleet_address, HostInfo, HostStats, READY_PREFIX};
 use host_tests::{Behaviour, ErrorSpreader, Stats};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
@@ -42,12 +61,19 @@ struct Args {
     name: String,
     listen: SocketAddr,
     admin: SocketAddr,
+    /// None: one host on `listen` named `name`. Some(n): n hosts from
+    /// `listen`'s address up, named `<name>-<i>`.
+    hosts: Option<usize>,
 }
+
+/// Most hosts one process serves (`--hosts`).
+const MAX_HOSTS: usize = 20_000;
 
 fn parse_args() -> Result<Args, String> {
     let mut name = None;
     let mut listen = None;
     let mut admin = None;
+    let mut hosts = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -55,6 +81,14 @@ fn parse_args() -> Result<Args, String> {
             "--name" => name = Some(value()?),
             "--listen" => listen = Some(value()?),
             "--admin" => admin = Some(value()?),
+            "--hosts" => {
+                let v = value()?;
+                let n: usize = v.parse().map_err(|e| format!("--hosts {v}: {e}"))?;
+                if !(1..=MAX_HOSTS).contains(&n) {
+                    return Err(format!("--hosts {n}: must be 1-{MAX_HOSTS}"));
+                }
+                hosts = Some(n);
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other}")),
         }
@@ -63,10 +97,14 @@ fn parse_args() -> Result<Args, String> {
         let v = v.ok_or_else(|| format!("{flag} is required"))?;
         v.parse().map_err(|e| format!("{flag} {v}: {e}"))
     };
+    if hosts.is_some() && listen.is_none() {
+        listen = Some("127.0.1.1:0".to_string());
+    }
     Ok(Args {
         name: name.ok_or("--name is required")?,
         listen: addr(listen, "--listen")?,
         admin: addr(admin, "--admin")?,
+        hosts,
     })
 }
 
@@ -80,8 +118,11 @@ struct State {
     epoch: Instant,
 }
 
+/// One upstream host: its behaviour, counters and data listener.
 struct Shared {
+    index: usize,
     name: String,
+    address: SocketAddr,
     state: Mutex<State>,
     requests: AtomicU64,
     errors: AtomicU64,
@@ -96,12 +137,47 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn stats(&self) -> Stats {
-        Stats {
+    fn new(index: usize, name: String, address: SocketAddr) -> Self {
+        let (refuse, _) = watch::channel(false);
+        Self {
+            index,
+            state: Mutex::new(State {
+                behaviour: Behaviour::healthy().normalized(),
+                spreader: ErrorSpreader::new(0),
+                dice: FaultDice::new(seed_from_name(&name)),
+                overload_spreader: ErrorSpreader::new(100),
+                rate: RateMeter::default(),
+                epoch: Instant::now(),
+            }),
+            name,
+            address,
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            refuse,
+        }
+    }
+
+    fn stats(&self) -> HostStats {
+        HostStats {
+            index: self.index,
             name: self.name.clone(),
+            address: self.address,
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
         }
+    }
+
+    fn info(&self) -> HostInfo {
+        HostInfo {
+            index: self.index,
+            name: self.name.clone(),
+            address: self.address,
+        }
+    }
+
+    fn reset_stats(&self) {
+        self.requests.store(0, Ordering::Relaxed);
+        self.errors.store(0, Ordering::Relaxed);
     }
 
     fn set_behaviour(&self, b: Behaviour) {
@@ -114,6 +190,37 @@ impl Shared {
             st.behaviour = b;
         }
         self.refuse.send_replace(refuse);
+        let now = self.state().behaviour.clone();
+        eprintln!(
+            "mg-upstream {}: behaviour {}",
+            self.name,
+            serde_json::to_string(&now).unwrap_or_default()
+        );
+    }
+}
+
+/// What the admin port serves: every host of the process.
+struct Server {
+    name: String,
+    hosts: Vec<Arc<Shared>>,
+}
+
+impl Server {
+    /// The sum over all hosts (`GET /stats`); with one host, its counters.
+    fn stats(&self) -> Stats {
+        Stats {
+            name: self.name.clone(),
+            requests: self
+                .hosts
+                .iter()
+                .map(|h| h.requests.load(Ordering::Relaxed))
+                .sum(),
+            errors: self
+                .hosts
+                .iter()
+                .map(|h| h.errors.load(Ordering::Relaxed))
+                .sum(),
+        }
     }
 }
 
@@ -270,52 +377,92 @@ impl hyper::body::Body for GrpcBody {
     }
 }
 
+async fn read_behaviour(req: Request<Incoming>) -> Result<Behaviour, Response<Body>> {
+    let body = match req.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return Err(text(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read body: {e}\n"),
+            ))
+        }
+    };
+    let parsed: Result<Behaviour, String> = if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(Behaviour::healthy())
+    } else {
+        serde_json::from_slice(&body).map_err(|e| e.to_string())
+    };
+    parsed
+        .and_then(|b| b.validate().map(|()| b))
+        .map_err(|e| text(StatusCode::BAD_REQUEST, format!("bad behaviour: {e}\n")))
+}
+
+const ADMIN_ENDPOINTS: &str = "endpoints: GET|PUT /behaviour, GET /stats, POST /stats/reset, \
+GET /hosts, GET /hosts/stats, GET /hosts/<i>/stats, GET|PUT /hosts/<i>/behaviour\n";
+
 async fn handle_admin(
-    shared: Arc<Shared>,
+    server: Arc<Server>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
-    let resp = match (req.method().clone(), path.as_str()) {
-        (Method::GET, "/behaviour") => json_response(StatusCode::OK, &shared.state().behaviour),
-        (Method::PUT, "/behaviour") => {
-            let body = match req.into_body().collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
+    let method = req.method().clone();
+    // `/hosts/<i>/<what>`: one host of the process.
+    if let Some(rest) = path.strip_prefix("/hosts/") {
+        if let Some((i, what)) = rest.split_once('/') {
+            if let Ok(i) = i.parse::<usize>() {
+                let Some(host) = server.hosts.get(i).cloned() else {
                     return Ok(text(
-                        StatusCode::BAD_REQUEST,
-                        format!("cannot read body: {e}\n"),
-                    ))
-                }
-            };
-            let parsed: Result<Behaviour, String> = if body.iter().all(u8::is_ascii_whitespace) {
-                Ok(Behaviour::healthy())
-            } else {
-                serde_json::from_slice(&body).map_err(|e| e.to_string())
-            };
-            match parsed.and_then(|b| b.validate().map(|()| b)) {
-                Ok(b) => {
-                    shared.set_behaviour(b);
-                    let now = shared.state().behaviour.clone();
-                    eprintln!(
-                        "mg-upstream {}: behaviour {}",
-                        shared.name,
-                        serde_json::to_string(&now).unwrap_or_default()
-                    );
-                    json_response(StatusCode::OK, &now)
-                }
-                Err(e) => text(StatusCode::BAD_REQUEST, format!("bad behaviour: {e}\n")),
+                        StatusCode::NOT_FOUND,
+                        format!("no host {i}: this process serves {}\n", server.hosts.len()),
+                    ));
+                };
+                let resp = match (method, what) {
+                    (Method::GET, "behaviour") => {
+                        json_response(StatusCode::OK, &host.state().behaviour)
+                    }
+                    (Method::PUT, "behaviour") => match read_behaviour(req).await {
+                        Ok(b) => {
+                            host.set_behaviour(b);
+                            json_response(StatusCode::OK, &host.state().behaviour)
+                        }
+                        Err(r) => r,
+                    },
+                    (Method::GET, "stats") => json_response(StatusCode::OK, &host.stats()),
+                    _ => text(StatusCode::NOT_FOUND, ADMIN_ENDPOINTS.to_string()),
+                };
+                return Ok(resp);
             }
         }
-        (Method::GET, "/stats") => json_response(StatusCode::OK, &shared.stats()),
-        (Method::POST, "/stats/reset") => {
-            shared.requests.store(0, Ordering::Relaxed);
-            shared.errors.store(0, Ordering::Relaxed);
-            json_response(StatusCode::OK, &shared.stats())
+    }
+    let resp = match (method, path.as_str()) {
+        (Method::GET, "/behaviour") => {
+            json_response(StatusCode::OK, &server.hosts[0].state().behaviour)
         }
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "endpoints: GET|PUT /behaviour, GET /stats, POST /stats/reset\n".to_string(),
-        ),
+        (Method::PUT, "/behaviour") => match read_behaviour(req).await {
+            Ok(b) => {
+                for h in &server.hosts {
+                    h.set_behaviour(b.clone());
+                }
+                json_response(StatusCode::OK, &server.hosts[0].state().behaviour)
+            }
+            Err(r) => r,
+        },
+        (Method::GET, "/stats") => json_response(StatusCode::OK, &server.stats()),
+        (Method::POST, "/stats/reset") => {
+            for h in &server.hosts {
+                h.reset_stats();
+            }
+            json_response(StatusCode::OK, &server.stats())
+        }
+        (Method::GET, "/hosts") => {
+            let v: Vec<HostInfo> = server.hosts.iter().map(|h| h.info()).collect();
+            json_response(StatusCode::OK, &v)
+        }
+        (Method::GET, "/hosts/stats") => {
+            let v: Vec<HostStats> = server.hosts.iter().map(|h| h.stats()).collect();
+            json_response(StatusCode::OK, &v)
+        }
+        _ => text(StatusCode::NOT_FOUND, ADMIN_ENDPOINTS.to_string()),
     };
     Ok(resp)
 }
@@ -406,19 +553,19 @@ async fn run_data(shared: Arc<Shared>, addr: SocketAddr, first: TcpListener) {
     }
 }
 
-async fn run_admin(shared: Arc<Shared>, listener: TcpListener) {
+async fn run_admin(server: Arc<Server>, listener: TcpListener) {
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
-                eprintln!("mg-upstream {}: admin accept: {e}", shared.name);
+                eprintln!("mg-upstream {}: admin accept: {e}", server.name);
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         };
-        let shared = shared.clone();
+        let server = server.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle_admin(shared.clone(), req));
+            let svc = service_fn(move |req| handle_admin(server.clone(), req));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
@@ -440,42 +587,105 @@ async fn shutdown_signal(mut term: Signal, mut int: Signal) -> &'static str {
     }
 }
 
+/// Binds one data listener per host: `listen` alone, or `n` addresses from
+/// `listen`'s up on one port. With port 0 the port is the one the OS gives
+/// the first address; if another address has it taken, all are dropped and
+/// a new port is tried.
+async fn bind_hosts(
+    listen: SocketAddr,
+    n: Option<usize>,
+) -> Result<Vec<(SocketAddr, TcpListener)>, String> {
+    let Some(n) = n else {
+        let l = TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        let a = l.local_addr().map_err(|e| e.to_string())?;
+        return Ok(vec![(a, l)]);
+    };
+    let IpAddr::V4(base) = listen.ip() else {
+        return Err(format!(
+            "--hosts needs an IPv4 loopback --listen, not {listen}"
+        ));
+    };
+    let addrs = (0..n)
+        .map(|i| {
+            fleet_address(base, i).ok_or_else(|| {
+                format!("--hosts {n} from {base}: host {i} would leave 127.0.0.0/8 (base must be 127.x.y.1-250)")
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut last_err = String::new();
+    for _attempt in 0..20 {
+        let first = TcpListener::bind(SocketAddr::new(addrs[0].into(), listen.port()))
+            .await
+            .map_err(|e| format!("cannot listen on {}:{}: {e}", addrs[0], listen.port()))?;
+        let port = first.local_addr().map_err(|e| e.to_string())?.port();
+        let mut bound = vec![(SocketAddr::new(addrs[0].into(), port), first)];
+        let mut failed = None;
+        for a in &addrs[1..] {
+            let sa = SocketAddr::new((*a).into(), port);
+            match TcpListener::bind(sa).await {
+                Ok(l) => bound.push((sa, l)),
+                Err(e) => {
+                    failed = Some(format!("cannot listen on {sa}: {e}"));
+                    break;
+                }
+            }
+        }
+        match failed {
+            None => return Ok(bound),
+            Some(e) if listen.port() == 0 => last_err = e,
+            Some(e) => return Err(e),
+        }
+    }
+    Err(format!(
+        "no port free on all {n} addresses after 20 tries; last: {last_err}"
+    ))
+}
+
 async fn run(args: Args) -> Result<(), String> {
-    let data = TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let listeners = bind_hosts(args.listen, args.hosts).await?;
     let admin = TcpListener::bind(args.admin)
         .await
         .map_err(|e| format!("cannot listen on {} (admin): {e}", args.admin))?;
-    let data_addr = data.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
+    let data_addr = listeners[0].0;
+    let last_addr = listeners[listeners.len() - 1].0;
 
-    let (refuse, _) = watch::channel(false);
-    let shared = Arc::new(Shared {
+    let mut hosts = Vec::with_capacity(listeners.len());
+    let mut data = Vec::with_capacity(listeners.len());
+    for (i, (addr, l)) in listeners.into_iter().enumerate() {
+        let name = match args.hosts {
+            None => args.name.clone(),
+            Some(_) => format!("{}-{i}", args.name),
+        };
+        let host = Arc::new(Shared::new(i, name, addr));
+        data.push((host.clone(), addr, l));
+        hosts.push(host);
+    }
+    let server = Arc::new(Server {
         name: args.name.clone(),
-        state: Mutex::new(State {
-            behaviour: Behaviour::healthy().normalized(),
-            spreader: ErrorSpreader::new(0),
-            dice: FaultDice::new(seed_from_name(&args.name)),
-            overload_spreader: ErrorSpreader::new(100),
-            rate: RateMeter::default(),
-            epoch: Instant::now(),
-        }),
-        requests: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-        refuse,
+        hosts,
     });
     // Subscribe to signals before announcing readiness, so a SIGTERM sent
     // right after the ready line is never missed.
     let term =
         signal(SignalKind::terminate()).map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
     let int = signal(SignalKind::interrupt()).map_err(|e| format!("cannot handle SIGINT: {e}"))?;
-    tokio::spawn(run_data(shared.clone(), data_addr, data));
-    tokio::spawn(run_admin(shared.clone(), admin));
-    println!(
-        "{READY_PREFIX} name={} data={data_addr} admin={admin_addr}",
-        args.name
-    );
+    for (host, addr, l) in data {
+        tokio::spawn(run_data(host, addr, l));
+    }
+    tokio::spawn(run_admin(server.clone(), admin));
+    match args.hosts {
+        None => println!(
+            "{READY_PREFIX} name={} data={data_addr} admin={admin_addr}",
+            args.name
+        ),
+        Some(n) => println!(
+            "{READY_PREFIX} name={} data={data_addr} admin={admin_addr} hosts={n} last={last_addr}",
+            args.name
+        ),
+    }
     let sig = shutdown_signal(term, int).await;
     eprintln!("mg-upstream {}: {sig}, exiting", args.name);
     Ok(())
@@ -488,7 +698,10 @@ fn main() -> ExitCode {
             if !e.is_empty() {
                 eprintln!("mg-upstream: {e}");
             }
-            eprintln!("usage: mg-upstream --name NAME --listen IP:PORT --admin IP:PORT");
+            eprintln!(
+                "usage: mg-upstream --name NAME --listen IP:PORT --admin IP:PORT\n       \
+                 mg-upstream --name NAME --hosts N [--listen 127.0.1.1:PORT] --admin IP:PORT"
+            );
             return ExitCode::from(2);
         }
     };
