@@ -230,6 +230,11 @@ impl Breaker {
     }
 
     /// Whether `advance` would change anything at `now`.
+    /// When the open breaker turns half-open, if it is open.
+    pub fn next_change_ms(&self) -> Option<u64> {
+        (self.state == BreakerState::Open).then_some(self.open_until_ms)
+    }
+
     pub fn due(&self, now: u64) -> bool {
         self.state == BreakerState::Open && now >= self.open_until_ms
     }

@@ -418,6 +418,43 @@ impl HostHealth {
         Some(transition)
     }
 
+    /// Healthy with nothing on record that a host never watched lacks: no
+    /// streak, no failure in its window, and any ejection backoff earned
+    /// back (one base ejection time per ejection, at full weight).
+    pub fn releasable(&self, now: u64, config: &Config) -> bool {
+        if !self.is_quiet() || self.window.failures() > 0 {
+            return false;
+        }
+        if self.times_ejected == 0 {
+            return true;
+        }
+        let back_since = self
+            .ejected_until_ms
+            .saturating_add(config.ejection.warmup_duration.0);
+        let base = config.ejection.base_ejection_time.0.max(1);
+        now.saturating_sub(back_since) >= base.saturating_mul(u64::from(self.times_ejected))
+    }
+
+    /// The next time at which time alone changes this host's state or
+    /// weight: its ejection ending, or the next warm-up step.
+    pub fn next_change_ms(&self, now: u64, config: &Config) -> Option<u64> {
+        let warmup = config.ejection.warmup_duration.0;
+        match self.state {
+            HostState::Unhealthy if now < self.ejected_until_ms => Some(self.ejected_until_ms),
+            // Past its ejection, unwritten: on the ramp already (see
+            // `weight_percent`), and due to be written.
+            HostState::Unhealthy => Some(now),
+            HostState::WarmingUp => (1..=3u64)
+                .map(|k| {
+                    self.state_since_ms
+                        .saturating_add(warmup.saturating_mul(k) / 3)
+                })
+                .find(|t| *t > now)
+                .or(Some(now)),
+            _ => None,
+        }
+    }
+
     /// Whether `advance` would change something at `now`.
     pub fn due(&self, now: u64, config: &Config) -> bool {
         match self.state {

@@ -17,6 +17,7 @@ pub mod in_flight;
 pub mod metrics;
 pub mod route_metadata;
 pub mod service;
+pub mod state;
 pub mod status;
 pub mod steering;
 pub mod template;

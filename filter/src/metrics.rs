@@ -5,7 +5,8 @@
 //! `meshguard.<metric>.service.<cluster>.<label>.<value>`, so that Envoy's
 //! `stats_tags` can turn `service`, `host` and the label into tags with one
 //! regex each (see the README's Observability section). Cardinality is
-//! bounded by `limits.maxServices` × `limits.maxHostsPerService`.
+//! bounded by `limits.maxServices` × `limits.maxWatchedHostsPerService`
+//! (per-host gauges exist only for hosts with failures on record).
 
 use crate::breaker::BreakerState;
 use crate::classify::FailureKind;
@@ -29,6 +30,8 @@ pub const CATALOGUE: &[(&str, Kind, &str, &str)] = &[
     ("hosts", Kind::Gauge, "service, state", "known hosts by state: healthy, degraded, unhealthy, warming_up"),
     ("host_state", Kind::Gauge, "service, host", "one host's state: 0 healthy, 1 degraded, 2 unhealthy, 3 warming up"),
     ("steered", Kind::Counter, "service", "requests meshguard steered to a chosen host"),
+    ("watched_hosts", Kind::Gauge, "service", "hosts with failures on record in the shared state (every other host is Healthy)"),
+    ("hosts_not_tracked", Kind::Counter, "service", "outcomes of hosts left out by limits.maxHostsPerService or limits.maxWatchedHostsPerService"),
     ("breaker_state", Kind::Gauge, "service", "circuit breaker: 0 closed, 1 open, 2 half-open"),
     ("breaker_trips", Kind::Counter, "service", "times the breaker opened"),
     ("local_replies", Kind::Counter, "service", "requests answered by the open breaker"),

@@ -1,6 +1,12 @@
-//! The health record of one upstream service (an Envoy cluster): its known
-//! hosts, bounded, with the ejection guard applied across them. This is the
-//! unit that workers share through Envoy's shared data.
+//! The health record of one upstream service (an Envoy cluster): the hosts
+//! under watch, with the ejection guard applied across the service, and the
+//! breaker. This is the unit that workers share through Envoy's shared data.
+//!
+//! Only hosts with failures on record are watched (window, streaks, grade):
+//! a host that has not failed is Healthy without any state, so the record,
+//! and what every failure rewrites, grows with the hosts that fail, not
+//! with the service. A watched host that is Healthy again with a clean
+//! window (and its ejection backoff earned back) is released.
 
 use serde::{Deserialize, Serialize};
 
@@ -30,7 +36,17 @@ pub struct ServiceHealth {
     /// The breaker for all of this record's traffic (the service's, or one
     /// override's share of it).
     pub breaker: Breaker,
+    /// Hosts in the service as the workers see it (the largest count one
+    /// reported lately), for the ejection guard: watched hosts are only
+    /// the ones that failed.
+    pub members: u32,
+    pub members_at_ms: u64,
+    /// Count of changes to the set of watched hosts.
+    pub roster: u64,
 }
+
+/// How long a reported member count stands before a smaller one replaces it.
+const MEMBERS_STAND_MS: u64 = 30_000;
 
 /// One request's outcome, as the host's grade and the breaker see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +103,19 @@ impl Pending {
         self.successes.iter().all(|n| *n == 0) && self.ordered.is_empty()
     }
 
+    /// Anything that can move a grade: a failure or a slow call.
+    pub fn has_evidence(&self) -> bool {
+        self.ordered
+            .iter()
+            .any(|o| o.outcome.failed() || o.outcome.slow)
+            || self.successes[1] > 0
+            || self.successes[3] > 0
+    }
+
+    pub fn failures(&self) -> usize {
+        self.ordered.iter().filter(|o| o.outcome.failed()).count()
+    }
+
     /// Every observation, successes first (capped at what a window can hold).
     fn replay(&self, cap: u32) -> impl Iterator<Item = Observation> + '_ {
         self.successes
@@ -119,9 +148,10 @@ pub enum Event {
         address: String,
         reason: Reason,
     },
-    /// The host table is full of hosts that may not be forgotten.
+    /// A limit kept a host out (`limit` names the setting).
     HostNotTracked {
         address: String,
+        limit: &'static str,
     },
     Breaker(BreakerTransition),
 }
@@ -139,11 +169,66 @@ impl ServiceHealth {
             hosts: Vec::new(),
             writes: 0,
             breaker: Breaker::default(),
+            members: 0,
+            members_at_ms: 0,
+            roster: 0,
         }
     }
 
+    /// Hosts are kept in address order, so a lookup is a binary search.
+    fn position(&self, address: &str) -> Result<usize, usize> {
+        self.hosts
+            .binary_search_by(|h| h.address.as_str().cmp(address))
+    }
+
     pub fn host(&self, address: &str) -> Option<&HostEntry> {
-        self.hosts.iter().find(|h| h.address == address)
+        self.position(address).ok().map(|i| &self.hosts[i])
+    }
+
+    /// Records one worker's count of the service's hosts; `shrank` when it
+    /// just saw hosts leave (then a smaller count stands at once).
+    pub fn note_members(&mut self, count: usize, shrank: bool, now: u64) {
+        let count = u32::try_from(count).unwrap_or(u32::MAX);
+        if count >= self.members
+            || shrank
+            || now.saturating_sub(self.members_at_ms) >= MEMBERS_STAND_MS
+        {
+            self.members = count;
+            self.members_at_ms = now;
+        }
+    }
+
+    /// Hosts in the service, for the ejection guard.
+    pub fn size(&self) -> usize {
+        (self.members as usize).max(self.hosts.len())
+    }
+
+    /// Releases watched hosts that are indistinguishable from hosts never
+    /// watched, and returns how many.
+    fn release(&mut self, now: u64, config: &Config) -> usize {
+        let before = self.hosts.len();
+        let idle = config.limits.host_idle_timeout.0;
+        self.hosts
+            .retain(|h| !h.health.releasable(now, config) && !forgettable(h, now, idle));
+        let released = before - self.hosts.len();
+        if released > 0 {
+            self.roster = self.roster.wrapping_add(1);
+        }
+        released
+    }
+
+    /// The earliest time at which time alone changes this record or its
+    /// weights (an ejection ending, a warm-up step, an idle host forgotten,
+    /// the breaker's open time ending).
+    pub fn next_change_ms(&self, now: u64, config: &Config) -> Option<u64> {
+        let idle = config.limits.host_idle_timeout.0;
+        let hosts = self.hosts.iter().filter_map(|h| {
+            let change = h.health.next_change_ms(now, config);
+            let forget = (idle > 0 && h.health.state() == HostState::Healthy)
+                .then(|| h.health.last_active_ms().saturating_add(idle));
+            change.into_iter().chain(forget).min()
+        });
+        hosts.chain(self.breaker.next_change_ms()).min()
     }
 
     /// No host is held below full weight by a grade, a streak or a ramp:
@@ -170,42 +255,27 @@ impl ServiceHealth {
         random: &mut dyn FnMut() -> u64,
         events: &mut Vec<Event>,
     ) {
-        self.advance(now, config, events);
-        let Some(index) = self.slot_for(address, now, config) else {
-            events.push(Event::HostNotTracked {
-                address: address.to_string(),
-            });
+        let Some(index) = self.slot_for(address, pending, now, config) else {
+            if pending.has_evidence() {
+                events.push(Event::HostNotTracked {
+                    address: address.to_string(),
+                    limit: "limits.maxWatchedHostsPerService",
+                });
+            }
             return;
         };
-        let cap = u32::from(
-            config
-                .detection
-                .window_size
-                .max(config.circuit_breaker.window_size),
-        );
+        let cap = u32::from(config.detection.window_size);
         let max_percent = config.ejection.max_ejection_percent;
         let jitter = config.ejection.ejection_jitter.0;
-        let breaker = &config.circuit_breaker;
+        let size = self.size();
         // Counted once, then kept current: recounting per outcome would
         // cost hosts x outcomes on a large batch.
         let mut ejected = self.ejected();
         for observation in pending.replay(cap) {
             let outcome = observation.outcome;
-            if breaker.enabled {
-                let failed = outcome.failed();
-                if let Some(t) = self.breaker.record(
-                    failed,
-                    observation.breaker_slow,
-                    observation.probe,
-                    now,
-                    breaker,
-                ) {
-                    events.push(Event::Breaker(t));
-                }
-            }
             // A success can earn ejection too: the one that brings a
             // failing window up to minRequests.
-            let may_eject = guard::may_eject(ejected, self.hosts.len(), max_percent);
+            let may_eject = guard::may_eject(ejected, size, max_percent);
             let jitter_ms = if jitter > 0 {
                 random() % (jitter + 1)
             } else {
@@ -247,6 +317,32 @@ impl ServiceHealth {
         }
     }
 
+    /// Writes one worker's pending outcomes of the whole record's traffic
+    /// into the breaker.
+    pub fn apply_breaker(
+        &mut self,
+        pending: &Pending,
+        now: u64,
+        config: &Config,
+        events: &mut Vec<Event>,
+    ) {
+        let breaker = &config.circuit_breaker;
+        if !breaker.enabled {
+            return;
+        }
+        for observation in pending.replay(u32::from(breaker.window_size)) {
+            if let Some(t) = self.breaker.record(
+                observation.outcome.failed(),
+                observation.breaker_slow,
+                observation.probe,
+                now,
+                breaker,
+            ) {
+                events.push(Event::Breaker(t));
+            }
+        }
+    }
+
     /// Takes back the hosts ejected for their answers, other than `except`,
     /// at the Degraded weight; returns how many came back.
     fn return_overloaded(
@@ -273,8 +369,9 @@ impl ServiceHealth {
     }
 
     /// Applies time-driven changes (ejections ending, warm-ups ending) and
-    /// forgets Healthy hosts idle past `hostIdleTimeout`. Returns whether
-    /// the record changed.
+    /// releases hosts that need watching no more (Healthy with a clean
+    /// window, or idle past `hostIdleTimeout`). Returns whether the record
+    /// changed.
     pub fn advance(&mut self, now: u64, config: &Config, events: &mut Vec<Event>) -> bool {
         let mut changed = false;
         if let Some(t) = self.breaker.advance(now) {
@@ -294,10 +391,7 @@ impl ServiceHealth {
                 });
             }
         }
-        let before = self.hosts.len();
-        let idle = config.limits.host_idle_timeout.0;
-        self.hosts.retain(|h| !forgettable(h, now, idle));
-        changed || self.hosts.len() != before
+        self.release(now, config) > 0 || changed
     }
 
     /// Whether `advance` would change anything at `now`.
@@ -310,38 +404,52 @@ impl ServiceHealth {
                 .any(|h| h.health.due(now, config) || forgettable(h, now, idle))
     }
 
-    /// Each host's share of a healthy host's traffic, in percent, in the
-    /// order of `hosts`.
-    pub fn weights(&self, now: u64, config: &Config) -> Vec<u8> {
+    /// Whether any watched host is below full weight at `now`.
+    pub fn steers(&self, now: u64, config: &Config) -> bool {
         self.hosts
             .iter()
-            .map(|h| h.health.weight_percent(now, config))
-            .collect()
+            .any(|h| h.health.weight_percent(now, config) < 100)
     }
 
-    fn slot_for(&mut self, address: &str, now: u64, config: &Config) -> Option<usize> {
-        if let Some(index) = self.hosts.iter().position(|h| h.address == address) {
+    /// The host's place in the record; a host not watched yet gets one only
+    /// for evidence (plain successes of an unwatched host change nothing).
+    fn slot_for(
+        &mut self,
+        address: &str,
+        pending: &Pending,
+        now: u64,
+        config: &Config,
+    ) -> Option<usize> {
+        if let Ok(index) = self.position(address) {
             return Some(index);
+        }
+        if !pending.has_evidence() {
+            return None;
         }
         let entry = HostEntry {
             address: address.to_string(),
             health: HostHealth::new(now, config.detection.window_size),
         };
-        if self.hosts.len() < usize::from(config.limits.max_hosts_per_service) {
-            self.hosts.push(entry);
-            return Some(self.hosts.len() - 1);
+        if self.hosts.len() >= usize::from(config.limits.max_watched_hosts_per_service) {
+            // Full: a Healthy host with the least evidence (fewest failures
+            // in its window, then least recently active) makes room, if it
+            // has no more than this one is about to record. Hosts in any
+            // other state carry a grade or an ejection that must not be lost.
+            let failures = u16::try_from(pending.failures()).unwrap_or(u16::MAX);
+            let victim = self
+                .hosts
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| h.health.state() == HostState::Healthy)
+                .filter(|(_, h)| h.health.window().failures() <= failures)
+                .min_by_key(|(_, h)| (h.health.window().failures(), h.health.last_active_ms()))
+                .map(|(index, _)| index)?;
+            self.hosts.remove(victim);
         }
-        // Full: replace the least recently seen Healthy host. Hosts in any
-        // other state carry an ejection or a grade that must not be lost.
-        let victim = self
-            .hosts
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| h.health.state() == HostState::Healthy)
-            .min_by_key(|(_, h)| h.health.last_active_ms())
-            .map(|(index, _)| index)?;
-        self.hosts[victim] = entry;
-        Some(victim)
+        self.roster = self.roster.wrapping_add(1);
+        let insert_at = self.position(address).err()?;
+        self.hosts.insert(insert_at, entry);
+        Some(insert_at)
     }
 }
 

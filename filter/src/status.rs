@@ -22,7 +22,15 @@ fn string(out: &mut String, text: &str) {
     out.push('"');
 }
 
-pub fn render(records: &[ServiceHealth], now: u64, config: &Config) -> String {
+/// `members` gives a service's size as the worker answering knows it.
+/// Only watched hosts (those with failures on record) are listed: every
+/// other host of the service is Healthy.
+pub fn render(
+    records: &[ServiceHealth],
+    now: u64,
+    config: &Config,
+    members: &dyn Fn(&ServiceHealth) -> usize,
+) -> String {
     let mut out = String::with_capacity(256 + records.len() * 512);
     let _ = write!(out, "{{\"nowMs\":{now},\"services\":[");
     for (i, record) in records.iter().enumerate() {
@@ -34,7 +42,9 @@ pub fn render(records: &[ServiceHealth], now: u64, config: &Config) -> String {
         let breaker = &record.breaker;
         let _ = write!(
             out,
-            ",\"breaker\":{{\"state\":\"{}\",\"openUntilMs\":{}}},\"hosts\":[",
+            ",\"members\":{},\"watchedHosts\":{},\"breaker\":{{\"state\":\"{}\",\"openUntilMs\":{}}},\"hosts\":[",
+            members(record),
+            record.hosts.len(),
             breaker.effective_state(now),
             breaker.open_until_ms()
         );
@@ -94,7 +104,7 @@ mod tests {
             &mut || 0,
             &mut Vec::new(),
         );
-        let json = render(&[record], 10, &config);
+        let json = render(&[record], 10, &config, &|_| 3);
         let value: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
         let host = &value["services"][0]["hosts"][0];
         assert_eq!(value["services"][0]["service"], "demo \"quoted\"");
@@ -105,6 +115,11 @@ mod tests {
         assert_eq!(host["window"]["failures"], 5);
         assert_eq!(host["timesEjected"], 1);
         assert_eq!(value["services"][0]["breaker"]["state"], "Closed");
-        assert_eq!(render(&[], 0, &config), r#"{"nowMs":0,"services":[]}"#);
+        assert_eq!(value["services"][0]["members"], 3);
+        assert_eq!(value["services"][0]["watchedHosts"], 1);
+        assert_eq!(
+            render(&[], 0, &config, &|_| 0),
+            r#"{"nowMs":0,"services":[]}"#
+        );
     }
 }

@@ -3,7 +3,9 @@
 //! Smooth weighted round robin (the nginx algorithm): exact shares over any
 //! stretch of requests and no long runs on one host, which a weighted random
 //! pick cannot promise. A seeded random start spreads the sequence so that
-//! Envoy workers do not all pick the same host at the same moment.
+//! Envoy workers do not all pick the same host at the same moment. The
+//! picker runs over groups of hosts of equal weight (see `state::plan`), so
+//! its cost is the number of distinct weights, not of hosts.
 
 /// Whether weights (percent of a healthy host's traffic, one per host) call
 /// for steering: not when every host is at full weight (leave Envoy's load
@@ -20,7 +22,7 @@ pub struct SmoothPicker {
 
 impl SmoothPicker {
     /// A picker for these weights, started at a random point of its cycle.
-    pub fn new(weights: &[u8], seed: u64) -> Self {
+    pub fn new(weights: &[u32], seed: u64) -> Self {
         let total: i64 = weights.iter().map(|w| i64::from(*w)).sum();
         let mut current = vec![0i64; weights.len()];
         let active = weights.iter().filter(|w| **w > 0).count() as i64;
@@ -50,7 +52,7 @@ impl SmoothPicker {
 
     /// The next host, by index into `weights`; `None` when no host has
     /// weight (or the weights do not match this picker).
-    pub fn pick(&mut self, weights: &[u8]) -> Option<usize> {
+    pub fn pick(&mut self, weights: &[u32]) -> Option<usize> {
         if weights.len() != self.current.len() {
             return None;
         }
@@ -86,7 +88,7 @@ pub fn xorshift(mut x: u64) -> u64 {
 mod tests {
     use super::*;
 
-    fn run(weights: &[u8], seed: u64, picks: usize) -> Vec<usize> {
+    fn run(weights: &[u32], seed: u64, picks: usize) -> Vec<usize> {
         let mut picker = SmoothPicker::new(weights, seed);
         (0..picks).map(|_| picker.pick(weights).unwrap()).collect()
     }

@@ -279,6 +279,20 @@ pub struct Steering {
     /// envoy/demo.yaml.tmpl does. Default false.
     #[schemars(extend("default" = false))]
     pub strip_client_header: Option<bool>,
+    /// Percent of steered requests left to Envoy's load balancer (0-50), so
+    /// hosts meshguard has not seen yet (scale-up, rolling deployments) are
+    /// found and reach their share; raised fourfold for 5 s after a new host
+    /// is found. 0 steers every request (new hosts then get traffic only
+    /// once steering stops). Default 5.
+    #[schemars(extend("default" = 5))]
+    pub discovery_percent: Option<Int<0, 50>>,
+    /// `x-envoy-retry-on` set on the requests left to Envoy while a host is
+    /// ejected, so one that lands there is retried elsewhere (with
+    /// `retriable-status-codes`, `x-envoy-retriable-status-codes: 503` too).
+    /// Empty sets nothing. Default
+    /// "connect-failure,refused-stream,retriable-status-codes".
+    #[schemars(extend("default" = "connect-failure,refused-stream,retriable-status-codes"))]
+    pub discovery_retry_on: Option<String>,
 }
 
 /// Bounds on what the filter tracks.
@@ -286,12 +300,22 @@ pub struct Steering {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Limits {
     /// Services (clusters, and overrides' own shares of them) tracked at
-    /// once (1-1024). Default 64.
-    #[schemars(extend("default" = 64))]
+    /// once (1-1024). Default 256.
+    #[schemars(extend("default" = 256))]
     pub max_services: Option<Int<1, 1024>>,
-    /// Hosts tracked per service (1-512). Default 64.
-    #[schemars(extend("default" = 64))]
-    pub max_hosts_per_service: Option<Int<1, 512>>,
+    /// Hosts of one service a worker knows and steers across (1-16384).
+    /// Past it, new hosts are not steered to (they still get the requests
+    /// left to Envoy) and `hosts_not_tracked` counts them. Default 16384
+    /// (a member costs about 120 bytes per worker).
+    #[schemars(extend("default" = 16384))]
+    pub max_hosts_per_service: Option<Int<1, 16384>>,
+    /// Hosts of one service with failures on record (window, streaks,
+    /// grade) shared by the workers (1-4096); hosts without failures need
+    /// no record. Past it a failing host takes the place of a Healthy one
+    /// with fewer failures, or is not tracked (`hosts_not_tracked`).
+    /// Default 512.
+    #[schemars(extend("default" = 512))]
+    pub max_watched_hosts_per_service: Option<Int<1, 4096>>,
     /// A Healthy host with no traffic for this long is forgotten. Default
     /// "600s".
     #[schemars(extend("default" = "600s"))]

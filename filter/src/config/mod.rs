@@ -194,6 +194,12 @@ pub struct Steering {
     /// request). Off by default: an Envoy `header_mutation` filter ahead of
     /// meshguard does it at no cost to the filter.
     pub strip_client_header: bool,
+    /// Percent of steered requests left to Envoy's load balancer, so hosts
+    /// meshguard has not seen yet (scale-up, rolling deployments) are found.
+    pub discovery_percent: u8,
+    /// `x-envoy-retry-on` set on those requests, so one that lands on an
+    /// ejected host is retried elsewhere; empty sets nothing.
+    pub discovery_retry_on: String,
 }
 
 impl Default for Steering {
@@ -203,15 +209,31 @@ impl Default for Steering {
             header: "x-meshguard-upstream".to_string(),
             encoding: Encoding::Plain,
             strip_client_header: false,
+            discovery_percent: 5,
+            discovery_retry_on: DEFAULT_DISCOVERY_RETRY_ON.to_string(),
         }
     }
 }
+
+/// Retried by Envoy without the request having reached an application
+/// (connect failures, refused streams) or refused by it outright (503, see
+/// `DISCOVERY_RETRIABLE_STATUS_CODES`): safe for any method.
+pub const DEFAULT_DISCOVERY_RETRY_ON: &str =
+    "connect-failure,refused-stream,retriable-status-codes";
+/// `x-envoy-retriable-status-codes` sent with `retriable-status-codes`.
+pub const DISCOVERY_RETRIABLE_STATUS_CODES: &str = "503";
+/// Most of the requests discovery may take while steering.
+pub const MAX_DISCOVERY_PERCENT: u8 = 50;
 
 /// Bounds on what the filter tracks, so traffic cannot grow its memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub max_services: u16,
+    /// Hosts of one service a worker knows and steers across.
     pub max_hosts_per_service: u16,
+    /// Hosts of one service with failures on record (window, streaks,
+    /// grade) in the shared record; hosts without failures need none.
+    pub max_watched_hosts_per_service: u16,
     /// A Healthy host with no traffic for this long is forgotten (scaled-down pods).
     pub host_idle_timeout: Millis,
 }
@@ -219,8 +241,9 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_services: 64,
-            max_hosts_per_service: 64,
+            max_services: 256,
+            max_hosts_per_service: 16384,
+            max_watched_hosts_per_service: 512,
             host_idle_timeout: Millis::from_secs(600),
         }
     }
@@ -230,10 +253,12 @@ impl Default for Limits {
 /// per-service shared-data record stays cheap to copy.
 pub const MAX_WINDOW_SIZE: u16 = 1000;
 
-/// Hard ceilings on the limits themselves: a service record is copied on
-/// every shared-data read, so it must stay small.
+/// Hard ceilings on the limits themselves. Members cost a few dozen bytes
+/// per worker each; watched hosts are copied on every write of a service's
+/// shared record, so they stay fewer.
 pub const MAX_SERVICES: u16 = 1024;
-pub const MAX_HOSTS_PER_SERVICE: u16 = 512;
+pub const MAX_HOSTS_PER_SERVICE: u16 = 16384;
+pub const MAX_WATCHED_HOSTS_PER_SERVICE: u16 = 4096;
 
 impl Config {
     /// Parses and checks a plugin configuration. Empty input means all defaults.
@@ -461,9 +486,26 @@ impl Ejection {
 
 impl Steering {
     fn apply(&mut self, o: &Object) -> Result<(), ConfigError> {
-        o.only(&["enabled", "header", "encoding", "stripClientHeader"])?;
+        o.only(&[
+            "enabled",
+            "header",
+            "encoding",
+            "stripClientHeader",
+            "discoveryPercent",
+            "discoveryRetryOn",
+        ])?;
         o.bool("enabled", &mut self.enabled)?;
         o.bool("stripClientHeader", &mut self.strip_client_header)?;
+        o.number(
+            "discoveryPercent",
+            &mut self.discovery_percent,
+            0,
+            u64::from(MAX_DISCOVERY_PERCENT),
+        )?;
+        let mut retry_on = self.discovery_retry_on.clone();
+        o.string("discoveryRetryOn", &mut retry_on)?;
+        self.discovery_retry_on = retry_on_list(&retry_on)
+            .map_err(|reason| ConfigError::new(o.path("discoveryRetryOn"), reason))?;
         let mut header = self.header.clone();
         o.string("header", &mut header)?;
         self.header =
@@ -485,6 +527,39 @@ impl Steering {
     }
 }
 
+/// Envoy's `x-envoy-retry-on` policies that never resend a request an
+/// application may have acted on, plus `5xx` for those who accept that.
+const RETRY_ON_POLICIES: &[&str] = &[
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "envoy-ratelimited",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "retriable-headers",
+    "http3-post-connect-failure",
+];
+
+/// A comma-separated list of Envoy retry policies, normalised.
+fn retry_on_list(text: &str) -> Result<String, String> {
+    let mut out: Vec<&str> = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if !RETRY_ON_POLICIES.contains(&item) {
+            return Err(format!(
+                "`{item}` is not an Envoy retry policy (one of: {})",
+                RETRY_ON_POLICIES.join(", ")
+            ));
+        }
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    Ok(out.join(","))
+}
+
 /// A header name meshguard may set: a lower-cased HTTP token that is not
 /// a pseudo-header or a header HTTP framing depends on.
 fn header_name(text: &str) -> Result<String, String> {
@@ -504,7 +579,12 @@ fn header_name(text: &str) -> Result<String, String> {
 
 impl Limits {
     fn apply(&mut self, o: &Object) -> Result<(), ConfigError> {
-        o.only(&["maxServices", "maxHostsPerService", "hostIdleTimeout"])?;
+        o.only(&[
+            "maxServices",
+            "maxHostsPerService",
+            "maxWatchedHostsPerService",
+            "hostIdleTimeout",
+        ])?;
         o.number(
             "maxServices",
             &mut self.max_services,
@@ -516,6 +596,12 @@ impl Limits {
             &mut self.max_hosts_per_service,
             1,
             u64::from(MAX_HOSTS_PER_SERVICE),
+        )?;
+        o.number(
+            "maxWatchedHostsPerService",
+            &mut self.max_watched_hosts_per_service,
+            1,
+            u64::from(MAX_WATCHED_HOSTS_PER_SERVICE),
         )?;
         o.millis("hostIdleTimeout", &mut self.host_idle_timeout)
     }

@@ -38,6 +38,8 @@ struct Service {
     record: ServiceHealth,
     config: Config,
     events: Vec<Event>,
+    /// Every host seen, as a worker's members would be.
+    members: std::collections::BTreeSet<String>,
 }
 
 impl Service {
@@ -46,10 +48,17 @@ impl Service {
             record: ServiceHealth::new("outbound|80||reviews", 1),
             config,
             events: Vec::new(),
+            members: Default::default(),
         }
     }
 
     fn apply(&mut self, address: &str, pending: Pending, now: u64) {
+        self.members.insert(address.to_string());
+        self.record.note_members(self.members.len(), false, now);
+        // As a worker's flush does: time first, then the breaker, then the host.
+        self.record.advance(now, &self.config, &mut self.events);
+        self.record
+            .apply_breaker(&pending, now, &self.config, &mut self.events);
         let mut random = || 0;
         self.record.apply(
             address,
@@ -61,12 +70,22 @@ impl Service {
         );
     }
 
+    /// A host without a record is Healthy.
     fn state(&self, address: &str) -> HostState {
         self.record
             .host(address)
-            .expect("known host")
-            .health
-            .state()
+            .map_or(HostState::Healthy, |h| h.health.state())
+    }
+
+    fn weights(&self, now: u64) -> Vec<u8> {
+        self.members
+            .iter()
+            .map(|a| {
+                self.record
+                    .host(a)
+                    .map_or(100, |h| h.health.weight_percent(now, &self.config))
+            })
+            .collect()
     }
 
     fn refusals(&self) -> usize {
@@ -161,15 +180,14 @@ fn weights_reflect_grades() {
     for n in 1..=3 {
         service.apply(&host(n), successes(10), 0);
     }
-    service.apply(&host(2), failures(4), 1);
+    // A worker hands over a host's successes with its first failures.
+    let mut history = failures(4);
+    history.successes[0] = 6;
+    service.apply(&host(2), history, 1);
     service.apply(&host(3), failures(10), 1);
-    let weights = service.record.weights(2, &service.config);
-    assert_eq!(weights, [100, 50, 0]);
+    assert_eq!(service.weights(2), [100, 50, 0]);
     // host 3 returns after 10 s and ramps.
-    assert_eq!(
-        service.record.weights(10_001, &service.config),
-        [100, 50, 10]
-    );
+    assert_eq!(service.weights(10_001), [100, 50, 10]);
 }
 
 #[test]
@@ -191,25 +209,57 @@ fn time_driven_changes_are_due_and_applied() {
 }
 
 #[test]
-fn the_host_table_is_bounded() {
+fn only_hosts_with_evidence_get_a_record() {
     let mut service = Service::new(config());
     for n in 0..100 {
-        service.apply(&host(n), successes(1), n as u64);
+        service.apply(&host(n), successes(50), 0);
+    }
+    assert!(service.record.hosts.is_empty(), "successes need no record");
+    assert_eq!(
+        service.record.size(),
+        100,
+        "but the service's size is known"
+    );
+    service.apply(&host(7), failures(1), 1);
+    assert_eq!(service.record.hosts.len(), 1);
+    assert_eq!(service.record.hosts[0].address, host(7));
+}
+
+#[test]
+fn the_watched_table_is_bounded_and_newer_evidence_takes_the_place_of_older() {
+    let mut config = config();
+    config.limits.max_watched_hosts_per_service = 4;
+    let mut service = Service::new(config);
+    for n in 0..100 {
+        service.apply(&host(n), failures(1), n as u64);
     }
     assert_eq!(service.record.hosts.len(), 4);
-    // The most recently seen hosts are the ones kept.
+    // Healthy hosts with one failure each: the most recent are kept.
     assert!(service.record.host(&host(99)).is_some());
     assert!(service.record.host(&host(0)).is_none());
+    // A host with more failures is not pushed out by one with fewer.
+    service.apply(&host(98), failures(2), 200);
+    service.apply(&host(97), failures(2), 200);
+    service.apply(&host(96), failures(2), 200);
+    service.apply(&host(99), failures(2), 200);
+    service.apply(&host(50), failures(1), 300);
+    assert!(service.record.host(&host(50)).is_none());
+    assert!(service
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::HostNotTracked { .. })));
 }
 
 #[test]
 fn graded_hosts_are_never_evicted_for_newcomers() {
-    let mut service = Service::new(config());
+    let mut config = config();
+    config.limits.max_watched_hosts_per_service = 4;
+    let mut service = Service::new(config);
     for n in 0..4 {
         service.apply(&host(n), failures(10), 0);
     }
     // One is ejected, the others Degraded under the cap: nothing to evict.
-    service.apply(&host(50), successes(1), 1);
+    service.apply(&host(50), failures(10), 1);
     assert!(service.record.host(&host(50)).is_none());
     assert!(service
         .events
@@ -219,10 +269,37 @@ fn graded_hosts_are_never_evicted_for_newcomers() {
 }
 
 #[test]
+fn hosts_are_released_once_nothing_sets_them_apart() {
+    let mut service = Service::new(config());
+    // One failure, then a clean window: Healthy with a failure on record.
+    service.apply(&host(1), failures(1), 0);
+    service.apply(&host(1), successes(5), 1);
+    assert!(service.record.host(&host(1)).is_some());
+    // The failure rolls out of the 10-outcome window: released.
+    service.apply(&host(1), successes(5), 2);
+    let mut events = Vec::new();
+    service.record.advance(3, &service.config, &mut events);
+    assert!(service.record.host(&host(1)).is_none());
+    // An ejected host stays until its backoff is earned back: ejected at
+    // 10 for 10 s, warm-up 30 s, then one base ejection time (10 s).
+    service.apply(&host(2), failures(10), 10);
+    service.apply(&host(2), successes(10), 40_010);
+    service.record.advance(40_011, &service.config, &mut events);
+    assert_eq!(service.state(&host(2)), HostState::Healthy);
+    assert!(
+        service.record.host(&host(2)).is_some(),
+        "backoff not earned back"
+    );
+    service.record.advance(50_010, &service.config, &mut events);
+    assert!(service.record.host(&host(2)).is_none());
+}
+
+#[test]
 fn idle_healthy_hosts_are_forgotten() {
     let mut service = Service::new(config());
-    service.apply(&host(1), successes(1), 0);
-    service.apply(&host(2), failures(10), 0);
+    service.apply(&host(1), failures(1), 0);
+    service.apply(&host(1), successes(5), 0);
+    service.apply(&host(2), failures(10), 55_000);
     let mut events = Vec::new();
     assert!(service.record.due(60_000, &service.config));
     service.record.advance(60_000, &service.config, &mut events);
@@ -248,6 +325,7 @@ fn pending_failures_are_bounded() {
 #[test]
 fn records_survive_the_shared_data_round_trip() {
     let mut service = Service::new(config());
+    service.apply(&host(1), failures(1), 0);
     service.apply(&host(1), successes(5), 0);
     service.apply(&host(2), failures(10), 0);
     let bytes = encode(&service.record).unwrap();

@@ -39,7 +39,7 @@ fn with_filter<R>(f: impl FnOnce(&mut Filter) -> R) -> Option<R> {
 impl Filter {
     /// The request's state and the worker that serves it, creating the
     /// state at the request's first callback.
-    fn stream(&mut self, context_id: u32) -> Option<(&mut Stream, &mut super::worker::Worker)> {
+    fn stream(&mut self, context_id: u32) -> Option<(&mut Stream, &mut super::envoy_host::Worker)> {
         let roots = &self.roots;
         let Some(stream) = self.streams.get_or_create(context_id, || roots.clock_ms()) else {
             if !self.refused_logged {

@@ -3,23 +3,18 @@
 //! error is handled, nothing here may panic.
 
 mod abi;
+mod envoy_host;
 mod host;
-mod metrics;
 mod props;
 mod roots;
-mod store;
 mod stream;
-mod worker;
 
 use std::rc::Rc;
 
 use crate::config::Config;
+use crate::state::worker::TICK_MS;
+use envoy_host::{EnvoyHost, Worker};
 use roots::Root;
-use worker::Worker;
-
-/// How often each worker writes batched successes and re-reads the other
-/// workers' view; bounds how stale a worker's host grades can be.
-const TICK_MS: u32 = 100;
 
 /// Once per VM, before any callback.
 fn init() {
@@ -83,7 +78,9 @@ fn configure(root: &mut Root, size: usize) -> bool {
     let config = match Config::parse(&bytes) {
         Ok(config) => Rc::new(config),
         Err(error) => {
-            metrics::Metrics::default().add(crate::metrics::global("config_rejected"), 1);
+            if let Ok(id) = host::define_metric(0, &crate::metrics::global("config_rejected")) {
+                let _ = host::increment_metric(id, 1);
+            }
             let kept = if root.worker.is_some() {
                 "keeping the previous configuration"
             } else {
@@ -100,7 +97,7 @@ fn configure(root: &mut Root, size: usize) -> bool {
             // Workers start within the same millisecond: seed each from
             // the host's entropy, or request ids would repeat across them.
             let seed = host::random_u64().unwrap_or(0) ^ now;
-            root.worker = Some(Worker::new(config, &root.name, now, seed));
+            root.worker = Some(Worker::new(EnvoyHost, config, &root.name, now, seed));
         }
     }
     if let Err(status) = host::set_tick_period_ms(TICK_MS) {

@@ -14,6 +14,7 @@ const SOURCE_ADDRESS: &[u8] = b"source\0address";
 const ROUTE_NAME: &[u8] = b"xds\0route_name";
 const VIRTUAL_HOST_NAME: &[u8] = b"xds\0virtual_host_name";
 const ROUTE_METADATA: &[u8] = b"xds\0route_metadata";
+const REQUEST_ATTEMPT_COUNT: &[u8] = b"upstream\0request_attempt_count";
 
 fn string(path: &[u8]) -> Option<String> {
     let bytes = host::property(path).ok()??;
@@ -70,6 +71,11 @@ pub fn plugin_root_id() -> Option<String> {
 
 pub fn response_code() -> Option<u16> {
     integer(RESPONSE_CODE).and_then(|code| u16::try_from(code).ok())
+}
+
+/// Upstream attempts the request took (1 without retries).
+pub fn request_attempt_count() -> Option<u64> {
+    integer(REQUEST_ATTEMPT_COUNT).and_then(|n| u64::try_from(n).ok())
 }
 
 pub fn response_flags() -> Option<u64> {

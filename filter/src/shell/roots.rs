@@ -10,10 +10,10 @@
 //! the live instances apart; otherwise the newest configuration governs.
 //! An instance Envoy deleted stops ticking and is forgotten.
 
+use super::envoy_host::Worker;
 use super::host;
 use super::props;
 use super::stream::Stream;
-use super::worker::Worker;
 
 /// Ticks come every 100 ms; an instance silent this long was deleted.
 const SILENT_MS: u64 = 5_000;

@@ -8,14 +8,15 @@
 
 use std::rc::Rc;
 
+use super::envoy_host::Worker;
 use super::host::{self, Map};
 use super::props;
-use super::worker::{Route, Worker};
 use crate::breaker::Admission;
 use crate::classify::{self, ResponseFacts};
 use crate::config::{BreakerMode, Config, Encoding};
 use crate::headers::{self, Action, Facts};
 use crate::service::Observation;
+use crate::state::worker::{Route, Routed, Steer};
 use crate::template::Values;
 
 /// What a callback tells Envoy (the ABI's `FilterHeadersStatus`).
@@ -34,7 +35,8 @@ pub struct Stream {
     scope: String,
     route: Option<Route>,
     cluster: Option<String>,
-    steered_to: Option<String>,
+    steered_to: Option<Rc<str>>,
+    discovery: bool,
     probe: bool,
     local_reply: bool,
     request_id: Option<String>,
@@ -114,18 +116,26 @@ impl Stream {
         let steering = &config.steering;
         let mut steered = false;
         if steering.enabled {
-            if let Some((value, address)) = worker.steer(&cluster, &self.scope) {
-                steered = host::set_header(Map::RequestHeaders, &steering.header, value).is_ok();
-                if steered {
-                    self.steered_to = Some(address.to_string());
+            match worker.steer(&cluster, &self.scope) {
+                Some(Steer::To { value, address }) => {
+                    steered =
+                        host::set_header(Map::RequestHeaders, &steering.header, value).is_ok();
+                    if steered {
+                        self.steered_to = Some(Rc::clone(address));
+                    }
                 }
+                Some(Steer::Discover { retry_on }) => {
+                    self.discovery = true;
+                    ask_for_retries(retry_on);
+                }
+                None => {}
             }
         }
         if !steered {
             self.strip_client_steering(&config);
         }
         if !rules.request.is_empty() {
-            let address = self.steered_to.clone();
+            let address = self.steered_to.as_deref().map(str::to_string);
             let rules = &rules.request;
             self.run_rules(worker, Map::RequestHeaders, rules, &cluster, address, None);
         }
@@ -224,6 +234,11 @@ impl Stream {
             &config,
             &address,
             observation,
+            match (&self.steered_to, self.discovery) {
+                (Some(host), _) => Routed::To(host),
+                (None, true) => Routed::Discovery,
+                (None, false) => Routed::Envoy,
+            },
         );
     }
 
@@ -357,5 +372,23 @@ impl Stream {
             let _ = host::remove_header(Map::RequestHeaders, &steering.header);
         }
         CONTINUE
+    }
+}
+
+/// A request left to Envoy's load balancer while some host is ejected may
+/// land there: ask Envoy to retry it elsewhere (on top of the route's own
+/// policy; `x-envoy-max-retries` is left alone, so a route's count stands
+/// and a route without retries gets Envoy's default of one).
+fn ask_for_retries(retry_on: &str) {
+    if retry_on.is_empty() {
+        return;
+    }
+    let _ = host::set_header(Map::RequestHeaders, "x-envoy-retry-on", retry_on.as_bytes());
+    if retry_on.split(',').any(|p| p == "retriable-status-codes") {
+        let _ = host::set_header(
+            Map::RequestHeaders,
+            "x-envoy-retriable-status-codes",
+            crate::config::DISCOVERY_RETRIABLE_STATUS_CODES.as_bytes(),
+        );
     }
 }

@@ -1,0 +1,226 @@
+//! The hosts of one service as one worker knows them: Envoy's membership,
+//! learnt from where its requests went, so that steering can pick among
+//! every host, not only those with a record. Bounded; a host that stops
+//! appearing is forgotten, one that steering shows gone leaves at once.
+//!
+//! Upstream addresses come from Envoy's cluster, not from clients, so a
+//! fixed-key hash is enough (and needs no entropy from the host).
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+use std::rc::Rc;
+
+pub type FixedState = BuildHasherDefault<DefaultHasher>;
+
+/// Members checked for idleness per sweep: the sweep's cost per tick does
+/// not grow with the service.
+const SWEEP_BUDGET: usize = 64;
+/// Hosts steering showed gone that are remembered, so another worker's
+/// record does not bring them back into the plan.
+const MAX_GONE: usize = 64;
+/// How long a host steering showed gone is kept out of the plan unless it
+/// is seen again.
+pub const GONE_FOR_MS: u64 = 60_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    Known,
+    /// Not known before; now a member.
+    New,
+    /// Not known, and the table is full (`limits.maxHostsPerService`).
+    Full,
+}
+
+#[derive(Debug)]
+struct Member {
+    address: Rc<str>,
+    last_seen_ms: u64,
+    /// Successes since the last failure (or since they were taken): the
+    /// history a host brings when its first failure gets it a record.
+    successes: u16,
+}
+
+#[derive(Debug, Default)]
+pub struct Members {
+    slots: Vec<Member>,
+    index: HashMap<Rc<str>, usize, FixedState>,
+    sweep_at: usize,
+    /// Set when a member came or went; cleared by [`Members::take_changed`].
+    changed: bool,
+    /// Set when steering showed a member gone: the service shrank, which
+    /// other workers must not undo with their older, larger count.
+    shrank: bool,
+    gone: Vec<(Rc<str>, u64)>,
+}
+
+impl Members {
+    /// `address` answered a request at `now`, successfully or not.
+    pub fn saw(&mut self, address: &str, now: u64, capacity: usize, success: bool) -> Seen {
+        if let Some(&slot) = self.index.get(address) {
+            let member = &mut self.slots[slot];
+            if member.last_seen_ms < now {
+                member.last_seen_ms = now;
+            }
+            member.successes = if success {
+                member.successes.saturating_add(1)
+            } else {
+                0
+            };
+            return Seen::Known;
+        }
+        if self.slots.len() >= capacity {
+            return Seen::Full;
+        }
+        let address: Rc<str> = Rc::from(address);
+        self.gone.retain(|(a, _)| *a != address);
+        self.index.insert(Rc::clone(&address), self.slots.len());
+        self.slots.push(Member {
+            address,
+            last_seen_ms: now,
+            successes: u16::from(success),
+        });
+        self.changed = true;
+        Seen::New
+    }
+
+    /// The successes `address` had before its latest outcome, which was a
+    /// failure (counted as they came, handed over once).
+    pub fn take_successes(&mut self, address: &str) -> u16 {
+        let Some(&slot) = self.index.get(address) else {
+            return 0;
+        };
+        std::mem::take(&mut self.slots[slot].successes)
+    }
+
+    /// The shared name of a member's address (no allocation).
+    pub fn address(&self, address: &str) -> Option<Rc<str>> {
+        let slot = *self.index.get(address)?;
+        Some(Rc::clone(&self.slots[slot].address))
+    }
+
+    pub fn contains(&self, address: &str) -> bool {
+        self.index.contains_key(address)
+    }
+
+    /// `address` is no longer in the cluster (a request steered to it went
+    /// elsewhere).
+    pub fn left(&mut self, address: &str, now: u64) {
+        if let Some(slot) = self.index.remove(address) {
+            self.remove_slot(slot);
+        }
+        if !self.gone.iter().any(|(a, _)| &**a == address) {
+            if self.gone.len() >= MAX_GONE {
+                self.gone.remove(0);
+            }
+            self.gone.push((Rc::from(address), now));
+        }
+        self.changed = true;
+        self.shrank = true;
+    }
+
+    /// Whether steering showed `address` gone lately (and it was not seen since).
+    pub fn is_gone(&self, address: &str, now: u64) -> bool {
+        self.gone
+            .iter()
+            .any(|(a, at)| &**a == address && now.saturating_sub(*at) < GONE_FOR_MS)
+    }
+
+    fn remove_slot(&mut self, slot: usize) {
+        self.slots.swap_remove(slot);
+        if let Some(moved) = self.slots.get(slot) {
+            if let Some(position) = self.index.get_mut(&moved.address) {
+                *position = slot;
+            }
+        }
+    }
+
+    /// Forgets members not seen for `idle_ms`, looking at a bounded number
+    /// of them per call (a full pass takes members / budget calls).
+    pub fn sweep(&mut self, now: u64, idle_ms: u64) {
+        if idle_ms == 0 || self.slots.is_empty() {
+            return;
+        }
+        for _ in 0..SWEEP_BUDGET.min(self.slots.len()) {
+            if self.sweep_at >= self.slots.len() {
+                self.sweep_at = 0;
+            }
+            let member = &self.slots[self.sweep_at];
+            if now.saturating_sub(member.last_seen_ms) >= idle_ms {
+                let address = Rc::clone(&member.address);
+                self.index.remove(&address);
+                self.remove_slot(self.sweep_at);
+                self.changed = true;
+            } else {
+                self.sweep_at += 1;
+            }
+        }
+        self.gone
+            .retain(|(_, at)| now.saturating_sub(*at) < GONE_FOR_MS);
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Rc<str>> {
+        self.slots.iter().map(|m| &m.address)
+    }
+
+    pub fn take_shrank(&mut self) -> bool {
+        std::mem::take(&mut self.shrank)
+    }
+
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learns_bounded_and_forgets() {
+        let mut m = Members::default();
+        assert_eq!(m.saw("a:1", 0, 2, true), Seen::New);
+        assert_eq!(m.saw("a:1", 5, 2, true), Seen::Known);
+        assert_eq!(m.saw("b:1", 5, 2, true), Seen::New);
+        assert_eq!(m.saw("c:1", 5, 2, true), Seen::Full, "bounded");
+        assert!(m.take_changed());
+        assert!(!m.take_changed());
+        assert_eq!(m.take_successes("a:1"), 2, "two successes so far");
+        assert_eq!(m.take_successes("a:1"), 0, "handed over once");
+        m.saw("b:1", 6, 2, false);
+        assert_eq!(m.take_successes("b:1"), 0, "a failure ends the run");
+        m.left("a:1", 10);
+        assert!(!m.contains("a:1"));
+        assert!(m.is_gone("a:1", 11));
+        assert!(m.contains("b:1"), "the moved slot is still indexed");
+        assert_eq!(m.saw("a:1", 12, 2, true), Seen::New, "seen again: back");
+        assert!(!m.is_gone("a:1", 12));
+        // b last seen at 5, a at 12: an idle sweep at 1000+5 forgets b only.
+        m.sweep(1006, 1000);
+        assert!(!m.contains("b:1"));
+        assert!(m.contains("a:1"));
+        assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn a_sweep_costs_a_bounded_number_of_steps() {
+        let mut m = Members::default();
+        for i in 0..1000 {
+            m.saw(&format!("10.0.{}.{}:80", i / 250, i % 250), 0, 4096, true);
+        }
+        m.sweep(10_000, 1000);
+        assert_eq!(m.len(), 1000 - SWEEP_BUDGET);
+        for _ in 0..20 {
+            m.sweep(10_000, 1000);
+        }
+        assert!(m.is_empty());
+    }
+}

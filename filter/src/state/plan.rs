@@ -1,0 +1,244 @@
+//! A service's steering plan on one worker: every host it may steer to,
+//! grouped by weight. A pick chooses a group by smooth weighted round robin
+//! over the groups' total weights, then the next host of that group in
+//! turn: exact shares, and a cost per request set by the handful of
+//! distinct weights (full, Degraded, the warm-up steps), not by the number
+//! of hosts. A share of the picks is left to Envoy's own load balancer, so
+//! hosts meshguard has not seen yet are found (see `state::members`).
+
+use std::rc::Rc;
+
+use base64::Engine;
+
+use crate::config::Encoding;
+use crate::steering::{xorshift, SmoothPicker};
+
+/// A host steering can send a request to.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub address: Rc<str>,
+    /// The header value when it is not the address itself (base64).
+    encoded: Option<Box<[u8]>>,
+}
+
+impl Target {
+    pub fn value(&self) -> &[u8] {
+        self.encoded
+            .as_deref()
+            .unwrap_or_else(|| self.address.as_bytes())
+    }
+}
+
+#[derive(Debug)]
+struct Group {
+    weight: u8,
+    targets: Vec<Target>,
+    next: usize,
+}
+
+/// What a request gets.
+#[derive(Debug, Clone, Copy)]
+pub enum Choice<'a> {
+    Host(&'a Target),
+    /// Left to Envoy's load balancer (discovery).
+    Envoy,
+}
+
+#[derive(Debug)]
+pub struct Plan {
+    groups: Vec<Group>,
+    totals: Vec<u32>,
+    picker: SmoothPicker,
+    /// Discovery credit in percent: a request is left to Envoy each time
+    /// it reaches 100.
+    credit: u16,
+    /// Hosts the plan was built over (weight 0 included).
+    pub hosts: usize,
+    /// Some host is ejected (weight 0): requests left to Envoy may land on
+    /// it, so they carry a retry policy.
+    pub has_ejected: bool,
+}
+
+impl Plan {
+    /// A plan over `hosts` (address, weight in percent of a healthy host's).
+    /// `None` when nothing needs steering: every host at full weight, or
+    /// none with any weight.
+    pub fn build<'a>(
+        hosts: impl Iterator<Item = (&'a Rc<str>, u8)>,
+        encoding: Encoding,
+        seed: u64,
+    ) -> Option<Plan> {
+        let mut groups: Vec<Group> = Vec::new();
+        let mut count = 0;
+        let mut has_ejected = false;
+        for (address, weight) in hosts {
+            count += 1;
+            if weight == 0 {
+                has_ejected = true;
+                continue;
+            }
+            let target = Target {
+                address: Rc::clone(address),
+                encoded: match encoding {
+                    Encoding::Plain => None,
+                    Encoding::Base64 => Some(
+                        base64::engine::general_purpose::STANDARD
+                            .encode(address.as_bytes())
+                            .into_bytes()
+                            .into_boxed_slice(),
+                    ),
+                },
+            };
+            match groups.iter_mut().find(|g| g.weight == weight) {
+                Some(group) => group.targets.push(target),
+                None => groups.push(Group {
+                    weight,
+                    targets: vec![target],
+                    next: 0,
+                }),
+            }
+        }
+        let reduced = has_ejected || groups.iter().any(|g| g.weight < 100);
+        if !reduced || groups.is_empty() {
+            return None;
+        }
+        // Workers start their round robin at different hosts.
+        let mut state = seed | 1;
+        for group in &mut groups {
+            state = xorshift(state);
+            group.next = (state % group.targets.len() as u64) as usize;
+        }
+        let totals: Vec<u32> = groups
+            .iter()
+            .map(|g| {
+                u32::from(g.weight)
+                    .saturating_mul(u32::try_from(g.targets.len()).unwrap_or(u32::MAX))
+            })
+            .collect();
+        let picker = SmoothPicker::new(&totals, xorshift(state));
+        Some(Plan {
+            groups,
+            totals,
+            picker,
+            credit: 0,
+            hosts: count,
+            has_ejected,
+        })
+    }
+
+    /// The next request's host, or `Envoy` for one of the
+    /// `discovery_percent` left to Envoy's load balancer.
+    pub fn pick(&mut self, discovery_percent: u8) -> Option<Choice<'_>> {
+        self.credit += u16::from(discovery_percent);
+        if self.credit >= 100 {
+            self.credit -= 100;
+            return Some(Choice::Envoy);
+        }
+        let index = self.picker.pick(&self.totals)?;
+        let group = self.groups.get_mut(index)?;
+        if group.next >= group.targets.len() {
+            group.next = 0;
+        }
+        let target = &group.targets[group.next];
+        group.next += 1;
+        Some(Choice::Host(target))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn names(n: usize) -> Vec<Rc<str>> {
+        (0..n)
+            .map(|i| Rc::from(format!("10.0.{}.{}:80", i / 250, i % 250)))
+            .collect()
+    }
+
+    fn shares(plan: &mut Plan, picks: usize, discovery: u8) -> (HashMap<String, usize>, usize) {
+        let mut counts = HashMap::new();
+        let mut envoy = 0;
+        for _ in 0..picks {
+            match plan.pick(discovery).unwrap() {
+                Choice::Host(t) => *counts.entry(t.address.to_string()).or_insert(0) += 1,
+                Choice::Envoy => envoy += 1,
+            }
+        }
+        (counts, envoy)
+    }
+
+    #[test]
+    fn nothing_to_steer_when_all_are_at_full_weight_or_none_has_weight() {
+        let hosts = names(3);
+        assert!(Plan::build(hosts.iter().map(|h| (h, 100)), Encoding::Plain, 1).is_none());
+        assert!(Plan::build(hosts.iter().map(|h| (h, 0)), Encoding::Plain, 1).is_none());
+    }
+
+    #[test]
+    fn shares_follow_weights_at_any_size() {
+        for n in [3, 100, 10_000] {
+            let hosts = names(n);
+            // Host 0 ejected, host 1 at half weight, the rest full.
+            let weight = |i: usize| match i {
+                0 => 0,
+                1 => 50,
+                _ => 100,
+            };
+            let mut plan = Plan::build(
+                hosts.iter().enumerate().map(|(i, h)| (h, weight(i))),
+                Encoding::Plain,
+                7,
+            )
+            .unwrap();
+            assert!(plan.has_ejected);
+            let total_weight = 50 + 100 * (n - 2);
+            let picks = total_weight * 4;
+            let (counts, envoy) = shares(&mut plan, picks, 0);
+            assert_eq!(envoy, 0);
+            assert_eq!(
+                counts.get(&*hosts[0]),
+                None,
+                "{n}: ejected host never picked"
+            );
+            assert_eq!(counts[&*hosts[1]], 200, "{n}");
+            for h in &hosts[2..] {
+                assert_eq!(counts[&**h], 400, "{n}: every full host its exact share");
+            }
+        }
+    }
+
+    #[test]
+    fn discovery_leaves_its_share_to_envoy() {
+        let hosts = names(4);
+        let mut plan = Plan::build(
+            hosts
+                .iter()
+                .enumerate()
+                .map(|(i, h)| (h, if i == 0 { 0 } else { 100 })),
+            Encoding::Plain,
+            3,
+        )
+        .unwrap();
+        let (_, envoy) = shares(&mut plan, 1000, 5);
+        assert_eq!(envoy, 50);
+    }
+
+    #[test]
+    fn base64_values_encode_the_address() {
+        let hosts = names(2);
+        let mut plan = Plan::build(
+            hosts
+                .iter()
+                .enumerate()
+                .map(|(i, h)| (h, if i == 0 { 0 } else { 100 })),
+            Encoding::Base64,
+            3,
+        )
+        .unwrap();
+        let Some(Choice::Host(t)) = plan.pick(0) else {
+            panic!("a host")
+        };
+        assert_eq!(t.value(), b"MTAuMC4wLjE6ODA=");
+    }
+}

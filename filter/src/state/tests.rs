@@ -1,0 +1,466 @@
+//! Native tests of the state layer: several workers over one in-memory
+//! shared data, as Envoy's worker VMs share theirs.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use super::host::Host;
+use super::memory::{MemoryHost, SharedData};
+use super::worker::{Routed, Steer, Worker, IDLE_TICK_MS, TICK_MS};
+use crate::classify::{FailureKind, Outcome};
+use crate::config::Config;
+use crate::health::HostState;
+use crate::service::Observation;
+
+const CLUSTER: &str = "outbound|80||reviews.default.svc.cluster.local";
+
+fn config(json: &str) -> Rc<Config> {
+    Rc::new(Config::parse(json.as_bytes()).expect("valid configuration"))
+}
+
+fn defaults() -> Rc<Config> {
+    config("")
+}
+
+fn address(i: usize) -> String {
+    format!("10.{}.{}.{}:8080", i / 65536, (i / 256) % 256, i % 256)
+}
+
+fn worker(shared: &Rc<SharedData>, config: Rc<Config>, seed: u64) -> Worker<MemoryHost> {
+    let host = MemoryHost::new(Rc::clone(shared));
+    host.cluster.replace(Some(CLUSTER.to_string()));
+    Worker::new(host, config, "meshguard", 0, seed)
+}
+
+fn ok() -> Observation {
+    Observation::plain(Outcome::SUCCESS)
+}
+
+fn fail() -> Observation {
+    Observation::plain(Outcome {
+        failure: Some(FailureKind::Gateway(503)),
+        slow: false,
+    })
+}
+
+/// A simulated Envoy cluster in front of one worker: a random pick over
+/// the members (Istio's default LEAST_REQUEST picks the less loaded of two
+/// random hosts), honouring the steering header when it names a member
+/// (as the override_host policy does).
+struct Cluster {
+    members: Vec<String>,
+    random: u64,
+}
+
+impl Cluster {
+    fn new(n: usize) -> Self {
+        Cluster {
+            members: (0..n).map(address).collect(),
+            random: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+
+    fn round_robin(&mut self) -> String {
+        self.random = crate::steering::xorshift(self.random);
+        let index = (self.random % self.members.len() as u64) as usize;
+        self.members[index].clone()
+    }
+}
+
+/// Runs `count` requests through `worker` at `now`; `outcome` says how
+/// each host answers. Returns the requests each host got.
+fn traffic(
+    worker: &mut Worker<MemoryHost>,
+    cluster: &mut Cluster,
+    count: usize,
+    now: u64,
+    outcome: &dyn Fn(&str) -> Observation,
+) -> HashMap<String, usize> {
+    worker.host().now.set(now);
+    let config = worker.config_for(None).0;
+    let mut got = HashMap::new();
+    for _ in 0..count {
+        let active = worker.request_path_active();
+        let (steered, discovery) = match active.then(|| worker.steer(CLUSTER, "")).flatten() {
+            Some(Steer::To { address, .. }) => (Some(address.to_string()), false),
+            Some(Steer::Discover { .. }) => (None, true),
+            None => (None, false),
+        };
+        let target = match &steered {
+            Some(a) if cluster.members.contains(a) => a.clone(),
+            _ => cluster.round_robin(),
+        };
+        *got.entry(target.clone()).or_insert(0) += 1;
+        let routed = match (&steered, discovery) {
+            (Some(a), _) => Routed::To(a),
+            (None, true) => Routed::Discovery,
+            (None, false) => Routed::Envoy,
+        };
+        worker.observe_request(None, "", &config, &target, outcome(&target), routed);
+    }
+    got
+}
+
+fn state(worker: &Worker<MemoryHost>, host: &str) -> HostState {
+    worker.host_state(CLUSTER, "", host)
+}
+
+#[test]
+fn a_hard_down_host_is_ejected_and_avoided_at_any_size() {
+    for n in [3, 100, 1000, 10_000] {
+        let shared = Rc::new(SharedData::default());
+        let mut worker = worker(&shared, defaults(), 1);
+        let mut cluster = Cluster::new(n);
+        let bad = address(n / 2);
+        let outcome = |a: &str| if a == bad { fail() } else { ok() };
+        // Before the incident, Envoy's round robin showed every host.
+        let mut now = 1_000;
+        for _ in 0..(6 * n / 100).max(1) {
+            traffic(&mut worker, &mut cluster, 100, now, &|_| ok());
+            now += 100;
+            worker.tick(now);
+        }
+        for _ in 0..(8 * n / 100).max(5) {
+            traffic(&mut worker, &mut cluster, 100, now, &outcome);
+            now += 100;
+            worker.tick(now);
+            if state(&worker, &bad) == HostState::Unhealthy {
+                break;
+            }
+        }
+        assert_eq!(state(&worker, &bad), HostState::Unhealthy, "{n} hosts");
+        let got = traffic(&mut worker, &mut cluster, 50 * n, now, &outcome);
+        let bad_got = got.get(&bad).copied().unwrap_or(0);
+        // Only the discovery share (5 %) is left to Envoy, 1/n of it to the bad host.
+        assert!(
+            (bad_got as f64) <= 0.05 * 50.0 * 2.0 + 3.0,
+            "{n} hosts: the ejected host got {bad_got}"
+        );
+        let fair = 50.0 * n as f64 / (n - 1) as f64;
+        for host in cluster.members.iter().filter(|h| **h != bad) {
+            let share = got.get(host).copied().unwrap_or(0) as f64;
+            assert!(
+                share >= fair * 0.7 && share <= fair * 1.3,
+                "{n} hosts: {host} got {share}, fair {fair:.1}"
+            );
+        }
+        // What a failure rewrites does not grow with the service.
+        let record_bytes = shared.bytes();
+        assert!(
+            record_bytes < 2_000,
+            "{n} hosts: shared data holds {record_bytes} bytes"
+        );
+    }
+}
+
+#[test]
+fn new_hosts_get_their_share_while_steering() {
+    let shared = Rc::new(SharedData::default());
+    let mut worker = worker(&shared, defaults(), 2);
+    let mut cluster = Cluster::new(3);
+    let bad = address(1);
+    let outcome = |a: &str| if a == bad { fail() } else { ok() };
+    let mut now = 1_000;
+    for _ in 0..5 {
+        traffic(&mut worker, &mut cluster, 60, now, &outcome);
+        now += 100;
+        worker.tick(now);
+    }
+    assert_eq!(state(&worker, &bad), HostState::Unhealthy);
+    // Three hosts join (EDS). Within a few seconds they get their share.
+    cluster.members.extend((3..6).map(address));
+    for _ in 0..30 {
+        traffic(&mut worker, &mut cluster, 20, now, &outcome);
+        now += 100;
+        worker.tick(now);
+    }
+    let got = traffic(&mut worker, &mut cluster, 1000, now, &outcome);
+    for i in [0, 2, 3, 4, 5] {
+        let share = got.get(&address(i)).copied().unwrap_or(0);
+        assert!(
+            (150..=250).contains(&share),
+            "host {i} got {share} of 1000 (fair 200): {got:?}"
+        );
+    }
+}
+
+#[test]
+fn a_host_that_left_the_cluster_leaves_the_plan() {
+    let shared = Rc::new(SharedData::default());
+    let mut worker = worker(&shared, defaults(), 3);
+    let mut cluster = Cluster::new(4);
+    let bad = address(0);
+    let outcome = |a: &str| if a == bad { fail() } else { ok() };
+    let mut now = 1_000;
+    for _ in 0..5 {
+        traffic(&mut worker, &mut cluster, 40, now, &outcome);
+        now += 100;
+        worker.tick(now);
+    }
+    assert_eq!(state(&worker, &bad), HostState::Unhealthy);
+    // Host 3 goes away: steered requests to it come back from elsewhere.
+    let gone = address(3);
+    cluster.members.retain(|m| *m != gone);
+    traffic(&mut worker, &mut cluster, 20, now, &outcome);
+    now += 100;
+    worker.tick(now);
+    let got = traffic(&mut worker, &mut cluster, 300, now, &outcome);
+    assert_eq!(got.get(&gone), None);
+    for i in [1, 2] {
+        let share = got.get(&address(i)).copied().unwrap_or(0);
+        assert!((130..=160).contains(&share), "host {i}: {got:?}");
+    }
+}
+
+#[test]
+fn a_worker_that_never_served_the_service_honours_the_ejection() {
+    let shared = Rc::new(SharedData::default());
+    let mut a = worker(&shared, defaults(), 4);
+    let mut b = worker(&shared, defaults(), 5);
+    let mut cluster = Cluster::new(3);
+    let bad = address(2);
+    let outcome = |x: &str| if x == bad { fail() } else { ok() };
+    let mut now = 1_000;
+    for _ in 0..5 {
+        traffic(&mut a, &mut cluster, 30, now, &outcome);
+        now += 100;
+        a.tick(now);
+    }
+    assert_eq!(state(&a, &bad), HostState::Unhealthy);
+    b.host().now.set(now);
+    b.tick(now);
+    assert_eq!(state(&b, &bad), HostState::Unhealthy, "adopted on its tick");
+    // b has seen no host yet: it leaves requests to Envoy until it knows
+    // the service, then steers around the ejected host.
+    let mut b_cluster = Cluster::new(3);
+    let mut bad_got = 0;
+    for _ in 0..10 {
+        let got = traffic(&mut b, &mut b_cluster, 30, now, &outcome);
+        bad_got += got.get(&bad).copied().unwrap_or(0);
+        now += 100;
+        b.tick(now);
+    }
+    let got = traffic(&mut b, &mut b_cluster, 300, now, &outcome);
+    assert!(got.get(&bad).copied().unwrap_or(0) <= 10, "{got:?}");
+    assert!(
+        bad_got < 30,
+        "learning cost {bad_got} requests to the ejected host"
+    );
+}
+
+#[test]
+fn failures_from_two_workers_meet_in_one_record_despite_cas_conflicts() {
+    let shared = Rc::new(SharedData::default());
+    let config = config(r#"{"circuitBreaker":{"enabled":false}}"#);
+    let mut a = worker(&shared, Rc::clone(&config), 6);
+    let mut b = worker(&shared, Rc::clone(&config), 7);
+    let bad = address(9);
+    a.host().now.set(10);
+    b.host().now.set(10);
+    // Interleaved failures; another writer bumps the record between them.
+    for i in 0..3 {
+        a.observe_request(Some(CLUSTER), "", &config, &bad, fail(), Routed::Envoy);
+        b.observe_request(Some(CLUSTER), "", &config, &bad, fail(), Routed::Envoy);
+        if i == 0 {
+            let key = shared
+                .keys()
+                .into_iter()
+                .find(|k| k.contains(".service."))
+                .expect("a record");
+            let (bytes, _) = a.host().shared_get(&key).unwrap();
+            shared.poke(&key, &bytes.unwrap());
+        }
+    }
+    // 6 consecutive failures across workers: ejected (consecutive5xx 5).
+    a.tick(20);
+    assert_eq!(state(&a, &bad), HostState::Unhealthy);
+    b.tick(20);
+    assert_eq!(state(&b, &bad), HostState::Unhealthy);
+}
+
+#[test]
+fn a_reused_slot_is_recognised() {
+    let shared = Rc::new(SharedData::default());
+    let config = config(r#"{"limits":{"maxServices":1,"hostIdleTimeout":"1s"}}"#);
+    let mut a = worker(&shared, Rc::clone(&config), 8);
+    a.host().now.set(10);
+    a.observe_request(
+        Some("first"),
+        "",
+        &config,
+        &address(1),
+        fail(),
+        Routed::Envoy,
+    );
+    assert_eq!(a.host_state("first", "", &address(1)), HostState::Healthy);
+    // Long idle: the only slot goes to another service.
+    let mut b = worker(&shared, Rc::clone(&config), 9);
+    b.host().now.set(5_000);
+    b.tick(5_000);
+    b.observe_request(
+        Some("second"),
+        "",
+        &config,
+        &address(2),
+        fail(),
+        Routed::Envoy,
+    );
+    b.tick(5_000);
+    let status = b.status_json(5_000);
+    assert!(status.contains("\"second\""), "{status}");
+    assert!(!status.contains("\"first\""), "{status}");
+    // The first worker finds its slot taken and lets go of it.
+    a.host().now.set(5_100);
+    a.tick(5_100);
+    a.observe_request(
+        Some("first"),
+        "",
+        &config,
+        &address(1),
+        fail(),
+        Routed::Envoy,
+    );
+    let status = a.status_json(5_100);
+    assert!(status.contains("\"second\""), "{status}");
+}
+
+#[test]
+fn at_the_host_limit_protection_degrades_and_says_so() {
+    let shared = Rc::new(SharedData::default());
+    let config = config(r#"{"limits":{"maxHostsPerService":50}}"#);
+    let mut w = worker(&shared, config, 10);
+    let mut cluster = Cluster::new(100);
+    let bad = address(10);
+    let outcome = |a: &str| if a == bad { fail() } else { ok() };
+    let mut now = 1_000;
+    for _ in 0..10 {
+        traffic(&mut w, &mut cluster, 100, now, &outcome);
+        now += 100;
+        w.tick(now);
+    }
+    assert_eq!(state(&w, &bad), HostState::Unhealthy, "still detected");
+    let not_tracked = w
+        .host()
+        .metric(&format!(
+            "meshguard.hosts_not_tracked.service.{}",
+            "outbound_80__reviews.default.svc.cluster.local"
+        ))
+        .or_else(|| {
+            w.host()
+                .metrics
+                .borrow()
+                .iter()
+                .find(|(k, _)| k.starts_with("meshguard.hosts_not_tracked"))
+                .map(|(_, (_, v))| *v)
+        })
+        .unwrap_or(0);
+    assert!(not_tracked > 0, "the limit is visible in the stats");
+    // The 50 unknown hosts still get traffic through Envoy.
+    let got = traffic(&mut w, &mut cluster, 2000, now, &outcome);
+    let starved = cluster
+        .members
+        .iter()
+        .filter(|m| !got.contains_key(*m))
+        .count();
+    assert!(starved <= 1, "{starved} hosts got nothing");
+}
+
+#[test]
+fn an_idle_worker_does_almost_nothing_whatever_the_service_size() {
+    for n in [3, 1000] {
+        let shared = Rc::new(SharedData::default());
+        let mut w = worker(&shared, defaults(), 11);
+        let mut cluster = Cluster::new(n);
+        let bad = address(0);
+        let outcome = |a: &str| if a == bad { fail() } else { ok() };
+        let mut now = 1_000;
+        for _ in 0..20 {
+            traffic(&mut w, &mut cluster, 200, now, &outcome);
+            now += 100;
+            w.tick(now);
+        }
+        // Traffic stops; a few seconds later the worker ticks slowly.
+        for _ in 0..30 {
+            now += 100;
+            w.tick(now);
+        }
+        assert_eq!(w.host().tick_period_ms.get(), IDLE_TICK_MS);
+        let calls = w.host().calls.get();
+        for _ in 0..10 {
+            now += u64::from(IDLE_TICK_MS);
+            w.tick(now);
+        }
+        let per_tick = (w.host().calls.get() - calls) as f64 / 10.0;
+        assert!(
+            per_tick <= 1.5,
+            "{n} hosts: {per_tick} host calls per idle tick"
+        );
+        // The next request wakes it up.
+        traffic(&mut w, &mut cluster, 1, now, &outcome);
+        assert_eq!(w.host().tick_period_ms.get(), TICK_MS);
+    }
+}
+
+#[test]
+fn a_configuration_update_keeps_what_was_learnt() {
+    let shared = Rc::new(SharedData::default());
+    let mut w = worker(&shared, defaults(), 12);
+    let mut cluster = Cluster::new(10);
+    let bad = address(3);
+    let outcome = |a: &str| if a == bad { fail() } else { ok() };
+    let mut now = 1_000;
+    for _ in 0..5 {
+        traffic(&mut w, &mut cluster, 100, now, &outcome);
+        now += 100;
+        w.tick(now);
+    }
+    w.reconfigure(config(r#"{"steering":{"discoveryPercent":0}}"#));
+    let got = traffic(&mut w, &mut cluster, 900, now, &outcome);
+    assert_eq!(
+        got.get(&bad),
+        None,
+        "still steered around, nothing left to Envoy"
+    );
+    assert_eq!(got.len(), 9, "every other host still known: {got:?}");
+}
+
+#[test]
+fn a_worker_that_knows_half_the_service_leaves_the_other_half_to_envoy() {
+    let shared = Rc::new(SharedData::default());
+    let mut w = worker(&shared, defaults(), 13);
+    let n = 1000;
+    // It has seen the first 500 hosts only (say, before a scale-up).
+    let mut cluster = Cluster::new(500);
+    let bad = address(7);
+    let outcome = |a: &str| if a == bad { fail() } else { ok() };
+    let mut now = 1_000;
+    for _ in 0..50 {
+        traffic(&mut w, &mut cluster, 100, now, &outcome);
+        now += 100;
+        w.tick(now);
+    }
+    assert_eq!(state(&w, &bad), HostState::Unhealthy);
+    cluster = Cluster::new(n);
+    let mut got: HashMap<String, usize> = HashMap::new();
+    for _ in 0..100 {
+        for (host, count) in traffic(&mut w, &mut cluster, 200, now, &outcome) {
+            *got.entry(host).or_insert(0) += count;
+        }
+        now += 100;
+        w.tick(now);
+    }
+    // Within 10 s (20,000 requests, 20 per host) the new half is served.
+    let new_half: usize = (500..n)
+        .map(|i| got.get(&address(i)).copied().unwrap_or(0))
+        .sum();
+    assert!(
+        new_half >= 6_000,
+        "the 500 new hosts got {new_half} of 20,000 requests"
+    );
+    let last = traffic(&mut w, &mut cluster, 50_000, now, &outcome);
+    let off = (0..n)
+        .filter(|i| *i != 7)
+        .filter(|i| !(30..=70).contains(&last.get(&address(*i)).copied().unwrap_or(0)))
+        .count();
+    assert_eq!(off, 0, "every host near its 50 requests at the end");
+}

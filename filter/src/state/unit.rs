@@ -1,0 +1,125 @@
+//! One worker's cache of one record ("unit"): an upstream service's hosts
+//! and breaker, or, for routes under an override with thresholds of its
+//! own, that override's share of the service; with the outcomes not yet
+//! written, the members seen and the steering plan.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use super::members::{FixedState, Members};
+use super::plan::Plan;
+use super::store::Slot;
+use crate::config::Config;
+use crate::metrics::FAILURE_KINDS;
+use crate::service::{Pending, ServiceHealth};
+
+pub struct Unit {
+    /// Shared-data name: the cluster, plus the override's scope if any.
+    pub key: String,
+    pub cluster: String,
+    pub scope: String,
+    pub config: Rc<Config>,
+    pub slot: Slot,
+    pub snapshot: ServiceHealth,
+    /// Outcomes of watched hosts, and failures of any host, not yet written.
+    pub pending: HashMap<Rc<str>, Pending, FixedState>,
+    /// Every outcome, for the breaker, not yet written.
+    pub breaker_pending: Pending,
+    pub members: Members,
+    pub plan: Option<Plan>,
+    /// The watched hosts' weights the plan was built from.
+    pub plan_basis: Vec<u8>,
+    /// Some watched host is below full weight.
+    pub steers: bool,
+    /// Percent of the service's hosts this worker does not know (its plan
+    /// leaves at least that share to Envoy's load balancer).
+    pub unknown_percent: u8,
+    /// Discovery requests lately, and how many of them found a host this
+    /// worker did not know.
+    pub discovery: (u16, u16),
+    /// Discovery's share is raised until then (a new host was just found).
+    pub discovery_boost_until_ms: u64,
+    /// When time alone next changes the record or its weights.
+    pub next_change_ms: Option<u64>,
+    pub last_touch_ms: u64,
+    pub last_used_ms: u64,
+    pub counts: Counts,
+    /// Hosts whose `host_state` gauge was last set to a state other than
+    /// Healthy: set back when they stop being watched.
+    pub graded_gauges: Vec<String>,
+}
+
+/// Per-unit counters kept on the request path (no host call) and added to
+/// Envoy's stats on the tick.
+#[derive(Default)]
+pub struct Counts {
+    pub requests: u64,
+    pub failures: [u64; FAILURE_KINDS.len()],
+    pub steered: u64,
+    pub local_replies: u64,
+    pub not_tracked: u64,
+}
+
+impl Counts {
+    pub fn is_empty(&self) -> bool {
+        self.requests == 0
+            && self.steered == 0
+            && self.local_replies == 0
+            && self.not_tracked == 0
+            && self.failures.iter().all(|n| *n == 0)
+    }
+}
+
+impl Unit {
+    pub fn new(
+        key: String,
+        cluster: &str,
+        scope: &str,
+        config: Rc<Config>,
+        slot: Slot,
+        snapshot: ServiceHealth,
+        now: u64,
+    ) -> Self {
+        Unit {
+            key,
+            cluster: cluster.to_string(),
+            scope: scope.to_string(),
+            config,
+            slot,
+            snapshot,
+            pending: HashMap::default(),
+            breaker_pending: Pending::default(),
+            members: Members::default(),
+            plan: None,
+            plan_basis: Vec::new(),
+            steers: false,
+            unknown_percent: 0,
+            discovery: (0, 0),
+            discovery_boost_until_ms: 0,
+            next_change_ms: None,
+            last_touch_ms: now,
+            last_used_ms: now,
+            counts: Counts::default(),
+            graded_gauges: Vec::new(),
+        }
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty() || !self.breaker_pending.is_empty()
+    }
+}
+
+pub fn unit_key(cluster: &str, scope: &str) -> String {
+    if scope.is_empty() {
+        cluster.to_string()
+    } else {
+        format!("{cluster} [{scope}]")
+    }
+}
+
+/// The cluster and scope a record key stands for.
+pub fn parse_key(key: &str) -> (&str, &str) {
+    key.strip_suffix(']')
+        .and_then(|k| k.rsplit_once(" ["))
+        .unwrap_or((key, ""))
+}

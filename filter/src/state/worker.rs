@@ -1,0 +1,871 @@
+//! One Envoy worker's view: the configuration in force, a cache of the
+//! shared records ("units"), the outcomes not yet written, the hosts seen
+//! and the steering plan per unit. The request path only reads this cache;
+//! shared data is read on ticks and written when a failure (or anything
+//! that could change a grade) happens, so the healthy path costs no
+//! shared-data calls. A tick with nothing new reads one shared counter,
+//! and an idle worker ticks ten times less often.
+
+use std::rc::Rc;
+
+use super::host::Host;
+use super::members::Seen;
+use super::plan::{Choice, Plan};
+use super::report::Reporter;
+use super::store::{Store, StoreError};
+use super::unit::{parse_key, unit_key, Unit};
+use crate::address_clusters::{AddressClusters, Lookup};
+use crate::breaker::{Admission, BreakerState};
+use crate::config::Config;
+use crate::health::HostState;
+use crate::metrics as names;
+use crate::service::{Event, Observation, Pending, ServiceHealth};
+use crate::steering;
+
+/// A touch of the service index at most this often keeps the slot ours.
+const TOUCH_INTERVAL_MS: u64 = 60_000;
+/// Routes whose VirtualService and override are remembered per worker.
+const MAX_ROUTES: usize = 256;
+/// Addresses whose cluster a worker remembers.
+const MAX_ADDRESSES: usize = 16_384;
+/// How long discovery's share stays raised after it found a new host.
+const DISCOVERY_BOOST_MS: u64 = 5_000;
+const DISCOVERY_BOOST_FACTOR: u8 = 4;
+/// Tick periods: busy, and idle (no request for `IDLE_AFTER_MS`).
+pub const TICK_MS: u32 = 100;
+pub const IDLE_TICK_MS: u32 = 1_000;
+const IDLE_AFTER_MS: u64 = 2_000;
+
+/// What a route resolved to, once per route per worker.
+#[derive(Debug, Clone, Default)]
+pub struct Route {
+    pub name: String,
+    /// Envoy's virtual host: route names are unique only within one (two
+    /// VirtualServices may both name a route `main`; unnamed routes abound).
+    pub virtual_host: String,
+    /// `namespace/name`, empty when the route is not from a VirtualService.
+    pub virtual_service: String,
+    pub override_index: Option<usize>,
+}
+
+/// How a finished request was routed, as steering decided it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routed<'a> {
+    /// Not steered: nothing was steering this service.
+    Envoy,
+    /// Steered to this host.
+    To(&'a str),
+    /// Left to Envoy's load balancer by discovery.
+    Discovery,
+}
+
+/// Discovery requests over which the share landing on unknown hosts is
+/// estimated; the counts are halved past it, so the estimate follows.
+const DISCOVERY_SAMPLE: u16 = 64;
+
+/// What steering does with one request.
+#[derive(Debug, Clone, Copy)]
+pub enum Steer<'a> {
+    /// Send it to this host: the header value, and the host's address.
+    To {
+        value: &'a [u8],
+        address: &'a Rc<str>,
+    },
+    /// Leave it to Envoy's load balancer; `retry_on` (maybe empty) is the
+    /// retry policy to ask for, in case it lands on an ejected host.
+    Discover { retry_on: &'a str },
+}
+
+pub struct Worker<H: Host> {
+    host: H,
+    config: Rc<Config>,
+    /// Each override's merged configuration, by override index.
+    override_configs: Vec<Rc<Config>>,
+    store: Store,
+    units: Vec<Unit>,
+    routes: Vec<Route>,
+    random: u64,
+    reporter: Reporter,
+    /// Time of the last tick: precise enough for bookkeeping, and saves a
+    /// host call per request.
+    clock_ms: u64,
+    /// Upstream address to cluster, so successes need not read the cluster.
+    clusters: AddressClusters,
+    /// The shared change count when this worker last caught up.
+    seen_changes: Option<u64>,
+    /// Some unit steers or has a breaker that is not closed: only then
+    /// must the request path look at the cluster at all.
+    active: bool,
+    last_request_ms: u64,
+    idle_ticks: bool,
+}
+
+fn position(units: &[Unit], cluster: &str, scope: &str) -> Option<usize> {
+    units
+        .iter()
+        .position(|u| u.cluster == cluster && u.scope == scope)
+}
+
+/// The cache position of a unit this worker already has, marked used at
+/// `now`. A free function, so a caller may hold a borrow of another field
+/// (the address cache's answer) meanwhile.
+fn known_unit(units: &mut [Unit], cluster: &str, scope: &str, now: u64) -> Option<usize> {
+    let found = position(units, cluster, scope)?;
+    units[found].last_used_ms = now;
+    Some(found)
+}
+
+impl<H: Host> Worker<H> {
+    pub fn new(host: H, config: Rc<Config>, plugin: &str, now: u64, seed: u64) -> Self {
+        let mut worker = Worker {
+            host,
+            config: Rc::clone(&config),
+            override_configs: Vec::new(),
+            store: Store::new(plugin),
+            units: Vec::new(),
+            routes: Vec::new(),
+            random: seed | 1,
+            reporter: Reporter::default(),
+            clock_ms: now,
+            clusters: AddressClusters::new(MAX_ADDRESSES),
+            seen_changes: None,
+            active: false,
+            last_request_ms: now,
+            idle_ticks: false,
+        };
+        worker.reconfigure(config);
+        worker
+    }
+
+    pub fn host(&self) -> &H {
+        &self.host
+    }
+
+    pub fn config_base(&self) -> &Config {
+        &self.config
+    }
+
+    /// A new configuration. Units whose scope it still has keep their
+    /// members and pending outcomes (written first under the old settings);
+    /// routes are resolved again.
+    pub fn reconfigure(&mut self, config: Rc<Config>) {
+        let now = self.clock_ms;
+        for position in (0..self.units.len()).rev() {
+            self.flush(position, now);
+        }
+        self.override_configs = config
+            .overrides
+            .iter()
+            .map(|o| Rc::new(o.config.clone()))
+            .collect();
+        self.config = config;
+        self.routes.clear();
+        let mut position = 0;
+        while position < self.units.len() {
+            match self.config_of_scope(&self.units[position].scope.clone()) {
+                Some(config) => {
+                    self.units[position].config = config;
+                    self.after_sync(position, now);
+                    position += 1;
+                }
+                None => {
+                    self.units.remove(position);
+                }
+            }
+        }
+        self.units
+            .truncate(usize::from(self.config.limits.max_services));
+        self.update_active();
+    }
+
+    pub fn random(&mut self) -> u64 {
+        self.random = steering::xorshift(self.random);
+        self.random
+    }
+
+    /// Whether the request path needs the route (overrides, or header
+    /// rules and replies that mention routes).
+    pub fn route_aware(&self) -> bool {
+        !self.config.overrides.is_empty()
+            || !self.config.headers.request.is_empty()
+            || !self.config.headers.response.is_empty()
+    }
+
+    /// Resolves a route by name, reading its metadata once per worker.
+    pub fn route(&mut self, virtual_host: String, name: String) -> Route {
+        if let Some(route) = self
+            .routes
+            .iter()
+            .find(|r| r.name == name && r.virtual_host == virtual_host)
+        {
+            return route.clone();
+        }
+        let virtual_service = self.host.virtual_service().unwrap_or_default();
+        let override_index = self
+            .config
+            .overrides
+            .iter()
+            .position(|o| o.matches(&virtual_service, &name));
+        let route = Route {
+            name,
+            virtual_host,
+            virtual_service,
+            override_index,
+        };
+        if self.routes.len() >= MAX_ROUTES {
+            self.routes.remove(0);
+        }
+        self.routes.push(route.clone());
+        route
+    }
+
+    /// The configuration that governs a route, and the scope of its state
+    /// (empty: the service's own).
+    pub fn config_for(&self, route: Option<&Route>) -> (Rc<Config>, String) {
+        let chosen = route.and_then(|r| r.override_index).and_then(|index| {
+            let config = self.override_configs.get(index)?;
+            let rule = self.config.overrides.get(index)?;
+            let scope = if rule.has_own_state {
+                rule.scope.clone()
+            } else {
+                String::new()
+            };
+            Some((Rc::clone(config), scope))
+        });
+        chosen.unwrap_or_else(|| (Rc::clone(&self.config), String::new()))
+    }
+
+    /// The configuration of a scope of state, if the configuration in force
+    /// still has it.
+    fn config_of_scope(&self, scope: &str) -> Option<Rc<Config>> {
+        if scope.is_empty() {
+            return Some(Rc::clone(&self.config));
+        }
+        let index = self
+            .config
+            .overrides
+            .iter()
+            .position(|o| o.has_own_state && o.scope == scope)?;
+        self.override_configs.get(index).map(Rc::clone)
+    }
+
+    /// Called first on every request: whether the request path must look
+    /// at the cluster (some unit steers, or has a breaker that is not
+    /// closed). A worker that was idle catches up first.
+    pub fn request_path_active(&mut self) -> bool {
+        if self.idle_ticks {
+            self.idle_ticks = false;
+            self.host.set_tick_period_ms(TICK_MS);
+            if let Some(now) = self.host.now_ms() {
+                self.last_request_ms = now;
+                self.tick(now);
+            }
+        }
+        self.last_request_ms = self.last_request_ms.max(self.clock_ms);
+        self.active
+    }
+
+    fn update_active(&mut self) {
+        self.active = self
+            .units
+            .iter()
+            .any(|u| u.plan.is_some() || u.snapshot.breaker.state() != BreakerState::Closed);
+    }
+
+    fn find(&self, cluster: &str, scope: &str) -> Option<usize> {
+        position(&self.units, cluster, scope)
+    }
+
+    /// The breaker's answer for a new request. Closed and open are read
+    /// from the cache; half-open takes a probe slot in shared data, so the
+    /// probe limit holds across workers.
+    pub fn admit(&mut self, cluster: &str, scope: &str) -> Admission {
+        let Some(position) = self.find(cluster, scope) else {
+            return Admission::Allowed;
+        };
+        let unit = &self.units[position];
+        let settings = &unit.config.circuit_breaker;
+        if !settings.enabled || unit.snapshot.breaker.state() == BreakerState::Closed {
+            return Admission::Allowed;
+        }
+        let Some(now) = self.host.now_ms() else {
+            return Admission::Allowed;
+        };
+        let breaker = &unit.snapshot.breaker;
+        if breaker.effective_state(now) == BreakerState::Open {
+            return Admission::Rejected {
+                retry_after_ms: breaker.open_until_ms().saturating_sub(now),
+            };
+        }
+        let config = Rc::clone(&unit.config);
+        let result = self
+            .store
+            .update(&self.host, &unit.key, unit.slot, |record| {
+                let (admission, transition) = record.breaker.admit(now, &config.circuit_breaker);
+                (admission, transition.map(Event::Breaker))
+            });
+        match result {
+            Ok(((admission, event), record)) => {
+                self.units[position].snapshot = record;
+                if let Some(event) = event {
+                    self.announce();
+                    let key = self.units[position].key.clone();
+                    self.reporter.report(&self.host, &key, &event, now);
+                }
+                admission
+            }
+            // Shared data unavailable: let the request through rather than
+            // fail it on our account.
+            Err(error) => {
+                self.on_store_error(position, error);
+                Admission::Allowed
+            }
+        }
+    }
+
+    pub fn breaker_state(&self, cluster: &str, scope: &str) -> BreakerState {
+        self.find(cluster, scope).map_or(BreakerState::Closed, |p| {
+            self.units[p]
+                .snapshot
+                .breaker
+                .effective_state(self.clock_ms)
+        })
+    }
+
+    /// What to do with the next request to this unit, when some of its
+    /// hosts are below full weight.
+    pub fn steer(&mut self, cluster: &str, scope: &str) -> Option<Steer<'_>> {
+        let position = self.find(cluster, scope)?;
+        let now = self.clock_ms;
+        let Unit {
+            plan,
+            config,
+            counts,
+            unknown_percent,
+            discovery_boost_until_ms,
+            ..
+        } = &mut self.units[position];
+        let plan = plan.as_mut()?;
+        let steering = &config.steering;
+        let mut percent = steering.discovery_percent;
+        if now < *discovery_boost_until_ms {
+            percent = percent
+                .saturating_mul(DISCOVERY_BOOST_FACTOR)
+                .min(crate::config::MAX_DISCOVERY_PERCENT);
+        }
+        // Hosts this worker does not know get only what is left to Envoy,
+        // a share of it: leave twice their share (all of it while half the
+        // service is unknown) so they are learnt within a pass of Envoy's
+        // round robin, at the price of that share reaching ejected hosts.
+        let percent = percent.max(unknown_percent.saturating_mul(2).min(100));
+        let has_ejected = plan.has_ejected;
+        match plan.pick(percent)? {
+            Choice::Host(target) => {
+                counts.steered += 1;
+                Some(Steer::To {
+                    value: target.value(),
+                    address: &target.address,
+                })
+            }
+            Choice::Envoy => Some(Steer::Discover {
+                retry_on: if has_ejected {
+                    &steering.discovery_retry_on
+                } else {
+                    ""
+                },
+            }),
+        }
+    }
+
+    /// The status document: every record in shared data, not only the ones
+    /// this worker has seen.
+    pub fn status_json(&self, now: u64) -> String {
+        let records = self.store.all(&self.host).unwrap_or_default();
+        let members = |record: &ServiceHealth| {
+            self.units
+                .iter()
+                .find(|u| u.key == record.service)
+                .map_or(record.size(), |u| u.members.len().max(record.size()))
+        };
+        crate::status::render(&records, now, &self.config, &members)
+    }
+
+    pub fn count_local_reply(&mut self, cluster: &str, scope: &str) {
+        if let Some(position) = self.find(cluster, scope) {
+            self.units[position].counts.local_replies += 1;
+        }
+    }
+
+    /// A host's grade; a host (or service) not graded yet is Healthy: there
+    /// is no evidence against it.
+    pub fn host_state(&self, cluster: &str, scope: &str, address: &str) -> HostState {
+        self.find(cluster, scope)
+            .and_then(|position| self.units[position].snapshot.host(address))
+            .map_or(HostState::Healthy, |h| h.health.state())
+    }
+
+    /// The time of the last tick (or prompt write).
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
+    }
+
+    /// Records one finished request against its host and the breaker.
+    /// `cluster` is known when the request path read it; otherwise it comes
+    /// from the address cache, or from the host when the cache cannot say.
+    /// `routed` says what steering decided for it.
+    pub fn observe_request(
+        &mut self,
+        cluster: Option<&str>,
+        scope: &str,
+        config: &Rc<Config>,
+        address: &str,
+        observation: Observation,
+        routed: Routed<'_>,
+    ) {
+        let read;
+        let cluster = match cluster {
+            Some(cluster) => {
+                self.clusters.learn(address, cluster);
+                cluster
+            }
+            None => {
+                let matters =
+                    observation.outcome.failed() || observation.breaker_slow || observation.probe;
+                match self.clusters.lookup(address, matters) {
+                    Lookup::Cached(cached) => {
+                        let now = self.clock_ms;
+                        if let Some(position) = known_unit(&mut self.units, cached, scope, now) {
+                            return self.observe_at(position, config, address, observation, routed);
+                        }
+                        read = cached.to_string();
+                    }
+                    Lookup::Ask => {
+                        let Some(cluster) = self.host.cluster_name() else {
+                            return;
+                        };
+                        self.clusters.learn(address, &cluster);
+                        read = cluster;
+                    }
+                }
+                &read
+            }
+        };
+        let Some(position) = self.unit(cluster, scope, config, self.clock_ms) else {
+            return;
+        };
+        self.observe_at(position, config, address, observation, routed);
+    }
+
+    fn observe_at(
+        &mut self,
+        position: usize,
+        config: &Rc<Config>,
+        address: &str,
+        observation: Observation,
+        routed: Routed<'_>,
+    ) {
+        let now = self.clock_ms;
+        let limits = &config.limits;
+        let unit = &mut self.units[position];
+        unit.counts.requests += 1;
+        if let Some(kind) = observation.outcome.failure {
+            unit.counts.failures[names::failure_index(kind)] += 1;
+        }
+        let success = !observation.outcome.failed();
+        let capacity = usize::from(limits.max_hosts_per_service);
+        let seen = unit.members.saw(address, now, capacity, success);
+        if routed == Routed::Discovery {
+            // Envoy's load balancer samples the hosts evenly: the share of
+            // its picks that land on hosts new to us is the share of the
+            // service this worker does not know yet.
+            let d = &mut unit.discovery;
+            d.0 += 1;
+            d.1 += u16::from(seen != Seen::Known);
+            if d.0 >= DISCOVERY_SAMPLE {
+                *d = (d.0 / 2, d.1 / 2);
+            }
+        }
+        match seen {
+            Seen::Known => {}
+            Seen::New => {
+                // A host no worker knew of (scale-up) while steering: find
+                // the others that came with it sooner.
+                if unit.plan.is_some() && unit.members.len() > unit.snapshot.size() {
+                    unit.discovery_boost_until_ms = now.saturating_add(DISCOVERY_BOOST_MS);
+                }
+            }
+            Seen::Full => unit.counts.not_tracked += 1,
+        }
+        // Steered elsewhere: Envoy no longer has the host we chose (its
+        // override_host policy falls back), unless a retry moved it.
+        if let Routed::To(steered) = routed {
+            if steered != address && self.host.attempt_count().is_none_or(|n| n <= 1) {
+                unit.members.left(steered, now);
+            }
+        }
+        if config.circuit_breaker.enabled {
+            unit.breaker_pending.add(observation);
+        }
+        let watched = unit.snapshot.host(address);
+        let quiet = watched.is_none_or(|h| h.health.is_quiet());
+        let evidence = observation.outcome.failed() || observation.outcome.slow;
+        if evidence || watched.is_some() {
+            let room = unit.pending.len() < usize::from(limits.max_watched_hosts_per_service);
+            match unit.pending.get_mut(address) {
+                Some(pending) => pending.add(observation),
+                None if room => {
+                    let key = unit
+                        .members
+                        .address(address)
+                        .unwrap_or_else(|| Rc::from(address));
+                    let mut pending = Pending::default();
+                    if watched.is_none() {
+                        // A host's first evidence: bring the successes
+                        // before it, so its window starts from its history
+                        // and not from a failure.
+                        let before = unit.members.take_successes(address);
+                        let cap = config.detection.window_size.saturating_sub(1);
+                        pending.successes[0] = u32::from(before.min(cap));
+                    }
+                    pending.add(observation);
+                    unit.pending.insert(key, pending);
+                }
+                // More distinct failing hosts in one flush interval than a
+                // service may watch: drop the outcome rather than grow.
+                None => unit.counts.not_tracked += 1,
+            }
+        }
+        // Write at once whatever could change a grade or the breaker; let a
+        // quiet host's successes wait for the tick.
+        let prompt = observation.outcome.failed()
+            || observation.probe
+            || !quiet
+            || unit.snapshot.breaker.state() != BreakerState::Closed;
+        if prompt {
+            if let Some(now) = self.host.now_ms() {
+                self.clock_ms = now;
+                self.flush(position, now);
+            }
+        }
+    }
+
+    /// Periodic work: write pending outcomes and time-driven transitions,
+    /// catch up with the other workers when they announced a change,
+    /// rebuild steering plans whose hosts changed.
+    pub fn tick(&mut self, now: u64) {
+        self.clock_ms = now;
+        let changes = self.store.changes(&self.host).ok();
+        // Unknown (shared data failed): assume something changed.
+        let changed = changes.is_none() || changes != self.seen_changes;
+        if changed {
+            self.adopt_known_services(now);
+        }
+        let mut busy = false;
+        let mut position = 0;
+        while position < self.units.len() {
+            let unit = &mut self.units[position];
+            unit.members
+                .sweep(now, unit.config.limits.host_idle_timeout.0);
+            busy |= unit.counts.requests > 0 || unit.has_pending();
+            let due = unit.next_change_ms.is_some_and(|t| now >= t);
+            let kept = if unit.has_pending() || due {
+                self.flush(position, now)
+            } else if changed {
+                self.refresh(position, now)
+            } else {
+                if unit.members.take_changed() {
+                    self.replan(position, now);
+                } else {
+                    update_unknown(unit);
+                }
+                let unit = &mut self.units[position];
+                self.reporter.publish_counts(&self.host, unit, now);
+                true
+            };
+            if kept {
+                position += 1;
+            }
+        }
+        if changes.is_some() && changed {
+            self.seen_changes = changes;
+        }
+        self.update_active();
+        self.pace(now, busy);
+    }
+
+    /// An idle worker ticks less often; its first request brings it back.
+    fn pace(&mut self, now: u64, busy: bool) {
+        if busy {
+            self.last_request_ms = now;
+        }
+        let idle = now.saturating_sub(self.last_request_ms) >= IDLE_AFTER_MS;
+        if idle && !self.idle_ticks && self.host.set_tick_period_ms(IDLE_TICK_MS) {
+            self.idle_ticks = true;
+        }
+    }
+
+    /// Tells the other workers that a record changed in a way they must
+    /// see (a grade, the breaker, the watched hosts, the services).
+    fn announce(&mut self) {
+        match self.store.announce(&self.host) {
+            // Our own change: no need to catch up with it, unless someone
+            // else's came in between.
+            Ok(count) if self.seen_changes == Some(count.wrapping_sub(1)) => {
+                self.seen_changes = Some(count);
+            }
+            Ok(_) | Err(_) => {}
+        }
+    }
+
+    /// Returns false when the unit was dropped from this worker's cache.
+    fn flush(&mut self, position: usize, now: u64) -> bool {
+        let mut random = self.random();
+        let unit = &mut self.units[position];
+        let config = Rc::clone(&unit.config);
+        let seen_writes = unit.snapshot.writes;
+        for pending in unit.pending.values_mut() {
+            pending.seen_writes = seen_writes;
+        }
+        let members = unit.members.len();
+        let shrank = unit.members.take_shrank();
+        let (pending, breaker_pending) = (&unit.pending, &unit.breaker_pending);
+        let result = self
+            .store
+            .update(&self.host, &unit.key, unit.slot, |record| {
+                record.begin_write();
+                let roster = record.roster;
+                let mut events = Vec::new();
+                let mut next = || {
+                    random = steering::xorshift(random);
+                    random
+                };
+                record.advance(now, &config, &mut events);
+                record.note_members(members, shrank, now);
+                record.apply_breaker(breaker_pending, now, &config, &mut events);
+                for (address, outcomes) in pending {
+                    record.apply(address, outcomes, now, &config, &mut next, &mut events);
+                }
+                (events, record.roster != roster)
+            });
+        match result {
+            Ok(((events, roster_changed), record)) => {
+                let unit = &mut self.units[position];
+                unit.pending.clear();
+                unit.breaker_pending = Pending::default();
+                unit.snapshot = record;
+                let visible = events
+                    .iter()
+                    .any(|e| matches!(e, Event::Transition { .. } | Event::Breaker(_)));
+                if visible || roster_changed {
+                    self.announce();
+                }
+                let key = self.units[position].key.clone();
+                for event in &events {
+                    self.reporter.report(&self.host, &key, event, now);
+                }
+                self.after_sync(position, now);
+                true
+            }
+            Err(error) => self.on_store_error(position, error),
+        }
+    }
+
+    fn refresh(&mut self, position: usize, now: u64) -> bool {
+        let unit = &self.units[position];
+        match self.store.read(&self.host, &unit.key, unit.slot) {
+            Ok(record) => {
+                self.units[position].snapshot = record;
+                self.after_sync(position, now);
+                true
+            }
+            Err(error) => self.on_store_error(position, error),
+        }
+    }
+
+    fn on_store_error(&mut self, position: usize, error: StoreError) -> bool {
+        match error {
+            StoreError::Reassigned => {
+                // Another service owns the slot now; look ours up afresh
+                // on its next request.
+                self.units.remove(position);
+                false
+            }
+            other => {
+                log::debug!("meshguard: shared data not updated, will retry: {other}");
+                true
+            }
+        }
+    }
+
+    fn after_sync(&mut self, position: usize, now: u64) {
+        let unit = &mut self.units[position];
+        if now.saturating_sub(unit.last_touch_ms) >= TOUCH_INTERVAL_MS
+            && unit.last_used_ms > unit.last_touch_ms
+        {
+            if let Err(StoreError::Reassigned) =
+                self.store.touch(&self.host, &unit.key, unit.slot, now)
+            {
+                unit.plan = None;
+                return;
+            }
+            unit.last_touch_ms = now;
+        }
+        unit.next_change_ms = unit.snapshot.next_change_ms(now, &unit.config);
+        unit.steers = unit.snapshot.steers(now, &unit.config);
+        // Rebuilding a plan costs as much as the service has hosts: only
+        // when a weight or the set of hosts changed.
+        let basis = plan_basis(&unit.snapshot, now, &unit.config);
+        if unit.members.take_changed() || basis != unit.plan_basis {
+            unit.plan_basis = basis;
+            self.replan(position, now);
+        } else {
+            update_unknown(unit);
+        }
+        self.reporter
+            .publish(&self.host, &mut self.units[position], now);
+    }
+
+    /// Builds the unit's steering plan over every host this worker knows
+    /// (members, and watched hosts other workers saw), at their weights.
+    fn replan(&mut self, position: usize, now: u64) {
+        let seed = self.random();
+        let unit = &mut self.units[position];
+        let steering = &unit.config.steering;
+        if !steering.enabled || !unit.steers {
+            unit.plan = None;
+            update_unknown(unit);
+            return;
+        }
+        let snapshot = &unit.snapshot;
+        let config = &unit.config;
+        let weight = |address: &str| {
+            snapshot
+                .host(address)
+                .map_or(100, |h| h.health.weight_percent(now, config))
+        };
+        // Watched hosts only other workers have seen, unless steering
+        // showed them gone.
+        let others: Vec<Rc<str>> = snapshot
+            .hosts
+            .iter()
+            .filter(|h| !unit.members.contains(&h.address))
+            .filter(|h| !unit.members.is_gone(&h.address, now))
+            .map(|h| Rc::from(h.address.as_str()))
+            .collect();
+        let hosts = unit
+            .members
+            .iter()
+            .chain(others.iter())
+            .map(|address| (address, weight(address)));
+        let plan = Plan::build(hosts, steering.encoding, seed);
+        unit.plan = plan;
+        update_unknown(unit);
+    }
+
+    /// Takes on every record other workers have written, so that a worker
+    /// honours an ejection or an open breaker from its very first request
+    /// to a service, not only after one of its own requests completed.
+    fn adopt_known_services(&mut self, now: u64) {
+        let Ok(keys) = self.store.keys(&self.host) else {
+            return;
+        };
+        for key in keys {
+            if self.units.len() >= usize::from(self.config.limits.max_services) {
+                return;
+            }
+            if self.units.iter().any(|u| u.key == key) {
+                continue;
+            }
+            let (cluster, scope) = parse_key(&key);
+            let Some(config) = self.config_of_scope(scope) else {
+                continue;
+            };
+            let (cluster, scope) = (cluster.to_string(), scope.to_string());
+            let _ = self.unit(&cluster, &scope, &config, now);
+        }
+    }
+
+    /// The cache position of a unit, resolving its shared slot the first
+    /// time this worker sees it (and evicting the least recently used unit
+    /// if the cache is full).
+    fn unit(&mut self, cluster: &str, scope: &str, config: &Rc<Config>, now: u64) -> Option<usize> {
+        if let Some(position) = known_unit(&mut self.units, cluster, scope, now) {
+            return Some(position);
+        }
+        let key = unit_key(cluster, scope);
+        let slot = match self
+            .store
+            .resolve(&self.host, &key, now, &self.config.limits)
+        {
+            Ok((slot, claimed)) => {
+                if claimed {
+                    self.announce();
+                }
+                slot
+            }
+            Err(error) => {
+                log::debug!("meshguard: not tracking {key}: {error}");
+                return None;
+            }
+        };
+        if self.units.len() >= usize::from(self.config.limits.max_services) {
+            let oldest = self
+                .units
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, u)| u.last_used_ms)
+                .map(|(position, _)| position);
+            // Write its outcomes before forgetting it (flush returns false
+            // when it is already gone).
+            if let Some(oldest) = oldest {
+                if self.flush(oldest, now) {
+                    self.units.remove(oldest);
+                }
+            }
+        }
+        let snapshot = self
+            .store
+            .read(&self.host, &key, slot)
+            .unwrap_or_else(|_| ServiceHealth::new(&key, slot.epoch));
+        self.units.push(Unit::new(
+            key,
+            cluster,
+            scope,
+            Rc::clone(config),
+            slot,
+            snapshot,
+            now,
+        ));
+        let position = self.units.len() - 1;
+        self.after_sync(position, now);
+        self.update_active();
+        Some(position)
+    }
+}
+
+/// What a plan depends on besides the members: the watched hosts and their
+/// weights now.
+fn plan_basis(snapshot: &ServiceHealth, now: u64, config: &Config) -> Vec<u8> {
+    snapshot
+        .hosts
+        .iter()
+        .map(|h| h.health.weight_percent(now, config))
+        .chain(snapshot.roster.to_le_bytes())
+        .collect()
+}
+
+/// The share of the service this worker does not know, which its plan
+/// leaves to Envoy's load balancer: from the largest count of hosts any
+/// worker reported, and from how often discovery finds a new host.
+fn update_unknown(unit: &mut Unit) {
+    let known = unit.plan.as_ref().map_or(unit.members.len(), |p| p.hosts);
+    let size = unit.snapshot.size().max(known).max(1);
+    let by_count = (size - known) * 100 / size;
+    let (sampled, new) = unit.discovery;
+    let by_sample = if sampled >= 8 {
+        usize::from(new) * 100 / usize::from(sampled)
+    } else {
+        0
+    };
+    unit.unknown_percent = u8::try_from(by_count.max(by_sample)).unwrap_or(100);
+}
