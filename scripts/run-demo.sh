@@ -155,8 +155,8 @@ bar() { # percent -> bar of 8 cells
 }
 
 # Host states and steering weights, as meshguard reports them on its status
-# endpoint: services[].hosts[] with address, state, weightPercent. A host
-# meshguard has not seen yet is Healthy at full weight.
+# endpoint: services[].hosts[] with address, state, weightPercent. Only hosts
+# with failures on record are listed: any other host is Healthy at full weight.
 declare -A STATE=() WEIGHT=() ADDR_NAME=()
 for i in 0 1 2; do
     STATE[${NAMES[$i]}]=Healthy
@@ -174,19 +174,25 @@ try:
     doc = json.loads(sys.argv[1])
 except ValueError:
     sys.exit(0)
+print("- ok 0")
 for service in doc.get("services", []):
     if service.get("service") == "demo":
         for h in service.get("hosts", []):
             print(h.get("address", "?"), h.get("state", "?"), int(h.get("weightPercent", 0)))
 ' "$json"
     else
-        jq -r '.services[]? | select(.service == "demo") | .hosts[]? | "\(.address) \(.state) \(.weightPercent)"' \
+        jq -r '"- ok 0", (.services[]? | select(.service == "demo") | .hosts[]? | "\(.address) \(.state) \(.weightPercent)")' \
             <<<"$json" 2>/dev/null || true
     fi
 }
 poll_status() {
     local addr st wt name
     while read -r addr st wt; do
+        if [[ $addr == - ]]; then
+            # A fresh answer: hosts it does not list are Healthy.
+            for name in "${NAMES[@]}"; do STATE[$name]=Healthy; WEIGHT[$name]=100; done
+            continue
+        fi
         name=${ADDR_NAME[$addr]:-}
         [[ -n $name ]] || continue
         STATE[$name]=$st
