@@ -419,10 +419,10 @@ impl HostHealth {
     }
 
     /// Healthy with nothing on record that a host never watched lacks: no
-    /// streak, no failure in its window, and any ejection backoff earned
+    /// streak, no failure or slow call in its window, and any ejection backoff earned
     /// back (one base ejection time per ejection, at full weight).
     pub fn releasable(&self, now: u64, config: &Config) -> bool {
-        if !self.is_quiet() || self.window.failures() > 0 {
+        if !self.is_quiet() || self.window.failures() > 0 || self.window.slow() > 0 {
             return false;
         }
         if self.times_ejected == 0 {

@@ -279,19 +279,22 @@ pub struct Steering {
     /// envoy/demo.yaml.tmpl does. Default false.
     #[schemars(extend("default" = false))]
     pub strip_client_header: Option<bool>,
-    /// Percent of steered requests left to Envoy's load balancer (0-50), so
-    /// hosts meshguard has not seen yet (scale-up, rolling deployments) are
-    /// found and reach their share; raised fourfold for 5 s after a new host
-    /// is found. 0 steers every request (new hosts then get traffic only
-    /// once steering stops). Default 5.
+    /// Percent of steered requests left to Envoy's load balancer when
+    /// steering starts (0-50), so hosts meshguard has not seen yet (scale-up,
+    /// rolling deployments) are found: four times that after such a request
+    /// found a new host, then a 64th less after each one that found nothing,
+    /// down to a tenth of it. 0 steers every request (new hosts then get
+    /// traffic only once steering stops). Default 5.
     #[schemars(extend("default" = 5))]
     pub discovery_percent: Option<Int<0, 50>>,
     /// `x-envoy-retry-on` set on the requests left to Envoy while a host is
     /// ejected, so one that lands there is retried elsewhere (with
     /// `retriable-status-codes`, `x-envoy-retriable-status-codes: 503` too).
     /// Empty sets nothing. Default
-    /// "connect-failure,refused-stream,retriable-status-codes".
-    #[schemars(extend("default" = "connect-failure,refused-stream,retriable-status-codes"))]
+    /// "connect-failure,refused-stream,reset-before-request,retriable-status-codes".
+    #[schemars(extend(
+        "default" = "connect-failure,refused-stream,reset-before-request,retriable-status-codes"
+    ))]
     pub discovery_retry_on: Option<String>,
 }
 

@@ -216,10 +216,11 @@ impl Default for Steering {
 }
 
 /// Retried by Envoy without the request having reached an application
-/// (connect failures, refused streams) or refused by it outright (503, see
+/// (connect failures, refused streams, resets before the request was sent)
+/// or refused by it outright (503, see
 /// `DISCOVERY_RETRIABLE_STATUS_CODES`): safe for any method.
 pub const DEFAULT_DISCOVERY_RETRY_ON: &str =
-    "connect-failure,refused-stream,retriable-status-codes";
+    "connect-failure,refused-stream,reset-before-request,retriable-status-codes";
 /// `x-envoy-retriable-status-codes` sent with `retriable-status-codes`.
 pub const DISCOVERY_RETRIABLE_STATUS_CODES: &str = "503";
 /// Most of the requests discovery may take while steering.

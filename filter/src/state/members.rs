@@ -36,8 +36,8 @@ pub enum Seen {
 struct Member {
     address: Rc<str>,
     last_seen_ms: u64,
-    /// Successes since the last failure (or since they were taken): the
-    /// history a host brings when its first failure gets it a record.
+    /// Successes since they were last taken (at the host's latest
+    /// evidence): the history a host brings when a failure gets it a record.
     successes: u16,
 }
 
@@ -62,11 +62,9 @@ impl Members {
             if member.last_seen_ms < now {
                 member.last_seen_ms = now;
             }
-            member.successes = if success {
-                member.successes.saturating_add(1)
-            } else {
-                0
-            };
+            if success {
+                member.successes = member.successes.saturating_add(1);
+            }
             return Seen::Known;
         }
         if self.slots.len() >= capacity {
@@ -84,8 +82,8 @@ impl Members {
         Seen::New
     }
 
-    /// The successes `address` had before its latest outcome, which was a
-    /// failure (counted as they came, handed over once).
+    /// The successes `address` had since they were last taken (counted as
+    /// they came, handed over once).
     pub fn take_successes(&mut self, address: &str) -> u16 {
         let Some(&slot) = self.index.get(address) else {
             return 0;
@@ -196,7 +194,7 @@ mod tests {
         assert_eq!(m.take_successes("a:1"), 2, "two successes so far");
         assert_eq!(m.take_successes("a:1"), 0, "handed over once");
         m.saw("b:1", 6, 2, false);
-        assert_eq!(m.take_successes("b:1"), 0, "a failure ends the run");
+        assert_eq!(m.take_successes("b:1"), 1, "the success before the failure");
         m.left("a:1", 10);
         assert!(!m.contains("a:1"));
         assert!(m.is_gone("a:1", 11));

@@ -49,8 +49,8 @@ pub struct Plan {
     groups: Vec<Group>,
     totals: Vec<u32>,
     picker: SmoothPicker,
-    /// Discovery credit in percent: a request is left to Envoy each time
-    /// it reaches 100.
+    /// Discovery credit in per mille: a request is left to Envoy each time
+    /// it reaches 1000.
     credit: u16,
     /// Hosts the plan was built over (weight 0 included).
     pub hosts: usize,
@@ -127,11 +127,11 @@ impl Plan {
     }
 
     /// The next request's host, or `Envoy` for one of the
-    /// `discovery_percent` left to Envoy's load balancer.
-    pub fn pick(&mut self, discovery_percent: u8) -> Option<Choice<'_>> {
-        self.credit += u16::from(discovery_percent);
-        if self.credit >= 100 {
-            self.credit -= 100;
+    /// `discovery_per_mille` left to Envoy's load balancer.
+    pub fn pick(&mut self, discovery_per_mille: u16) -> Option<Choice<'_>> {
+        self.credit += discovery_per_mille.min(1000);
+        if self.credit >= 1000 {
+            self.credit -= 1000;
             return Some(Choice::Envoy);
         }
         let index = self.picker.pick(&self.totals)?;
@@ -156,7 +156,7 @@ mod tests {
             .collect()
     }
 
-    fn shares(plan: &mut Plan, picks: usize, discovery: u8) -> (HashMap<String, usize>, usize) {
+    fn shares(plan: &mut Plan, picks: usize, discovery: u16) -> (HashMap<String, usize>, usize) {
         let mut counts = HashMap::new();
         let mut envoy = 0;
         for _ in 0..picks {
@@ -220,8 +220,8 @@ mod tests {
             3,
         )
         .unwrap();
-        let (_, envoy) = shares(&mut plan, 1000, 5);
-        assert_eq!(envoy, 50);
+        let (_, envoy) = shares(&mut plan, 1000, 50);
+        assert_eq!(envoy, 50, "5 % (50 per mille)");
     }
 
     #[test]

@@ -458,9 +458,41 @@ fn a_worker_that_knows_half_the_service_leaves_the_other_half_to_envoy() {
         "the 500 new hosts got {new_half} of 20,000 requests"
     );
     let last = traffic(&mut w, &mut cluster, 50_000, now, &outcome);
+    // The last few unknown hosts are found at discovery's pace (a coupon
+    // collector's tail): they are served less, never starved.
+    let count = |i: usize| last.get(&address(i)).copied().unwrap_or(0);
     let off = (0..n)
-        .filter(|i| *i != 7)
-        .filter(|i| !(30..=70).contains(&last.get(&address(*i)).copied().unwrap_or(0)))
+        .filter(|i| *i != 7 && !(30..=70).contains(&count(*i)))
         .count();
-    assert_eq!(off, 0, "every host near its 50 requests at the end");
+    assert!(
+        off <= n / 20,
+        "{off} hosts off their 50 requests at the end"
+    );
+    let starved = (0..n).filter(|i| *i != 7 && count(*i) < 5).count();
+    assert!(starved <= n / 50, "{starved} hosts starved");
+}
+
+#[test]
+fn a_slow_host_keeps_its_record_and_is_degraded() {
+    let shared = Rc::new(SharedData::default());
+    let mut w = worker(
+        &shared,
+        config(r#"{"detection":{"slowCallThreshold":"200ms"}}"#),
+        14,
+    );
+    let mut cluster = Cluster::new(3);
+    let slow = address(1);
+    let outcome = |a: &str| {
+        Observation::plain(Outcome {
+            failure: None,
+            slow: a == slow,
+        })
+    };
+    let mut now = 1_000;
+    for _ in 0..30 {
+        traffic(&mut w, &mut cluster, 30, now, &outcome);
+        now += 100;
+        w.tick(now);
+    }
+    assert_eq!(state(&w, &slow), HostState::Degraded);
 }

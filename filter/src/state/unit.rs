@@ -37,8 +37,9 @@ pub struct Unit {
     /// Discovery requests lately, and how many of them found a host this
     /// worker did not know.
     pub discovery: (u16, u16),
-    /// Discovery's share is raised until then (a new host was just found).
-    pub discovery_boost_until_ms: u64,
+    /// Discovery's share of steered requests now, in per mille (see
+    /// `Worker::steer`).
+    pub discovery_per_mille: u16,
     /// When time alone next changes the record or its weights.
     pub next_change_ms: Option<u64>,
     pub last_touch_ms: u64,
@@ -95,7 +96,7 @@ impl Unit {
             steers: false,
             unknown_percent: 0,
             discovery: (0, 0),
-            discovery_boost_until_ms: 0,
+            discovery_per_mille: 0,
             next_change_ms: None,
             last_touch_ms: now,
             last_used_ms: now,

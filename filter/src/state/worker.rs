@@ -28,9 +28,15 @@ const TOUCH_INTERVAL_MS: u64 = 60_000;
 const MAX_ROUTES: usize = 256;
 /// Addresses whose cluster a worker remembers.
 const MAX_ADDRESSES: usize = 16_384;
-/// How long discovery's share stays raised after it found a new host.
-const DISCOVERY_BOOST_MS: u64 = 5_000;
-const DISCOVERY_BOOST_FACTOR: u8 = 4;
+/// Discovery's share of steered requests: `discoveryPercent` when steering
+/// starts, four times that after a request left to Envoy found a host no
+/// worker knew, a 64th less after each one that found nothing new, down
+/// to a tenth of `discoveryPercent`. A service that is not changing thus
+/// sends almost nothing the way of an ejected host, and one that is
+/// growing is learnt fast.
+const DISCOVERY_BOOST_FACTOR: u16 = 4;
+const DISCOVERY_FLOOR_DIVISOR: u16 = 10;
+const DISCOVERY_DECAY_DIVISOR: u16 = 64;
 /// Tick periods: busy, and idle (no request for `IDLE_AFTER_MS`).
 pub const TICK_MS: u32 = 100;
 pub const IDLE_TICK_MS: u32 = 1_000;
@@ -164,7 +170,9 @@ impl<H: Host> Worker<H> {
         while position < self.units.len() {
             match self.config_of_scope(&self.units[position].scope.clone()) {
                 Some(config) => {
-                    self.units[position].config = config;
+                    let unit = &mut self.units[position];
+                    unit.discovery_per_mille = u16::from(config.steering.discovery_percent) * 10;
+                    unit.config = config;
                     self.after_sync(position, now);
                     position += 1;
                 }
@@ -336,30 +344,24 @@ impl<H: Host> Worker<H> {
     /// hosts are below full weight.
     pub fn steer(&mut self, cluster: &str, scope: &str) -> Option<Steer<'_>> {
         let position = self.find(cluster, scope)?;
-        let now = self.clock_ms;
         let Unit {
             plan,
             config,
             counts,
             unknown_percent,
-            discovery_boost_until_ms,
+            discovery_per_mille,
             ..
         } = &mut self.units[position];
         let plan = plan.as_mut()?;
         let steering = &config.steering;
-        let mut percent = steering.discovery_percent;
-        if now < *discovery_boost_until_ms {
-            percent = percent
-                .saturating_mul(DISCOVERY_BOOST_FACTOR)
-                .min(crate::config::MAX_DISCOVERY_PERCENT);
-        }
         // Hosts this worker does not know get only what is left to Envoy,
         // a share of it: leave twice their share (all of it while half the
         // service is unknown) so they are learnt within a pass of Envoy's
-        // round robin, at the price of that share reaching ejected hosts.
-        let percent = percent.max(unknown_percent.saturating_mul(2).min(100));
+        // balancer, at the price of that share reaching ejected hosts.
+        let unknown = u16::from(*unknown_percent).saturating_mul(20).min(1000);
+        let per_mille = (*discovery_per_mille).max(unknown);
         let has_ejected = plan.has_ejected;
-        match plan.pick(percent)? {
+        match plan.pick(per_mille)? {
             Choice::Host(target) => {
                 counts.steered += 1;
                 Some(Steer::To {
@@ -474,6 +476,9 @@ impl<H: Host> Worker<H> {
         let success = !observation.outcome.failed();
         let capacity = usize::from(limits.max_hosts_per_service);
         let seen = unit.members.saw(address, now, capacity, success);
+        if seen == Seen::Full {
+            unit.counts.not_tracked += 1;
+        }
         if routed == Routed::Discovery {
             // Envoy's load balancer samples the hosts evenly: the share of
             // its picks that land on hosts new to us is the share of the
@@ -484,17 +489,17 @@ impl<H: Host> Worker<H> {
             if d.0 >= DISCOVERY_SAMPLE {
                 *d = (d.0 / 2, d.1 / 2);
             }
-        }
-        match seen {
-            Seen::Known => {}
-            Seen::New => {
-                // A host no worker knew of (scale-up) while steering: find
-                // the others that came with it sooner.
-                if unit.plan.is_some() && unit.members.len() > unit.snapshot.size() {
-                    unit.discovery_boost_until_ms = now.saturating_add(DISCOVERY_BOOST_MS);
-                }
-            }
-            Seen::Full => unit.counts.not_tracked += 1,
+            let base = u16::from(config.steering.discovery_percent) * 10;
+            let rate = &mut unit.discovery_per_mille;
+            *rate = if seen == Seen::Known {
+                rate.saturating_sub((*rate / DISCOVERY_DECAY_DIVISOR).max(1))
+                    .max(base / DISCOVERY_FLOOR_DIVISOR)
+            } else {
+                // A host no worker knew of (scale-up): find the others
+                // that came with it sooner.
+                base.saturating_mul(DISCOVERY_BOOST_FACTOR)
+                    .min(u16::from(crate::config::MAX_DISCOVERY_PERCENT) * 10)
+            };
         }
         // Steered elsewhere: Envoy no longer has the host we chose (its
         // override_host policy falls back), unless a retry moved it.
@@ -509,6 +514,13 @@ impl<H: Host> Worker<H> {
         let watched = unit.snapshot.host(address);
         let quiet = watched.is_none_or(|h| h.health.is_quiet());
         let evidence = observation.outcome.failed() || observation.outcome.slow;
+        // The successes before this evidence: a host's history when this
+        // gives it a record (a watched host's are in its window already).
+        let before = if evidence {
+            unit.members.take_successes(address)
+        } else {
+            0
+        };
         if evidence || watched.is_some() {
             let room = unit.pending.len() < usize::from(limits.max_watched_hosts_per_service);
             match unit.pending.get_mut(address) {
@@ -523,7 +535,6 @@ impl<H: Host> Worker<H> {
                         // A host's first evidence: bring the successes
                         // before it, so its window starts from its history
                         // and not from a failure.
-                        let before = unit.members.take_successes(address);
                         let cap = config.detection.window_size.saturating_sub(1);
                         pending.successes[0] = u32::from(before.min(cap));
                     }
@@ -758,6 +769,9 @@ impl<H: Host> Worker<H> {
             .chain(others.iter())
             .map(|address| (address, weight(address)));
         let plan = Plan::build(hosts, steering.encoding, seed);
+        if unit.plan.is_none() && plan.is_some() {
+            unit.discovery_per_mille = u16::from(steering.discovery_percent) * 10;
+        }
         unit.plan = plan;
         update_unknown(unit);
     }
