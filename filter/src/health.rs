@@ -418,6 +418,14 @@ impl HostHealth {
         Some(transition)
     }
 
+    /// Ejected for being unreachable (connect failures, timeouts, resets)
+    /// and not back yet: a request sent there may wait for a connect timeout.
+    pub fn ejected_as_unreachable(&self, now: u64) -> bool {
+        self.state == HostState::Unhealthy
+            && !self.ejected_for_answers
+            && now < self.ejected_until_ms
+    }
+
     /// Healthy with nothing on record that a host never watched lacks: no
     /// streak, no failure or slow call in its window, and any ejection backoff earned
     /// back (one base ejection time per ejection, at full weight).

@@ -43,6 +43,9 @@ pub struct ServiceHealth {
     pub members_at_ms: u64,
     /// Count of changes to the set of watched hosts.
     pub roster: u64,
+    /// Version of the service's shared member list (see `state::store`):
+    /// a worker that has read an older one reads it again.
+    pub member_list: u64,
 }
 
 /// How long a reported member count stands before a smaller one replaces it.
@@ -172,6 +175,7 @@ impl ServiceHealth {
             members: 0,
             members_at_ms: 0,
             roster: 0,
+            member_list: 0,
         }
     }
 

@@ -95,12 +95,14 @@ fn hard_failure_is_ejected_starved_and_returns_after_recovery() {
     });
     println!("{}", line.unwrap_or_default());
 
-    // Starved: while ejected (3 s) u2 gets nothing and clients only 200s.
+    // Starved: while ejected (3 s) clients get only 200s and u2 only
+    // discovery's few requests left to Envoy (about 1 in 60), each retried
+    // on another host.
     let before = tb.requests(U2);
     let t = burst(tb.listener, 150);
     let got = tb.requests(U2) - before;
     println!("while ejected: {t}; u2 received {got}");
-    tb.check(got == 0 && t.with_status(200) == 150, || {
+    tb.check(got <= 8 && t.with_status(200) == 150, || {
         format!("ejected u2 received {got} requests: {t}")
     });
 

@@ -550,6 +550,7 @@ fn virtual_services_get_their_own_thresholds() {
         "detection": {"windowSize": 20, "minRequests": 10},
         "ejection": {"baseEjectionTime": "10s", "maxEjectionTime": "30s"},
         "circuitBreaker": {"enabled": false},
+        "steering": {"discoveryPercent": 0},
         "overrides": [
             {"virtualService": "shop/payments",
              "detection": {"degradedFailurePercent": 10, "unhealthyFailurePercent": 20, "recoveredFailurePercent": 5,

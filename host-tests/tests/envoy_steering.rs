@@ -81,7 +81,9 @@ fn meshguard_ejects_a_failing_host_and_warms_it_up_again() {
         format!("detection cost too many failed requests (want < 30 503s): {detection}")
     });
 
-    // Measured phase: u2 must get nothing and clients must see only 200s.
+    // Measured phase: clients must see only 200s, and u2 gets at most
+    // discovery's share of Envoy's picks (steering.discoveryPercent, 5 % at
+    // first: about 1 in 60 requests here), each retried on another host.
     let before = s.requests(U2);
     let started = Instant::now();
     let measured = burst(listener, 300);
@@ -94,7 +96,7 @@ fn meshguard_ejects_a_failing_host_and_warms_it_up_again() {
             ejected_at.map(|t| t.elapsed()).unwrap_or_default()
         )
     };
-    s.check(u2_got == 0, || {
+    s.check(u2_got <= 12, || {
         format!(
             "ejected u2 still received {u2_got} requests: {measured} {}",
             note()

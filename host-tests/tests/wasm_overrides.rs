@@ -67,6 +67,7 @@ fn send(svc: &mut Service, vm: usize, route: &RouteSpec, grey: &mut Grey, tally:
 
 const STRICT_AND_LENIENT: &str = r#"{
     "detection": {"windowSize": 20, "minRequests": 10, "unhealthyFailurePercent": 50},
+    "steering": {"discoveryPercent": 0},
     "ejection": {"baseEjectionTime": "60s"},
     "circuitBreaker": {"enabled": false},
     "overrides": [
@@ -166,6 +167,7 @@ fn a_grey_host_is_ejected_for_payments_but_kept_for_batch() {
 fn a_headers_only_override_shares_the_service_state() {
     let config = r#"{
         "detection": {"consecutive5xxErrors": 3},
+        "steering": {"discoveryPercent": 0},
         "circuitBreaker": {"enabled": false},
         "overrides": [
             {"virtualService": "shop/web",

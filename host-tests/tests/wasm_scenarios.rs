@@ -19,9 +19,12 @@ fn ms(millis: u64) -> Duration {
 const B: &str = "10.0.0.2:80";
 
 /// Short ejection and warm-up so a whole incident fits in 90 s; breaker
-/// off so these tests look at host grading alone (it has its own tests).
+/// off so these tests look at host grading alone (it has its own tests);
+/// discovery off, so an ejected host gets exactly nothing (discovery has
+/// its own tests in wasm_large_service).
 const HARD_FAILURE_CONFIG: &str = r#"{
     "detection": {"consecutive5xxErrors": 5},
+    "steering": {"discoveryPercent": 0},
     "ejection": {"baseEjectionTime": "10s", "warmupDuration": "9s"},
     "circuitBreaker": {"enabled": false}
 }"#;

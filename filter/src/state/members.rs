@@ -82,6 +82,26 @@ impl Members {
         Seen::New
     }
 
+    /// Takes on a host another worker has seen (from the shared list):
+    /// a member from now on, as if seen at `now`. Returns whether it is new.
+    pub fn learn(&mut self, address: &str, now: u64, capacity: usize) -> bool {
+        if self.index.contains_key(address) || self.slots.len() >= capacity {
+            return false;
+        }
+        if self.is_gone(address, now) {
+            return false;
+        }
+        let address: Rc<str> = Rc::from(address);
+        self.index.insert(Rc::clone(&address), self.slots.len());
+        self.slots.push(Member {
+            address,
+            last_seen_ms: now,
+            successes: 0,
+        });
+        self.changed = true;
+        true
+    }
+
     /// The successes `address` had since they were last taken (counted as
     /// they came, handed over once).
     pub fn take_successes(&mut self, address: &str) -> u16 {

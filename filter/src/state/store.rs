@@ -49,6 +49,17 @@ struct IndexEntry {
     last_active_ms: u64,
 }
 
+/// Every host of a service that some worker has seen, so that a worker
+/// with little traffic steers across the whole service from the start.
+/// Written only when the membership changes, never on the request path.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct MemberList {
+    service: String,
+    epoch: u32,
+    version: u64,
+    addresses: Vec<String>,
+}
+
 /// Where a service's record lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Slot {
@@ -100,6 +111,65 @@ impl Store {
 
     fn slot_key(&self, slot: Slot) -> String {
         format!("{}{}", self.slot_prefix, slot.index)
+    }
+
+    fn members_key(&self, slot: Slot) -> String {
+        format!("{}{}.members", self.slot_prefix, slot.index)
+    }
+
+    /// The service's shared member list: its version and addresses
+    /// (empty for a list of another service or an older epoch).
+    pub fn members(
+        &self,
+        host: &impl Host,
+        service: &str,
+        slot: Slot,
+    ) -> Result<(u64, Vec<String>), StoreError> {
+        let (bytes, _) = host.shared_get(&self.members_key(slot))?;
+        let list = current_list(bytes.as_deref(), service, slot);
+        Ok((list.version, list.addresses))
+    }
+
+    /// Adds and removes addresses in the service's member list (at most
+    /// `cap` addresses); returns its new version.
+    pub fn update_members(
+        &self,
+        host: &impl Host,
+        service: &str,
+        slot: Slot,
+        add: &[std::rc::Rc<str>],
+        remove: &[std::rc::Rc<str>],
+        cap: usize,
+    ) -> Result<u64, StoreError> {
+        let key = self.members_key(slot);
+        for _ in 0..CAS_ATTEMPTS {
+            let (bytes, cas) = host.shared_get(&key)?;
+            let mut list = current_list(bytes.as_deref(), service, slot);
+            let before = list.addresses.len();
+            list.addresses
+                .retain(|a| !remove.iter().any(|r| **r == **a));
+            let mut changed = list.addresses.len() != before;
+            for address in add {
+                if list.addresses.len() >= cap {
+                    break;
+                }
+                if !list.addresses.iter().any(|a| **a == **address) {
+                    list.addresses.push(address.to_string());
+                    changed = true;
+                }
+            }
+            if !changed {
+                return Ok(list.version);
+            }
+            list.version = list.version.wrapping_add(1);
+            let bytes = postcard::to_allocvec(&list).map_err(|_| StoreError::Encode)?;
+            match host.shared_set(&key, &bytes, cas) {
+                Ok(()) => return Ok(list.version),
+                Err(SetError::CasMismatch) => continue,
+                Err(SetError::Host(status)) => return Err(StoreError::Host(status)),
+            }
+        }
+        Err(StoreError::Contention)
     }
 
     /// Finds the service's slot, claiming a free or long-idle one if it has
@@ -260,5 +330,17 @@ fn current(bytes: Option<&[u8]>, service: &str, slot: Slot) -> Result<ServiceHea
         Some(record) if record.epoch == slot.epoch && record.service == service => Ok(record),
         Some(record) if record.epoch > slot.epoch => Err(StoreError::Reassigned),
         _ => Ok(ServiceHealth::new(service, slot.epoch)),
+    }
+}
+
+fn current_list(bytes: Option<&[u8]>, service: &str, slot: Slot) -> MemberList {
+    match bytes.and_then(|b| postcard::from_bytes::<MemberList>(b).ok()) {
+        Some(list) if list.service == service && list.epoch == slot.epoch => list,
+        _ => MemberList {
+            service: service.to_string(),
+            epoch: slot.epoch,
+            version: 0,
+            addresses: Vec::new(),
+        },
     }
 }

@@ -145,7 +145,13 @@ fn a_hard_down_host_is_ejected_and_avoided_at_any_size() {
             );
         }
         // What a failure rewrites does not grow with the service.
-        let record_bytes = shared.bytes();
+        let record = shared
+            .keys()
+            .into_iter()
+            .find(|k| k.contains(".service.") && !k.ends_with(".members"))
+            .expect("a record");
+        let (bytes, _) = worker.host().shared_get(&record).unwrap();
+        let record_bytes = bytes.map_or(0, |b| b.len());
         assert!(
             record_bytes < 2_000,
             "{n} hosts: shared data holds {record_bytes} bytes"
@@ -495,4 +501,56 @@ fn a_slow_host_keeps_its_record_and_is_degraded() {
         w.tick(now);
     }
     assert_eq!(state(&w, &slow), HostState::Degraded);
+}
+
+#[test]
+fn a_worker_with_little_traffic_steers_across_what_the_others_saw() {
+    let shared = Rc::new(SharedData::default());
+    let mut busy = worker(&shared, defaults(), 15);
+    let mut quiet = worker(&shared, defaults(), 16);
+    let mut cluster = Cluster::new(50);
+    let bad = address(5);
+    let outcome = |a: &str| if a == bad { fail() } else { ok() };
+    let mut now = 1_000;
+    for _ in 0..40 {
+        traffic(&mut busy, &mut cluster, 100, now, &outcome);
+        now += 100;
+        busy.tick(now);
+        quiet.host().now.set(now);
+        quiet.tick(now);
+    }
+    assert_eq!(state(&busy, &bad), HostState::Unhealthy);
+    // The quiet worker has served nothing, yet knows the 50 hosts.
+    let got = traffic(&mut quiet, &mut Cluster::new(50), 490, now, &outcome);
+    assert!(got.get(&bad).copied().unwrap_or(0) <= 2, "{got:?}");
+    assert!(
+        got.len() >= 48,
+        "spread over the service: {} hosts",
+        got.len()
+    );
+}
+
+#[test]
+fn discovery_pauses_while_a_host_is_ejected_as_unreachable() {
+    use crate::classify::LocalOrigin;
+    let shared = Rc::new(SharedData::default());
+    let mut w = worker(&shared, defaults(), 17);
+    let mut cluster = Cluster::new(3);
+    let dead = address(2);
+    let refused = Observation::plain(Outcome {
+        failure: Some(FailureKind::LocalOrigin(LocalOrigin::ConnectFailure)),
+        slow: false,
+    });
+    let outcome = |a: &str| if a == dead { refused } else { ok() };
+    let mut now = 1_000;
+    for _ in 0..10 {
+        traffic(&mut w, &mut cluster, 30, now, &outcome);
+        now += 100;
+        w.tick(now);
+    }
+    assert_eq!(state(&w, &dead), HostState::Unhealthy);
+    // Not one request is left to Envoy: it could wait out a connect
+    // timeout on the dead host.
+    let got = traffic(&mut w, &mut cluster, 3000, now, &outcome);
+    assert_eq!(got.get(&dead), None, "{got:?}");
 }

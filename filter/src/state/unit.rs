@@ -26,6 +26,11 @@ pub struct Unit {
     /// Every outcome, for the breaker, not yet written.
     pub breaker_pending: Pending,
     pub members: Members,
+    /// Members this worker found or saw leave, not yet in the shared list.
+    pub members_found: Vec<Rc<str>>,
+    pub members_left: Vec<Rc<str>>,
+    /// Version of the shared member list this worker has merged.
+    pub member_list_seen: u64,
     pub plan: Option<Plan>,
     /// The watched hosts' weights the plan was built from.
     pub plan_basis: Vec<u8>,
@@ -40,6 +45,9 @@ pub struct Unit {
     /// Discovery's share of steered requests now, in per mille (see
     /// `Worker::steer`).
     pub discovery_per_mille: u16,
+    /// A host is ejected as unreachable: discovery pauses, as a request it
+    /// leaves to Envoy could wait out a connect timeout there.
+    pub discovery_paused: bool,
     /// When time alone next changes the record or its weights.
     pub next_change_ms: Option<u64>,
     pub last_touch_ms: u64,
@@ -91,12 +99,16 @@ impl Unit {
             pending: HashMap::default(),
             breaker_pending: Pending::default(),
             members: Members::default(),
+            members_found: Vec::new(),
+            members_left: Vec::new(),
+            member_list_seen: 0,
             plan: None,
             plan_basis: Vec::new(),
             steers: false,
             unknown_percent: 0,
             discovery: (0, 0),
             discovery_per_mille: 0,
+            discovery_paused: false,
             next_change_ms: None,
             last_touch_ms: now,
             last_used_ms: now,
@@ -106,7 +118,10 @@ impl Unit {
     }
 
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty() || !self.breaker_pending.is_empty()
+        !self.pending.is_empty()
+            || !self.breaker_pending.is_empty()
+            || !self.members_found.is_empty()
+            || !self.members_left.is_empty()
     }
 }
 

@@ -350,6 +350,7 @@ impl<H: Host> Worker<H> {
             counts,
             unknown_percent,
             discovery_per_mille,
+            discovery_paused,
             ..
         } = &mut self.units[position];
         let plan = plan.as_mut()?;
@@ -359,7 +360,12 @@ impl<H: Host> Worker<H> {
         // service is unknown) so they are learnt within a pass of Envoy's
         // balancer, at the price of that share reaching ejected hosts.
         let unknown = u16::from(*unknown_percent).saturating_mul(20).min(1000);
-        let per_mille = (*discovery_per_mille).max(unknown);
+        let discovery = if *discovery_paused {
+            0
+        } else {
+            *discovery_per_mille
+        };
+        let per_mille = discovery.max(unknown);
         let has_ejected = plan.has_ejected;
         match plan.pick(per_mille)? {
             Choice::Host(target) => {
@@ -476,8 +482,14 @@ impl<H: Host> Worker<H> {
         let success = !observation.outcome.failed();
         let capacity = usize::from(limits.max_hosts_per_service);
         let seen = unit.members.saw(address, now, capacity, success);
-        if seen == Seen::Full {
-            unit.counts.not_tracked += 1;
+        match seen {
+            Seen::Full => unit.counts.not_tracked += 1,
+            Seen::New if unit.members_found.len() < capacity => {
+                if let Some(name) = unit.members.address(address) {
+                    unit.members_found.push(name);
+                }
+            }
+            _ => {}
         }
         if routed == Routed::Discovery {
             // Envoy's load balancer samples the hosts evenly: the share of
@@ -506,6 +518,9 @@ impl<H: Host> Worker<H> {
         if let Routed::To(steered) = routed {
             if steered != address && self.host.attempt_count().is_none_or(|n| n <= 1) {
                 unit.members.left(steered, now);
+                if unit.members_left.len() < capacity {
+                    unit.members_left.push(Rc::from(steered));
+                }
             }
         }
         if config.circuit_breaker.enabled {
@@ -637,6 +652,26 @@ impl<H: Host> Worker<H> {
         for pending in unit.pending.values_mut() {
             pending.seen_writes = seen_writes;
         }
+        // Hosts found or gone go to the shared member list first, so the
+        // record's version of it never names a list not written yet.
+        let mut member_list = None;
+        if !unit.members_found.is_empty() || !unit.members_left.is_empty() {
+            let cap = usize::from(config.limits.max_hosts_per_service);
+            let (found, left) = (&unit.members_found, &unit.members_left);
+            match self
+                .store
+                .update_members(&self.host, &unit.key, unit.slot, found, left, cap)
+            {
+                Ok(version) => {
+                    member_list = Some(version);
+                    unit.members_found.clear();
+                    unit.members_left.clear();
+                }
+                Err(error) => {
+                    log::debug!("meshguard: member list not updated, will retry: {error}")
+                }
+            }
+        }
         let members = unit.members.len();
         let shrank = unit.members.take_shrank();
         let (pending, breaker_pending) = (&unit.pending, &unit.breaker_pending);
@@ -652,11 +687,15 @@ impl<H: Host> Worker<H> {
                 };
                 record.advance(now, &config, &mut events);
                 record.note_members(members, shrank, now);
+                let listed = member_list.is_some_and(|v| v > record.member_list);
+                if let Some(version) = member_list {
+                    record.member_list = record.member_list.max(version);
+                }
                 record.apply_breaker(breaker_pending, now, &config, &mut events);
                 for (address, outcomes) in pending {
                     record.apply(address, outcomes, now, &config, &mut next, &mut events);
                 }
-                (events, record.roster != roster)
+                (events, record.roster != roster || listed)
             });
         match result {
             Ok(((events, roster_changed), record)) => {
@@ -709,6 +748,7 @@ impl<H: Host> Worker<H> {
     }
 
     fn after_sync(&mut self, position: usize, now: u64) {
+        self.merge_member_list(position, now);
         let unit = &mut self.units[position];
         if now.saturating_sub(unit.last_touch_ms) >= TOUCH_INTERVAL_MS
             && unit.last_used_ms > unit.last_touch_ms
@@ -723,6 +763,11 @@ impl<H: Host> Worker<H> {
         }
         unit.next_change_ms = unit.snapshot.next_change_ms(now, &unit.config);
         unit.steers = unit.snapshot.steers(now, &unit.config);
+        unit.discovery_paused = unit
+            .snapshot
+            .hosts
+            .iter()
+            .any(|h| h.health.ejected_as_unreachable(now));
         // Rebuilding a plan costs as much as the service has hosts: only
         // when a weight or the set of hosts changed.
         let basis = plan_basis(&unit.snapshot, now, &unit.config);
@@ -734,6 +779,23 @@ impl<H: Host> Worker<H> {
         }
         self.reporter
             .publish(&self.host, &mut self.units[position], now);
+    }
+
+    /// Takes on the hosts other workers have seen, when the shared list
+    /// changed since this worker last read it.
+    fn merge_member_list(&mut self, position: usize, now: u64) {
+        let unit = &mut self.units[position];
+        if unit.snapshot.member_list <= unit.member_list_seen {
+            return;
+        }
+        let Ok((version, addresses)) = self.store.members(&self.host, &unit.key, unit.slot) else {
+            return;
+        };
+        let capacity = usize::from(unit.config.limits.max_hosts_per_service);
+        for address in &addresses {
+            unit.members.learn(address, now, capacity);
+        }
+        unit.member_list_seen = version;
     }
 
     /// Builds the unit's steering plan over every host this worker knows
