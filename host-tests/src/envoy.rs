@@ -164,19 +164,33 @@ impl Envoy {
         fallback_port: Option<u16>,
         wasm: Option<WasmPlugin>,
     ) -> io::Result<Self> {
+        Self::start_with_config(envoy_bin, work_dir, |admin_port, listen_port| {
+            render(
+                TEMPLATE,
+                &TemplateVars {
+                    admin_port,
+                    listen_port,
+                    upstream_ports,
+                    fallback_port,
+                    wasm,
+                },
+            )
+        })
+    }
+
+    /// Starts Envoy on the config `make_config(admin_port, listen_port)`
+    /// returns for two fresh loopback ports (admin, listener), in `work_dir`
+    /// (`envoy.yaml`, `envoy.log`, `envoy.stderr`), and waits until admin
+    /// `/ready` says LIVE. For configs derived from the template (render it,
+    /// then edit), such as the EDS fleet of [`crate::fleet`].
+    pub fn start_with_config(
+        envoy_bin: &Path,
+        work_dir: &Path,
+        make_config: impl FnOnce(u16, u16) -> Result<String, String>,
+    ) -> io::Result<Self> {
         fs::create_dir_all(work_dir)?;
         let [admin_port, listen_port] = free_ports::<2>()?;
-        let yaml = render(
-            TEMPLATE,
-            &TemplateVars {
-                admin_port,
-                listen_port,
-                upstream_ports,
-                fallback_port,
-                wasm,
-            },
-        )
-        .map_err(io::Error::other)?;
+        let yaml = make_config(admin_port, listen_port).map_err(io::Error::other)?;
         let config_path = work_dir.join("envoy.yaml");
         let log_path = work_dir.join("envoy.log");
         fs::write(&config_path, yaml)?;
@@ -280,6 +294,23 @@ impl Envoy {
             )));
         }
         Ok(r.body_text())
+    }
+
+    /// Envoy's counter or gauge `name` (for example
+    /// `cluster.demo.membership_total`); 0 when Envoy does not list it.
+    pub fn stat(&self, name: &str) -> io::Result<u64> {
+        let filter = format!("/stats?filter=^{}$", name.replace('.', "\\."));
+        Ok(self
+            .admin_get(&filter)?
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(": ")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0))
     }
 
     /// Stops Envoy and waits until its PID is gone.

@@ -6,6 +6,8 @@
 //! - [`upstream`]: start mg-upstream processes, change their behaviour, read stats;
 //! - [`envoy`]: render `envoy/demo.yaml.tmpl` and run the real Envoy on it;
 //! - [`fixture`]: three upstreams behind Envoy with meshguard, for the real-Envoy tests;
+//! - [`fleet`]: a large service: one multi-host mg-upstream behind Envoy with
+//!   an EDS cluster fed from a watched file, membership changed at run time;
 //! - [`traffic`]: client traffic through Envoy, tallied per upstream and status;
 //! - [`http`]: a minimal blocking HTTP/1.1 client;
 //! - [`istio`]: the manifests in `istio/` and an Istio-sidecar-shaped Envoy config built from them;
@@ -18,6 +20,7 @@ pub mod behaviour;
 pub mod containers;
 pub mod envoy;
 pub mod fixture;
+pub mod fleet;
 pub mod http;
 #[cfg(feature = "containers")]
 pub mod istio;

@@ -1,0 +1,623 @@
+//! The large-service fixture: one multi-host mg-upstream ([`Fleet`]) behind
+//! a real Envoy whose cluster `demo` gets its members through EDS from a
+//! watched file, so tests change membership while traffic flows (scale-up,
+//! scale-down, rolling replacement).
+//!
+//! The Envoy config is `envoy/demo.yaml.tmpl` rendered as usual (meshguard
+//! in the chain exactly as there, `override_host` with a round-robin
+//! fallback), with the `demo` cluster turned from `STATIC` into `EDS`
+//! (`eds_cluster_config.eds_config.path_config_source` on
+//! `<dir>/eds/demo.json`, `watched_directory: <dir>/eds`) and, optionally,
+//! Istio's default retry policy on the routes.
+//!
+//! ```text
+//! let s = EdsFleet::start(test_paths!(), "my_test", FleetOptions::new(100).plugin(CONFIG));
+//! s.set_behaviour(7, &Behaviour::status(503));   // host h-7
+//! s.set_members(&(10..110).collect::<Vec<_>>());  // EDS update, waits for Envoy
+//! let per_host = s.requests();                     // by host index
+//! ```
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::behaviour::Behaviour;
+use crate::envoy::{render, Envoy, TemplateVars, WasmPlugin, TEMPLATE};
+use crate::fixture::{required_env_file, TestPaths};
+use crate::http;
+use crate::upstream::{Fleet, HostStats};
+
+/// Name prefix of the fleet's hosts: host `i` answers as `h-<i>`.
+pub const HOST_PREFIX: &str = "h";
+
+/// Istio's default retry policy (what istiod puts on every route), as a
+/// YAML flow mapping.
+pub const ISTIO_RETRY_POLICY: &str = "{ retry_on: \"connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes\", \
+retriable_status_codes: [503], num_retries: 2, \
+retry_host_predicate: [{ name: envoy.retry_host_predicates.previous_hosts, typed_config: { \"@type\": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate } }], \
+host_selection_retry_max_attempts: 5 }";
+
+/// Request headers (copies made before the router) that the access log
+/// prints: meshguard's steering header and `x-envoy-retry-on` as the router
+/// got them.
+const DIAG_STEER: &str = "x-fleet-diag-steer";
+const DIAG_RETRY_ON: &str = "x-fleet-diag-retry-on";
+
+/// What [`EdsFleet::start`] sets up.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// Hosts the mg-upstream process serves (indices 0..hosts).
+    pub hosts: usize,
+    /// Initial EDS members (host indices); default: all hosts.
+    pub members: Vec<usize>,
+    /// meshguard's configuration; None runs Envoy without meshguard (the
+    /// "no protection" baseline).
+    pub plugin_config: Option<String>,
+    /// Istio's default retry policy on the routes ([`ISTIO_RETRY_POLICY`]).
+    pub istio_retries: bool,
+}
+
+impl FleetOptions {
+    /// `hosts` hosts, all members, no meshguard, no retries.
+    pub fn new(hosts: usize) -> Self {
+        Self {
+            hosts,
+            members: (0..hosts).collect(),
+            plugin_config: None,
+            istio_retries: false,
+        }
+    }
+
+    pub fn plugin(mut self, config: &str) -> Self {
+        self.plugin_config = Some(config.to_string());
+        self
+    }
+
+    pub fn members(mut self, members: impl IntoIterator<Item = usize>) -> Self {
+        self.members = members.into_iter().collect();
+        self
+    }
+
+    pub fn istio_retries(mut self, on: bool) -> Self {
+        self.istio_retries = on;
+        self
+    }
+}
+
+/// Renders the template for an EDS `demo` cluster fed from `eds_file`
+/// (watched through its directory). `retries` adds [`ISTIO_RETRY_POLICY`] to
+/// the routes to `demo`. The `fallback` cluster keeps pointing at
+/// 127.0.0.1:`port` (unused unless the breaker runs in fallback mode).
+pub fn render_eds_config(
+    admin_port: u16,
+    listen_port: u16,
+    port: u16,
+    eds_file: &Path,
+    wasm: Option<WasmPlugin>,
+    retries: bool,
+) -> Result<String, String> {
+    let yaml = render(
+        TEMPLATE,
+        &TemplateVars {
+            admin_port,
+            listen_port,
+            upstream_ports: [port; 3],
+            fallback_port: Some(port),
+            wasm,
+        },
+    )?;
+    let watched = eds_file
+        .parent()
+        .ok_or_else(|| format!("{} has no directory", eds_file.display()))?;
+    to_eds(&yaml, eds_file, watched, retries)
+}
+
+/// The rendered template with cluster `demo` turned into an EDS cluster.
+fn to_eds(yaml: &str, eds_file: &Path, watched: &Path, retries: bool) -> Result<String, String> {
+    const HEAD: &str = "\n  - name: demo\n    type: STATIC\n";
+    const ASSIGNMENT: &str = "    load_assignment:\n      cluster_name: demo\n";
+    let anchor = |what: &str| {
+        format!("envoy/demo.yaml.tmpl changed: cannot find {what:?} to make cluster demo an EDS cluster")
+    };
+    let head = yaml.find(HEAD).ok_or_else(|| anchor(HEAD))?;
+    let la = head
+        + yaml[head..]
+            .find(ASSIGNMENT)
+            .ok_or_else(|| anchor(ASSIGNMENT))?;
+    // The assignment ends at the first line indented 4 or less after it.
+    let body = la + ASSIGNMENT.len();
+    let end = yaml[body..]
+        .match_indices('\n')
+        .map(|(i, _)| body + i + 1)
+        .find(|&i| {
+            let line = &yaml[i..];
+            let indent = line.len() - line.trim_start_matches(' ').len();
+            indent <= 4 && !line.starts_with('\n')
+        })
+        .ok_or_else(|| anchor("the end of demo's load_assignment"))?;
+    let eds = format!(
+        "    eds_cluster_config:\n      eds_config:\n        resource_api_version: V3\n        path_config_source:\n          path: {}\n          watched_directory: {{ path: {} }}\n",
+        eds_file.display(),
+        watched.display()
+    );
+    // Envoy refuses a path config source without a node id and cluster.
+    const ADMIN: &str = "\nadmin:\n";
+    let admin = yaml.find(ADMIN).ok_or_else(|| anchor(ADMIN))?;
+    if admin > head {
+        return Err(anchor("admin: before the clusters"));
+    }
+    let mut out = String::with_capacity(yaml.len() + 512);
+    out.push_str(&yaml[..admin]);
+    out.push_str("\nnode: { id: meshguard-fleet, cluster: meshguard-fleet }");
+    out.push_str(&yaml[admin..head]);
+    out.push_str("\n  - name: demo\n    type: EDS\n");
+    out.push_str(&yaml[head + HEAD.len()..la]);
+    out.push_str(&eds);
+    out.push_str(&yaml[end..]);
+    // Diagnostics in the access log: how many attempts a request took, where
+    // meshguard steered it and whether it carried discovery's retry header.
+    // The router and the cluster's upstream filter remove both headers before
+    // the access log runs, so a header_mutation filter between meshguard and
+    // the router copies them first (it changes nothing else).
+    const ROUTER: &str = "          - name: envoy.filters.http.router\n";
+    if out.matches(ROUTER).count() != 1 {
+        return Err(anchor(ROUTER));
+    }
+    out = out.replace(
+        ROUTER,
+        &format!(
+            "          - name: envoy.filters.http.header_mutation\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation\n              mutations:\n                request_mutations:\n                - append: {{ header: {{ key: {DIAG_STEER}, value: \"%REQ(x-meshguard-upstream)%\" }}, append_action: OVERWRITE_IF_EXISTS_OR_ADD }}\n                - append: {{ header: {{ key: {DIAG_RETRY_ON}, value: \"%REQ(x-envoy-retry-on)%\" }}, append_action: OVERWRITE_IF_EXISTS_OR_ADD }}\n{ROUTER}"
+        ),
+    );
+    out = out.replace(
+        "%UPSTREAM_CLUSTER%\\n\"",
+        &format!("%UPSTREAM_CLUSTER% attempts=%UPSTREAM_REQUEST_ATTEMPT_COUNT% steer=%REQ({DIAG_STEER})% retry_on=%REQ({DIAG_RETRY_ON})%\\n\""),
+    );
+    if retries {
+        const ROUTE: &str = "route: { cluster: demo }";
+        if !out.contains(ROUTE) {
+            return Err(anchor(ROUTE));
+        }
+        out = out.replace(
+            ROUTE,
+            &format!("route: {{ cluster: demo, retry_policy: {ISTIO_RETRY_POLICY} }}"),
+        );
+    }
+    Ok(out)
+}
+
+/// The EDS file's content: a `DiscoveryResponse` with one
+/// `ClusterLoadAssignment` for `demo` listing `members`.
+pub fn eds_document(version: u64, members: &[SocketAddr]) -> String {
+    let endpoints: Vec<serde_json::Value> = members
+        .iter()
+        .map(|a| {
+            serde_json::json!({"endpoint": {"address": {"socket_address": {
+                "address": a.ip().to_string(), "port_value": a.port()}}}})
+        })
+        .collect();
+    serde_json::json!({
+        "version_info": version.to_string(),
+        "resources": [{
+            "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+            "cluster_name": "demo",
+            "endpoints": [{"lb_endpoints": endpoints}],
+        }],
+    })
+    .to_string()
+}
+
+/// A multi-host mg-upstream behind a real Envoy whose `demo` cluster is
+/// fed by EDS from a watched file. Everything stops on drop.
+pub struct EdsFleet {
+    // Drop order: Envoy first, so it never sees its upstreams vanish.
+    pub envoy: Envoy,
+    pub fleet: Fleet,
+    /// Rendered config, logs, the EDS file: kept after the run.
+    pub dir: PathBuf,
+    eds_file: PathBuf,
+    version: Cell<u64>,
+    members: RefCell<Vec<usize>>,
+    /// Hosts given a non-healthy behaviour: always shown by [`fail`](Self::fail).
+    faulty: RefCell<BTreeSet<usize>>,
+    meshguard: bool,
+}
+
+impl EdsFleet {
+    /// Starts the fleet and Envoy (needs MESHGUARD_ENVOY, and MESHGUARD_WASM
+    /// when meshguard is configured); waits until Envoy has the initial
+    /// members. Works in `<tmp_dir>/<test_name>/`. Panics on setup failure.
+    pub fn start(paths: TestPaths, test_name: &str, opts: FleetOptions) -> Self {
+        let envoy_bin = required_env_file(
+            "MESHGUARD_ENVOY",
+            "the Envoy 1.40 binary",
+            "export MESHGUARD_ENVOY=$(scripts/ensure-envoy.sh)",
+        );
+        let wasm = opts.plugin_config.as_ref().map(|config| WasmPlugin {
+            wasm_path: required_env_file(
+                "MESHGUARD_WASM",
+                "the meshguard module (meshguard.wasm)",
+                "`make build` and export MESHGUARD_WASM=$PWD/target/wasm32-wasip1/release/meshguard.wasm",
+            ),
+            config: config.clone(),
+        });
+        let dir = paths.tmp_dir.join(test_name);
+        let eds_dir = dir.join("eds");
+        std::fs::create_dir_all(&eds_dir)
+            .unwrap_or_else(|e| panic!("create {}: {e}", eds_dir.display()));
+        let eds_file = eds_dir.join("demo.json");
+        let fleet = Fleet::start(&paths.mg_upstream, HOST_PREFIX, opts.hosts, &dir)
+            .unwrap_or_else(|e| panic!("start mg-upstream --hosts {}: {e}", opts.hosts));
+        let port = fleet.addr(0).port();
+        let members: Vec<SocketAddr> = opts.members.iter().map(|&i| fleet.addr(i)).collect();
+        write_atomically(&eds_file, &eds_document(1, &members))
+            .unwrap_or_else(|e| panic!("write {}: {e}", eds_file.display()));
+        let meshguard = wasm.is_some();
+        let retries = opts.istio_retries;
+        let envoy = Envoy::start_with_config(&envoy_bin, &dir, |admin, listen| {
+            render_eds_config(admin, listen, port, &eds_file, wasm, retries)
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        println!(
+            "envoy pid {} listener {} admin {}; fleet of {} hosts {}..{} (admin {}); {} members; meshguard {}; istio retries {}; logs in {}",
+            envoy.pid(),
+            envoy.listener,
+            envoy.admin,
+            opts.hosts,
+            fleet.addr(0),
+            fleet.addr(opts.hosts - 1),
+            fleet.admin.admin,
+            opts.members.len(),
+            if meshguard { "on" } else { "off" },
+            if retries { "on" } else { "off" },
+            dir.display()
+        );
+        let s = Self {
+            envoy,
+            fleet,
+            dir,
+            eds_file,
+            version: Cell::new(1),
+            members: RefCell::new(opts.members.clone()),
+            faulty: RefCell::new(BTreeSet::new()),
+            meshguard,
+        };
+        s.wait_for_members(&opts.members);
+        s
+    }
+
+    /// Envoy's listener: where client traffic goes.
+    pub fn listener(&self) -> SocketAddr {
+        self.envoy.listener
+    }
+
+    /// Host `i`'s name (`x-upstream-name`, the key of a `Tally`).
+    pub fn name(&self, i: usize) -> &str {
+        self.fleet.host_name(i)
+    }
+
+    /// Host `i`'s data address (what meshguard and Envoy call it).
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        self.fleet.addr(i)
+    }
+
+    /// The current EDS members (host indices), as last set.
+    pub fn members(&self) -> Vec<usize> {
+        self.members.borrow().clone()
+    }
+
+    /// Makes `members` (host indices) the cluster's endpoints: rewrites the
+    /// EDS file atomically (temp file + rename in the watched directory) and
+    /// waits until Envoy lists exactly those hosts and
+    /// `cluster.demo.membership_total` matches.
+    pub fn set_members(&self, members: &[usize]) {
+        let v = self.version.get() + 1;
+        self.version.set(v);
+        let addrs: Vec<SocketAddr> = members.iter().map(|&i| self.addr(i)).collect();
+        if let Err(e) = write_atomically(&self.eds_file, &eds_document(v, &addrs)) {
+            self.fail(&format!("cannot write {}: {e}", self.eds_file.display()));
+        }
+        *self.members.borrow_mut() = members.to_vec();
+        let t = Instant::now();
+        self.wait_for_members(members);
+        println!(
+            "EDS v{v}: {} members, applied by Envoy in {:?}",
+            members.len(),
+            t.elapsed()
+        );
+    }
+
+    fn wait_for_members(&self, members: &[usize]) {
+        let want: BTreeSet<SocketAddr> = members.iter().map(|&i| self.addr(i)).collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut have = BTreeSet::new();
+        let mut total = 0;
+        while Instant::now() < deadline {
+            have = self.envoy_hosts();
+            total = self.envoy_stat("cluster.demo.membership_total");
+            if have == want && total == want.len() as u64 {
+                // The main thread has it; give the workers a moment to get
+                // their copy of the host set.
+                std::thread::sleep(Duration::from_millis(100));
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let missing = want.difference(&have).count();
+        let extra = have.difference(&want).count();
+        self.fail(&format!(
+            "Envoy did not apply the EDS update within 10 s: wants {} hosts, lists {} ({missing} missing, {extra} extra), membership_total {total}",
+            want.len(),
+            have.len()
+        ));
+    }
+
+    /// The hosts Envoy lists for cluster `demo` (admin `/clusters`).
+    pub fn envoy_hosts(&self) -> BTreeSet<SocketAddr> {
+        match self.envoy.admin_get("/clusters") {
+            Ok(text) => text
+                .lines()
+                .filter_map(|l| l.strip_prefix("demo::")?.split("::").next()?.parse().ok())
+                .collect(),
+            Err(e) => self.fail(&format!("cannot read envoy /clusters: {e}")),
+        }
+    }
+
+    /// Sets what host `i` does.
+    pub fn set_behaviour(&self, i: usize, b: &Behaviour) {
+        if let Err(e) = self.fleet.admin.set_behaviour(i, b) {
+            self.fail(&format!("cannot set {}'s behaviour: {e}", self.name(i)));
+        }
+        let mut faulty = self.faulty.borrow_mut();
+        if *b == Behaviour::healthy() {
+            faulty.remove(&i);
+        } else {
+            faulty.insert(i);
+        }
+    }
+
+    /// Every host's counters, by index.
+    pub fn stats(&self) -> Vec<HostStats> {
+        match self.fleet.admin.stats() {
+            Ok(s) => s,
+            Err(e) => self.fail(&format!("cannot read the fleet's stats: {e}")),
+        }
+    }
+
+    /// Requests each host received (attempts, retries included), by index.
+    pub fn requests(&self) -> Vec<u64> {
+        self.stats().iter().map(|h| h.requests).collect()
+    }
+
+    /// Zeroes every host's counters.
+    pub fn reset_stats(&self) {
+        if let Err(e) = self.fleet.admin.reset_stats() {
+            self.fail(&format!("cannot reset the fleet's stats: {e}"));
+        }
+    }
+
+    /// Envoy's counter or gauge `name`; 0 when Envoy does not list it.
+    pub fn envoy_stat(&self, name: &str) -> u64 {
+        match self.envoy.stat(name) {
+            Ok(v) => v,
+            Err(e) => self.fail(&format!("cannot read envoy stat {name}: {e}")),
+        }
+    }
+
+    /// The sum of meshguard's counter `metric` (for example `steered`,
+    /// `requests`) over the stats of service `demo` and its overrides; 0
+    /// before meshguard defines it.
+    pub fn meshguard_counter(&self, metric: &str) -> u64 {
+        let name = format!("meshguard.{metric}.service.demo");
+        let filter = format!("/stats?filter={}", name.replace('.', "\\."));
+        match self.envoy.admin_get(&filter) {
+            Ok(text) => text
+                .lines()
+                .filter_map(|l| {
+                    let (k, v) = l.rsplit_once(": ")?;
+                    let rest = &k[k.find(&name)? + name.len()..];
+                    // `demo` itself or `demo [vs=..]`, not `demo2`.
+                    (rest.is_empty() || rest.starts_with(' '))
+                        .then(|| v.trim().parse::<u64>().ok())
+                        .flatten()
+                })
+                .sum(),
+            Err(e) => self.fail(&format!("cannot read meshguard.{metric}: {e}")),
+        }
+    }
+
+    /// meshguard's status endpoint (`/meshguard/status` on the listener;
+    /// needs `"status":{"enabled":true}`), parsed.
+    pub fn status(&self) -> Result<serde_json::Value, String> {
+        let r = http::get(self.listener(), "/meshguard/status", Duration::from_secs(5))
+            .map_err(|e| format!("GET /meshguard/status: {e}"))?;
+        if r.status != 200 {
+            return Err(format!(
+                "GET /meshguard/status: {}: {}",
+                r.status,
+                r.body_text()
+            ));
+        }
+        serde_json::from_slice(&r.body)
+            .map_err(|e| format!("/meshguard/status: bad JSON ({e}): {}", r.body_text()))
+    }
+
+    /// The status endpoint's entry for host `i` of service `demo`: None when
+    /// it is not listed (which means Healthy) or the status is unavailable.
+    pub fn host_status(&self, i: usize) -> Option<serde_json::Value> {
+        let addr = self.addr(i).to_string();
+        let status = self.status().ok()?;
+        status["services"]
+            .as_array()?
+            .iter()
+            .filter(|s| s["service"] == "demo")
+            .flat_map(|s| s["hosts"].as_array().cloned().unwrap_or_default())
+            .find(|h| h["address"] == addr.as_str())
+    }
+
+    /// Host `i`'s state in the status endpoint ("Healthy" when not listed).
+    pub fn host_state(&self, i: usize) -> String {
+        self.host_status(i)
+            .and_then(|h| h["state"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "Healthy".to_string())
+    }
+
+    /// Envoy log lines from meshguard containing `needle`, oldest first.
+    pub fn meshguard_lines(&self, needle: &str) -> Vec<String> {
+        self.envoy
+            .log()
+            .lines()
+            .filter(|l| l.contains("meshguard: ") && l.contains(needle))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// meshguard's transition lines for host `i`, oldest first.
+    pub fn transitions(&self, i: usize) -> Vec<String> {
+        let needle = format!(" host {}: ", self.addr(i));
+        self.meshguard_lines(&needle)
+            .into_iter()
+            .filter(|l| l.contains(" -> "))
+            .collect()
+    }
+
+    /// Panics with `msg` and what is needed to debug it: membership, the
+    /// faulty hosts' and the busiest and idlest members' counters, Envoy's
+    /// non-zero demo/meshguard stats, meshguard's log lines, its status
+    /// endpoint, the access log's non-200 lines and the Envoy log tail.
+    pub fn fail(&self, msg: &str) -> ! {
+        std::thread::sleep(Duration::from_millis(300));
+        let members = self.members();
+        let mut hosts = String::new();
+        match self.fleet.admin.stats() {
+            Ok(stats) => {
+                let line = |h: &HostStats| {
+                    format!(
+                        "  {} {} {} requests, {} errors{}\n",
+                        h.name,
+                        h.address,
+                        h.requests,
+                        h.errors,
+                        if members.contains(&h.index) {
+                            ""
+                        } else {
+                            " (not a member)"
+                        }
+                    )
+                };
+                let faulty = self.faulty.borrow();
+                let _ = writeln!(hosts, "faulty hosts:");
+                for h in stats.iter().filter(|h| faulty.contains(&h.index)) {
+                    hosts.push_str(&line(h));
+                }
+                let mut by_count: Vec<&HostStats> = stats
+                    .iter()
+                    .filter(|h| members.contains(&h.index))
+                    .collect();
+                by_count.sort_by_key(|h| std::cmp::Reverse(h.requests));
+                let _ = writeln!(hosts, "busiest members:");
+                for h in by_count.iter().take(8) {
+                    hosts.push_str(&line(h));
+                }
+                let _ = writeln!(hosts, "idlest members:");
+                for h in by_count.iter().rev().take(5) {
+                    hosts.push_str(&line(h));
+                }
+                let gone: u64 = stats
+                    .iter()
+                    .filter(|h| !members.contains(&h.index))
+                    .map(|h| h.requests)
+                    .sum();
+                let _ = writeln!(hosts, "non-members together: {gone} requests");
+            }
+            Err(e) => hosts = format!("fleet stats unavailable: {e}"),
+        }
+        let envoy_stats = self
+            .envoy
+            .admin_get("/stats?filter=cluster\\.demo\\.(membership|upstream_rq_|upstream_cx_connect_fail|upstream_cx_destroy|retry|update_|lb_)|wasm|meshguard")
+            .map(|s| s.lines().filter(|l| !l.ends_with(": 0")).collect::<Vec<_>>().join("\n"))
+            .unwrap_or_else(|e| format!("unavailable: {e}"));
+        let status = if self.meshguard {
+            match self.status() {
+                Ok(v) => {
+                    let t = v.to_string();
+                    if t.len() > 4000 {
+                        format!("{}... ({} bytes)", &t[..4000], t.len())
+                    } else {
+                        t
+                    }
+                }
+                Err(e) => e,
+            }
+        } else {
+            "(no meshguard)".to_string()
+        };
+        panic!(
+            "{msg}\n\n--- {} EDS members (v{}); host counters since last reset\n{hosts}\n\
+             --- envoy stats (non-zero)\n{envoy_stats}\n\n\
+             --- meshguard log lines (last 40)\n{}\n\n\
+             --- meshguard status\n{status}\n\n\
+             --- access log, not-200 lines (last 20): start code flags upstream details route cluster attempts steer retry_on\n{}\n\n\
+             --- envoy log since startup (last 30 lines)\n{}\n\n(full log: {}; access log: {})",
+            members.len(),
+            self.version.get(),
+            self.envoy.log_matching("meshguard", 40),
+            self.envoy.access_log_matching(|l| !l.contains(" 200 "), 20),
+            self.envoy.log_tail(30),
+            self.envoy.log_path.display(),
+            self.envoy.stderr_path.display()
+        );
+    }
+
+    /// [`fail`](Self::fail)s with `msg()` unless `ok`.
+    pub fn check(&self, ok: bool, msg: impl FnOnce() -> String) {
+        if !ok {
+            self.fail(&msg());
+        }
+    }
+}
+
+/// Writes `path` the way a control plane swaps a file: a temp file in the
+/// same (watched) directory, then a rename over the old one.
+fn write_atomically(path: &Path, content: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, content)?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_cluster_becomes_eds() {
+        let yaml = render_eds_config(1, 2, 4000, Path::new("/w/eds/demo.json"), None, true)
+            .expect("render");
+        let demo = &yaml[yaml.find("\n  - name: demo\n    type").expect("demo")..];
+        let demo = &demo[..demo.find("  - name: fallback").expect("fallback")];
+        assert!(demo.contains("    type: EDS\n"), "{demo}");
+        assert!(!demo.contains("load_assignment"), "{demo}");
+        assert!(demo.contains("path: /w/eds/demo.json"), "{demo}");
+        assert!(
+            demo.contains("watched_directory: { path: /w/eds }"),
+            "{demo}"
+        );
+        assert!(demo.contains("connect_timeout: 1s"), "{demo}");
+        assert!(
+            demo.contains("envoy.load_balancing_policies.override_host"),
+            "{demo}"
+        );
+        assert!(demo.contains("typed_extension_protocol_options"), "{demo}");
+        assert_eq!(yaml.matches("retry_host_predicate:").count(), 3, "{yaml}");
+        assert!(
+            yaml.contains("port_value: 4000 "),
+            "fallback keeps its host"
+        );
+        let doc = eds_document(3, &["127.0.1.1:4000".parse().expect("addr")]);
+        assert!(doc.contains(r#""port_value":4000"#), "{doc}");
+        assert!(doc.contains(r#""version_info":"3""#), "{doc}");
+    }
+}
