@@ -88,11 +88,13 @@ fuzz: build
 bench-host: build
 	MESHGUARD_WASM='$(MODULE)' $(HOST_RELEASE) cargo run --release -p host-tests --bin wasm-host-bench
 
-# Overhead against plain Envoy and a do-nothing wasm filter, and incidents
-# against Envoy's own outlier detection (README "Performance"). Local
-# processes on loopback; about 11 minutes. Prints the tables and writes
-# bench/results/ (results.md, results.json, SVG charts). BENCH_QUICK=1 is a
-# two-minute smoke run into target/bench-quick; other knobs in scripts/bench.sh.
+# Overhead against plain Envoy and a do-nothing wasm filter (Envoy
+# instructions per request under callgrind at 3, 100 and 1,000 hosts, then
+# wall clock), and incidents against Envoy's own outlier detection (README
+# "Performance"). Local processes on loopback; about 45 minutes. Prints the
+# tables and writes bench/results/ (results.md, results.json, SVG charts).
+# BENCH_QUICK=1 is a smoke run into target/bench-quick; BENCH_ONLY=instructions
+# runs one part; other knobs in scripts/bench.sh.
 bench: build
 	MESHGUARD_WASM='$(MODULE)' MESHGUARD_ENVOY="$$(scripts/ensure-envoy.sh)" scripts/bench.sh
 

@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
 # `make bench`: builds what the benchmark needs and runs it (bench/runner).
-#   1. overhead: wrk through Envoy (1 worker) for plain Envoy, a do-nothing
+#   1. instructions: Envoy instructions per request under callgrind (plain
+#      Envoy, a do-nothing Rust wasm filter, meshguard healthy, steering
+#      around an ejected host, one host failing 40 %) at 3, 100 and 1,000
+#      upstream hosts, 2 repeats; idle instructions/s; wasm memory per VM
+#      (about 30 minutes);
+#   2. overhead: wrk through Envoy (1 worker) for plain Envoy, a do-nothing
 #      Rust wasm filter, meshguard healthy, meshguard steering; 5 rounds
-#      interleaved;
-#   2. incidents: six scenarios at a fixed request rate over wall time,
+#      interleaved (wall clock);
+#   3. incidents: six scenarios at a fixed request rate over wall time,
 #      meshguard against Envoy's own outlier detection.
 # Prints the tables; writes bench/results/{results.md,results.json,*.svg}.
 #
 # Inputs: MESHGUARD_WASM (the shipped module), MESHGUARD_ENVOY (Envoy 1.40).
 # Knobs (see bench/runner/src/main.rs): BENCH_QUICK=1 (smoke run, results in
-# target/bench-quick), BENCH_ONLY=overhead|incidents, BENCH_SCENARIOS=a,b,
-# BENCH_ROUNDS, BENCH_SECONDS, BENCH_RATE, BENCH_PIN=0, BENCH_OUT.
+# target/bench-quick), BENCH_ONLY=instructions|overhead|incidents (comma
+# list; the other parts' results already in BENCH_OUT are kept),
+# BENCH_INSTR_SIZES=3,100,1000, BENCH_INSTR_ROWS=Plain,Noop,Healthy,Steering,Failure,
+# BENCH_INSTR_REPEATS, BENCH_INSTR_REQUESTS, BENCH_INSTR_WARMUP, BENCH_INSTR_IDLE_S,
+# BENCH_SCENARIOS=a,b, BENCH_ROUNDS, BENCH_SECONDS, BENCH_RATE, BENCH_PIN=0, BENCH_OUT.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,16 +32,24 @@ BENCH_TARGET="${BENCH_TARGET_DIR:-$TARGET/bench-release}"
 : "${MESHGUARD_WASM:?set MESHGUARD_WASM (run make bench)}"
 : "${MESHGUARD_ENVOY:?set MESHGUARD_ENVOY (run make bench)}"
 
-if ! command -v wrk >/dev/null; then
+# Which parts run (BENCH_ONLY empty: all of them).
+part() { [[ -z "${BENCH_ONLY:-}" || ",${BENCH_ONLY}," == *",$1,"* ]]; }
+
+# Tools from Debian packages, installed when missing (root only).
+need() {
+    local cmd="$1" pkg="$2"
+    command -v "$cmd" >/dev/null && return 0
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-        echo "bench: installing wrk from Debian packages..." >&2
+        echo "bench: installing $pkg from Debian packages..." >&2
         apt-get update -qq >/dev/null
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null
     else
-        echo "bench: wrk is missing: sudo apt-get install wrk" >&2
+        echo "bench: $cmd is missing: sudo apt-get install $pkg" >&2
         exit 1
     fi
-fi
+}
+if part overhead; then need wrk wrk; fi
+if part instructions; then need valgrind valgrind; need callgrind_control valgrind; fi
 command -v taskset >/dev/null || echo "bench: taskset missing; running without CPU pinning" >&2
 command -v taskset >/dev/null || export BENCH_PIN=0
 
@@ -46,15 +62,19 @@ wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
     --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types \
     "$NOOP" -o "$NOOP_OPT"
 
-# mg-upstream for the incidents (a debug build is plenty at 200 req/s).
-cargo build -p host-tests --bin mg-upstream
-
-CARGO_TARGET_DIR="$BENCH_TARGET" CARGO_PROFILE_RELEASE_OPT_LEVEL=3 CARGO_PROFILE_RELEASE_LTO=false \
-    CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_PANIC=unwind CARGO_PROFILE_RELEASE_STRIP=false \
-    cargo build --release -p mg-bench
+# mg-bench and mg-upstream (the incidents' upstreams and the instruction
+# runs' hosts: up to 1,000 from one process), optimised; host-tests without
+# its wasmtime and container harnesses, which neither needs.
+bench_build() {
+    CARGO_TARGET_DIR="$BENCH_TARGET" CARGO_PROFILE_RELEASE_OPT_LEVEL=3 CARGO_PROFILE_RELEASE_LTO=false \
+        CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_PANIC=unwind CARGO_PROFILE_RELEASE_STRIP=false \
+        cargo build --release "$@"
+}
+bench_build -p mg-bench
+bench_build -p host-tests --no-default-features --bin mg-upstream
 
 echo "bench: load average before the run: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 start=$(date +%s)
-NOOP_WASM="$NOOP_OPT" MG_UPSTREAM="$TARGET/debug/mg-upstream" BENCH_WORK="${BENCH_WORK:-$TARGET/bench-work}" \
+NOOP_WASM="$NOOP_OPT" MG_UPSTREAM="$BENCH_TARGET/release/mg-upstream" BENCH_WORK="${BENCH_WORK:-$TARGET/bench-work}" \
     "$BENCH_TARGET/release/mg-bench" run
 echo "bench: finished in $(( $(date +%s) - start )) s (run only; builds before that)" >&2

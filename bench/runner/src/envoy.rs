@@ -2,6 +2,7 @@
 //! template (`envoy/demo.yaml.tmpl`, the same rules as
 //! `scripts/render-envoy-config.sh`), and running Envoy on them.
 
+use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io;
 use std::net::SocketAddr;
@@ -114,42 +115,122 @@ pub struct Envoy {
 /// Log lines carry epoch seconds with milliseconds: `[1715000000.123] ...`.
 pub const LOG_FORMAT: &str = "[%E.%e] %v";
 
+/// How to launch Envoy: a command prefix (taskset, valgrind), how long to
+/// wait for /ready, and how long it may take to exit on SIGTERM.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub prefix: Vec<OsString>,
+    pub ready_timeout: Duration,
+    pub grace: Duration,
+}
+
+impl Launch {
+    /// Envoy itself, optionally pinned to `cpus` (taskset list).
+    pub fn native(cpus: Option<&str>) -> Self {
+        Self {
+            prefix: cpus.map_or_else(Vec::new, |c| vec!["taskset".into(), "-c".into(), c.into()]),
+            ready_timeout: Duration::from_secs(20),
+            grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Replaces the `demo` cluster's endpoints (the template's three) with
+/// `addrs`; the rest of the rendered config is left as it is.
+pub fn with_endpoints(yaml: &str, addrs: &[SocketAddr]) -> Result<String, String> {
+    let cluster = yaml
+        .find("\n  - name: demo\n    type: STATIC\n")
+        .ok_or("template changed: demo cluster not found")?;
+    let head = "      - lb_endpoints:\n";
+    let start = cluster
+        + yaml[cluster..]
+            .find(head)
+            .ok_or("template changed: demo lb_endpoints not found")?
+        + head.len();
+    let mut end = start;
+    for line in yaml[start..].split_inclusive('\n') {
+        if !line.starts_with("        - endpoint:") {
+            break;
+        }
+        end += line.len();
+    }
+    if end == start {
+        return Err("template changed: no demo endpoints".into());
+    }
+    let mut out = String::with_capacity(yaml.len() + addrs.len() * 100);
+    out.push_str(&yaml[..start]);
+    for a in addrs {
+        out.push_str(&format!(
+            "        - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}\n",
+            a.ip(),
+            a.port()
+        ));
+    }
+    out.push_str(&yaml[end..]);
+    Ok(out)
+}
+
 impl Envoy {
     pub fn start(bin: &Path, dir: &Path, spec: &Spec, cpus: Option<&str>) -> io::Result<Self> {
+        Self::launch(
+            bin,
+            dir,
+            spec.concurrency,
+            |admin, listen| render(spec, admin, listen),
+            &Launch::native(cpus),
+        )
+    }
+
+    /// Starts Envoy on `make_config(admin_port, listen_port)` in `dir`
+    /// (`envoy.yaml`, `envoy.log`, `envoy.stderr`) and waits for /ready and
+    /// the listener.
+    pub fn launch(
+        bin: &Path,
+        dir: &Path,
+        concurrency: u32,
+        make_config: impl FnOnce(u16, u16) -> Result<String, String>,
+        how: &Launch,
+    ) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
         let ports = free_ports::<2>()?;
-        let yaml = render(spec, ports[0], ports[1]).map_err(io::Error::other)?;
+        let yaml = make_config(ports[0], ports[1]).map_err(io::Error::other)?;
         let config = dir.join("envoy.yaml");
         fs::write(&config, yaml)?;
         let log_path = dir.join("envoy.log");
         let _ = fs::remove_file(&log_path);
         let stderr = File::create(dir.join("envoy.stderr"))?;
-        let mut cmd = match cpus {
-            Some(c) => {
-                let mut t = Command::new("taskset");
-                t.args(["-c", c]).arg(bin);
-                t
+        let mut cmd = match how.prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin);
+                c
             }
             None => Command::new(bin),
         };
         cmd.arg("-c")
             .arg(&config)
             .arg("--disable-hot-restart")
-            .args(["--concurrency", &spec.concurrency.to_string()])
+            .args(["--concurrency", &concurrency.to_string()])
             .args(["--file-flush-interval-msec", "200"])
             .args(["-l", "info", "--log-format", LOG_FORMAT, "--log-path"])
             .arg(&log_path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(stderr));
-        let child = ChildGuard::spawn("envoy", &mut cmd, Duration::from_secs(5))?;
+        let child = ChildGuard::spawn("envoy", &mut cmd, how.grace)?;
         let mut e = Self {
             admin: SocketAddr::from(([127, 0, 0, 1], ports[0])),
             listener: SocketAddr::from(([127, 0, 0, 1], ports[1])),
             log_path,
             child,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Under valgrind the admin answers slowly: give each poll longer.
+        let poll = if how.prefix.is_empty() {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(5)
+        };
+        let deadline = Instant::now() + how.ready_timeout;
         loop {
             if e.child.exited().is_some() {
                 return Err(io::Error::other(format!(
@@ -158,13 +239,16 @@ impl Envoy {
                     dir.join("envoy.stderr").display()
                 )));
             }
-            if let Ok(r) = client::get(e.admin, "/ready", Duration::from_millis(500)) {
+            if let Ok(r) = client::get(e.admin, "/ready", poll) {
                 if r.status == 200 {
                     break;
                 }
             }
             if Instant::now() > deadline {
-                return Err(io::Error::other("envoy not ready after 20 s"));
+                return Err(io::Error::other(format!(
+                    "envoy not ready after {} s",
+                    how.ready_timeout.as_secs()
+                )));
             }
             std::thread::sleep(Duration::from_millis(25));
         }
@@ -176,6 +260,23 @@ impl Envoy {
             std::thread::sleep(Duration::from_millis(25));
         }
         Ok(e)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `GET path` on the admin port; Err unless 200.
+    pub fn admin_get(&self, path: &str, timeout: Duration) -> io::Result<String> {
+        let r = client::get(self.admin, path, timeout)?;
+        if r.status != 200 {
+            return Err(io::Error::other(format!(
+                "admin {path}: {} {}",
+                r.status,
+                r.text()
+            )));
+        }
+        Ok(r.text())
     }
 
     pub fn log(&self) -> String {
@@ -227,5 +328,14 @@ mod tests {
         let y = render(&spec, 1, 2).expect("render");
         assert!(y.contains("/x.wasm") && y.contains("access_log:"));
         assert!(!y.contains("outlier_detection:"));
+        let addrs: Vec<SocketAddr> = (1..=5)
+            .map(|i| SocketAddr::from(([127, 0, 1, i], 9000)))
+            .collect();
+        let many = with_endpoints(&y, &addrs).expect("endpoints");
+        assert_eq!(many.matches("port_value: 9000").count(), 5);
+        assert!(many.contains("address: 127.0.1.5, port_value: 9000"));
+        // The fallback cluster keeps its one host.
+        assert_eq!(many.matches("- endpoint:").count(), 6);
+        assert!(!many.contains("port_value: 11 ") && many.contains("port_value: 13 "));
     }
 }

@@ -11,6 +11,7 @@ mod chart;
 mod client;
 mod envoy;
 mod incidents;
+mod instructions;
 mod overhead;
 mod procs;
 mod stats;
@@ -31,14 +32,28 @@ struct Config {
     out: PathBuf,
     work: PathBuf,
     quick: bool,
+    /// BENCH_ONLY was set: splice the sections run into existing results.
+    partial: bool,
     overhead: bool,
     incidents: bool,
+    instructions: bool,
+    instr: InstrConfig,
     scenarios: Vec<String>,
     rounds: usize,
     seconds: u32,
     connections: u32,
     rate: u32,
     pin: bool,
+}
+
+/// The callgrind part's knobs (see Config::from_env).
+struct InstrConfig {
+    sizes: Vec<usize>,
+    rows: Vec<instructions::Row>,
+    repeats: usize,
+    warmup: u32,
+    requests: u32,
+    idle_s: u64,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -56,13 +71,31 @@ fn file_env(name: &str) -> Result<PathBuf, String> {
 
 impl Config {
     /// MESHGUARD_ENVOY, MESHGUARD_WASM, NOOP_WASM, MG_UPSTREAM: inputs.
-    /// BENCH_QUICK=1: a smoke run (1 round of 2 s, incidents at 1/5 length).
-    /// BENCH_ONLY=overhead|incidents, BENCH_SCENARIOS=a,c,f, BENCH_ROUNDS,
-    /// BENCH_SECONDS (per wrk run), BENCH_CONNECTIONS, BENCH_RATE (req/s of
-    /// the incidents), BENCH_PIN=0 (no CPU pinning), BENCH_OUT, BENCH_WORK.
+    /// BENCH_QUICK=1: a smoke run (1 round of 2 s, incidents at 1/5 length,
+    /// instructions: 1 repeat of 300 requests at 3 and 100 hosts).
+    /// BENCH_ONLY=instructions|overhead|incidents (comma list; the results
+    /// of the other parts already in BENCH_OUT are kept), BENCH_SCENARIOS=a,c,f,
+    /// BENCH_ROUNDS, BENCH_SECONDS (per wrk run), BENCH_CONNECTIONS,
+    /// BENCH_RATE (req/s of the incidents), BENCH_PIN=0 (no CPU pinning),
+    /// BENCH_OUT, BENCH_WORK. Instructions (callgrind): BENCH_INSTR_SIZES=3,100,1000,
+    /// BENCH_INSTR_ROWS=Plain,Noop,Healthy,Steering,Failure, BENCH_INSTR_REPEATS (2),
+    /// BENCH_INSTR_WARMUP (1000), BENCH_INSTR_REQUESTS (2000), BENCH_INSTR_IDLE_S (10).
     fn from_env() -> Result<Self, String> {
         let quick = env("BENCH_QUICK").is_some_and(|v| v != "0");
-        let only = env("BENCH_ONLY").unwrap_or_default();
+        let only_text = env("BENCH_ONLY").unwrap_or_default();
+        let only: Vec<&str> = only_text
+            .split(',')
+            .map(str::trim)
+            .filter(|w| !w.is_empty())
+            .collect();
+        for w in &only {
+            if !["overhead", "incidents", "instructions"].contains(w) {
+                return Err(format!(
+                    "BENCH_ONLY={only_text}: expected instructions, overhead or incidents"
+                ));
+            }
+        }
+        let part = |name: &str| only.is_empty() || only.contains(&name);
         let num = |k: &str, d: u64| -> Result<u64, String> {
             env(k).map_or(Ok(d), |v| {
                 v.parse().map_err(|_| format!("{k}={v}: not a number"))
@@ -83,8 +116,33 @@ impl Config {
             })),
             work: PathBuf::from(env("BENCH_WORK").unwrap_or_else(|| "target/bench-work".into())),
             quick,
-            overhead: only.is_empty() || only == "overhead",
-            incidents: only.is_empty() || only == "incidents",
+            partial: !only.is_empty(),
+            overhead: part("overhead"),
+            incidents: part("incidents"),
+            instructions: part("instructions"),
+            instr: InstrConfig {
+                sizes: match env("BENCH_INSTR_SIZES") {
+                    Some(v) => v
+                        .split(',')
+                        .map(|x| {
+                            x.trim()
+                                .parse()
+                                .map_err(|_| format!("BENCH_INSTR_SIZES={v}: not numbers"))
+                        })
+                        .collect::<Result<Vec<usize>, String>>()?,
+                    None if quick => vec![3, 100],
+                    None => vec![3, 100, 1000],
+                },
+                rows: match env("BENCH_INSTR_ROWS") {
+                    Some(v) => instructions::Row::parse_list(&v)?,
+                    None => instructions::Row::ALL.to_vec(),
+                },
+                repeats: num("BENCH_INSTR_REPEATS", if quick { 1 } else { 2 })?.max(1) as usize,
+                warmup: num("BENCH_INSTR_WARMUP", if quick { 300 } else { 1000 })? as u32,
+                requests: num("BENCH_INSTR_REQUESTS", if quick { 300 } else { 2000 })?.max(1)
+                    as u32,
+                idle_s: num("BENCH_INSTR_IDLE_S", if quick { 4 } else { 10 })?.max(1),
+            },
             scenarios: env("BENCH_SCENARIOS")
                 .map(|s| s.split(',').map(|x| x.trim().to_string()).collect())
                 .unwrap_or_default(),
@@ -234,6 +292,84 @@ fn incident_targets(outs: &[Outcome]) -> Vec<String> {
     t
 }
 
+/// The module measured: size, sha256 and the filter/ commit it was built
+/// from (as far as git can tell: the module may be newer than the commit).
+fn module_info(wasm: &std::path::Path) -> String {
+    let run = |cmd: &str, args: &[&str]| {
+        std::process::Command::new(cmd)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let path = wasm.display().to_string();
+    let sha = run("sha256sum", &[&path])
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .map(|h| h[..h.len().min(12)].to_string())
+        })
+        .unwrap_or_else(|| "?".into());
+    let size = std::fs::metadata(wasm).map_or(0, |m| m.len());
+    let commit =
+        run("git", &["log", "-1", "--format=%h %s", "--", "filter/"]).unwrap_or_else(|| "?".into());
+    let dirty =
+        run("git", &["status", "--porcelain", "--", "filter/"]).is_some_and(|s| !s.is_empty());
+    format!(
+        "`{}` ({size} bytes, sha256 {sha}…), filter/ at commit {commit}{}",
+        wasm.file_name()
+            .map_or(path.clone(), |n| n.to_string_lossy().into_owned()),
+        if dirty {
+            " plus uncommitted changes"
+        } else {
+            ""
+        }
+    )
+}
+
+/// `doc` with the section that starts at the line `heading` replaced by
+/// `body` (up to the next `## ` heading or the closing run-time line); a
+/// section not there yet goes before the first later one, else before
+/// that closing line.
+fn splice(doc: &str, heading: &str, body: &str) -> String {
+    const ORDER: [&str; 3] = [
+        "## Overhead: Envoy instructions per request (callgrind)",
+        "## Overhead (happy path)",
+        "## Incidents",
+    ];
+    let footer = "\nBench run time";
+    let body = format!("{}\n", body.trim_matches('\n'));
+    let at_line = |h: &str| {
+        doc.match_indices(h)
+            .find(|(i, _)| {
+                (*i == 0 || doc.as_bytes()[i - 1] == b'\n') && doc[i + h.len()..].starts_with('\n')
+            })
+            .map(|(i, _)| i)
+    };
+    let end_from = |from: usize| {
+        doc[from..]
+            .find("\n## ")
+            .or_else(|| doc[from..].find(footer))
+            .map_or(doc.len(), |e| from + e + 1)
+    };
+    if let Some(start) = at_line(heading) {
+        let end = end_from(start + 1);
+        return format!(
+            "{}{body}\n{}",
+            &doc[..start],
+            doc[end..].trim_start_matches('\n')
+        );
+    }
+    let later = ORDER
+        .iter()
+        .skip_while(|h| **h != heading)
+        .skip(1)
+        .find_map(|h| at_line(h));
+    let at = later.unwrap_or_else(|| doc.find(footer).map_or(doc.len(), |i| i + 1));
+    format!("{}{body}\n{}", &doc[..at], &doc[at..])
+}
+
 fn run(cfg: &Config) -> Result<(), String> {
     let started = Instant::now();
     std::fs::create_dir_all(&cfg.out).map_err(|e| e.to_string())?;
@@ -261,7 +397,113 @@ fn run(cfg: &Config) -> Result<(), String> {
     let mut json =
         serde_json::json!({ "date": date, "machine": machine, "envoy": ev, "quick": cfg.quick });
 
+    // Each part's markdown is md[start..] of its block: a section that a
+    // BENCH_ONLY run splices into the existing results.md.
+    let mut sections: Vec<(&str, std::ops::Range<usize>)> = Vec::new();
+
+    if cfg.instructions {
+        if let Some(n) = cfg
+            .instr
+            .sizes
+            .iter()
+            .find(|&&n| !(2..=10_000).contains(&n))
+        {
+            return Err(format!("BENCH_INSTR_SIZES: {n} hosts is outside 2-10000"));
+        }
+        let start = md.len();
+        // A copy: `make build` elsewhere must not swap the module mid-run.
+        let work = instructions::work_dir(&cfg.work);
+        std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+        let module = module_info(&cfg.meshguard);
+        let meshguard = work.join("meshguard.wasm");
+        std::fs::copy(&cfg.meshguard, &meshguard)
+            .map_err(|e| format!("copy {}: {e}", cfg.meshguard.display()))?;
+        let s = instructions::Settings {
+            envoy: cfg.envoy.clone(),
+            meshguard,
+            noop: cfg.noop.clone(),
+            mg_upstream: cfg.mg_upstream.clone(),
+            work,
+            sizes: cfg.instr.sizes.clone(),
+            rows: cfg.instr.rows.clone(),
+            repeats: cfg.instr.repeats,
+            warmup: cfg.instr.warmup,
+            requests: cfg.instr.requests,
+            idle: std::time::Duration::from_secs(cfg.instr.idle_s),
+        };
+        eprintln!(
+            "instructions: {} runs under callgrind ({} repeats x hosts {:?} x {} variants), {} counted requests each; module {module}",
+            s.repeats * s.sizes.len() * s.rows.len(),
+            s.repeats,
+            s.sizes,
+            s.rows.len(),
+            s.requests
+        );
+        let runs = instructions::run(&s)?;
+        let sum = instructions::summarize(&runs, &s.sizes, &s.rows);
+        let req = instructions::request_table(&sum, &s.sizes, &s.rows).markdown();
+        let idle = instructions::idle_table(&sum, &s.sizes, &s.rows).markdown();
+        let mem = instructions::memory_table(&sum, &s.sizes, &s.rows).markdown();
+        let paths = instructions::paths_table(&sum, &s.sizes, &s.rows).markdown();
+        let targets = instructions::targets(&sum, &s.sizes);
+        let _ = writeln!(
+            md,
+            "## Overhead: Envoy instructions per request (callgrind)\n\n\
+             Measured {date}; module {module}. Envoy `--concurrency 1` under `valgrind --tool=callgrind \
+             --smc-check=all-non-file` (instrumentation switched on after startup), the demo template's config with the \
+             `demo` cluster listing N hosts (STATIC, round robin), all served by one `mg-upstream --hosts N` on 127.0.1.x. \
+             Per run: a warm-up of max({warmup}, 2N) sequential keep-alive requests (Steering: first until meshguard has \
+             ejected the bad host), then two counted stretches of {requests} sequential keep-alive requests each \
+             (`callgrind_control -z` .. `-d`), back to back and then paced to take about twice as long; then {idle} s \
+             idle (from 3 s after the last request) measured the same way. Under callgrind a request takes ~50x longer \
+             than natively, so work done per second while serving (Envoy's timers, meshguard's 100 ms busy tick) would \
+             weigh ~50x too much per request: the two stretches separate it (instructions = per request x requests + \
+             busy x seconds), and the table shows the per-request part. Each cell is the median of {repeats} runs \
+             (separate Envoy processes, interleaved); ± is half their range. Instructions do not depend on the \
+             machine's load, unlike the wall-clock tables below.\n",
+            warmup = s.warmup,
+            requests = s.requests,
+            idle = cfg.instr.idle_s,
+            repeats = s.repeats,
+        );
+        md.push_str(&req);
+        let _ = writeln!(
+            md,
+            "\nIdle: Envoy's whole process (main thread and its one worker), per second, and (in brackets) above plain Envoy \
+             at the same size. Busy: the per-second part while serving (the slope between the two counted stretches).\n"
+        );
+        md.push_str(&idle);
+        let _ = writeln!(
+            md,
+            "\nMemory: Envoy's admin has no per-VM memory stat (only `wasm.wasm_vm_count`); the linear memory of each VM is \
+             read from `/proc/<pid>/smaps` (the read-write mapping V8 commits right below each wasm memory's guard \
+             reservation; median over VMs and runs). Heap: `server.memory_allocated` (tcmalloc) after the run, under \
+             callgrind.\n"
+        );
+        md.push_str(&mem);
+        let _ = writeln!(
+            md,
+            "\nWhat the counted requests did besides answering (Envoy's `cluster.demo.upstream_rq_retry` and \
+             `upstream_rq_5xx`; the bad host's requests from mg-upstream's counters, max over runs).\n"
+        );
+        md.push_str(&paths);
+        let _ = writeln!(md, "\nTargets (issue 12, issue 14):\n");
+        println!("\n## Overhead: Envoy instructions per request (callgrind)\n\n{req}\n{idle}\n{mem}\n{paths}");
+        for t in &targets {
+            let _ = writeln!(md, "- {t}");
+            println!("- {t}");
+        }
+        let _ = writeln!(md);
+        json["instructions"] =
+            serde_json::json!({ "module": module, "runs": runs, "summary": sum });
+        sections.push((
+            "## Overhead: Envoy instructions per request (callgrind)",
+            start..md.len(),
+        ));
+    }
+
     if cfg.overhead {
+        let start = md.len();
         let pin = if cfg.pin && std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
             Some(("0".to_string(), "1-1023".to_string()))
         } else {
@@ -323,9 +565,11 @@ fn run(cfg: &Config) -> Result<(), String> {
         }
         println!("\n## Overhead\n\n{table}");
         json["overhead"] = serde_json::json!({ "runs": runs, "summary": sum });
+        sections.push(("## Overhead (happy path)", start..md.len()));
     }
 
     if cfg.incidents {
+        let start = md.len();
         let scale = if cfg.quick { 0.2 } else { 1.0 };
         let all: Vec<Scenario> = incidents::scenarios(scale)
             .into_iter()
@@ -398,6 +642,7 @@ fn run(cfg: &Config) -> Result<(), String> {
             }
         }
         json["incidents"] = serde_json::to_value(&outs).map_err(|e| e.to_string())?;
+        sections.push(("## Incidents", start..md.len()));
     }
     let total = started.elapsed().as_secs_f64();
     let _ = writeln!(
@@ -407,9 +652,33 @@ fn run(cfg: &Config) -> Result<(), String> {
         loadavg()
     );
     json["run_seconds"] = serde_json::json!(total);
-    std::fs::write(cfg.out.join("results.md"), md).map_err(|e| e.to_string())?;
+    let md_path = cfg.out.join("results.md");
+    let json_path = cfg.out.join("results.json");
+    let (md, json) = match (
+        cfg.partial,
+        std::fs::read_to_string(&md_path),
+        std::fs::read_to_string(&json_path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()),
+    ) {
+        // A BENCH_ONLY run replaces only its sections of the existing results.
+        (true, Ok(old_md), Some(mut old_json)) => {
+            let mut out = old_md;
+            for (heading, range) in &sections {
+                out = splice(&out, heading, &md[range.clone()]);
+            }
+            for key in ["instructions", "overhead", "incidents"] {
+                if let Some(v) = json.get(key) {
+                    old_json[key] = v.clone();
+                }
+            }
+            (out, old_json)
+        }
+        _ => (md, json),
+    };
+    std::fs::write(&md_path, md).map_err(|e| e.to_string())?;
     std::fs::write(
-        cfg.out.join("results.json"),
+        &json_path,
         serde_json::to_string(&json).map_err(|e| e.to_string())?,
     )
     .map_err(|e| e.to_string())?;
@@ -461,6 +730,38 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn splices_sections() {
+        let doc = "# r\n\nMeasured x.\n## Overhead (happy path)\n\nold wall\n\n## Incidents\n\nold inc\n\nBench run time 1 s.\n";
+        let ins = "## Overhead: Envoy instructions per request (callgrind)\n\nnew instr\n";
+        let d = super::splice(
+            doc,
+            "## Overhead: Envoy instructions per request (callgrind)",
+            ins,
+        );
+        assert_eq!(
+            d,
+            "# r\n\nMeasured x.\n## Overhead: Envoy instructions per request (callgrind)\n\nnew instr\n\n## Overhead (happy path)\n\nold wall\n\n## Incidents\n\nold inc\n\nBench run time 1 s.\n"
+        );
+        let d2 = super::splice(
+            &d,
+            "## Overhead: Envoy instructions per request (callgrind)",
+            "\n## Overhead: Envoy instructions per request (callgrind)\n\nnewer\n",
+        );
+        assert!(d2.contains("\nnewer\n\n## Overhead (happy path)") && !d2.contains("new instr"));
+        let d3 = super::splice(&d2, "## Incidents", "\n## Incidents\n\nnew inc\n");
+        assert!(
+            d3.ends_with("## Incidents\n\nnew inc\n\nBench run time 1 s.\n"),
+            "{d3}"
+        );
+        let d4 = super::splice(
+            "# r\n\nBench run time 1 s.\n",
+            "## Incidents",
+            "## Incidents\n\ni\n",
+        );
+        assert_eq!(d4, "# r\n\n## Incidents\n\ni\n\nBench run time 1 s.\n");
+    }
+
     #[test]
     fn civil_dates() {
         assert_eq!(super::civil(0), "1970-01-01 00:00 UTC");

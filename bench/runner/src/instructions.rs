@@ -1,0 +1,1084 @@
+//! Overhead as Envoy instructions per request, counted by callgrind: a
+//! measure that does not move with the machine's load (wall-clock and CPU
+//! time on a shared 2-core machine vary by 15 % and more; instruction counts
+//! repeat to about 0.1 %), per upstream host count.
+//!
+//! Each run: one multi-host mg-upstream serving N hosts (127.0.1.x), Envoy
+//! `--concurrency 1` under `valgrind --tool=callgrind` (instrumentation
+//! switched on after startup: startup under callgrind takes minutes
+//! otherwise) with the demo template's `demo` cluster listing the N
+//! addresses. Warm-up (every host seen twice, connections open, V8 tiered
+//! up, the row's incident detected), `callgrind_control -z`, a fixed number
+//! of sequential keep-alive requests from our own client, `callgrind_control
+//! -d`; then an idle stretch measured the same way, whose rate is subtracted
+//! pro rata from the request stretch (Envoy's timers, meshguard's ticks).
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use host_tests::upstream::Fleet;
+use host_tests::Behaviour;
+use serde::Serialize;
+
+use crate::envoy::{self, Envoy, Filter, Launch, Spec};
+use crate::stats::{Spread, Table};
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub envoy: PathBuf,
+    pub meshguard: PathBuf,
+    pub noop: PathBuf,
+    pub mg_upstream: PathBuf,
+    pub work: PathBuf,
+    pub sizes: Vec<usize>,
+    pub rows: Vec<Row>,
+    pub repeats: usize,
+    /// Sequential requests before counting (at least twice the host count).
+    pub warmup: u32,
+    /// Counted sequential requests.
+    pub requests: u32,
+    pub idle: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Row {
+    Plain,
+    Noop,
+    Healthy,
+    Steering,
+    Failure,
+}
+
+/// The host that misbehaves in the Steering and Failure rows.
+pub const BAD_HOST: usize = 1;
+
+/// Steering: the bad host answers 503 to everything and is ejected after 5
+/// in a row; an ejection of 300 s keeps it out for the whole measurement
+/// (the default 30 s is shorter than a run under callgrind).
+pub const STEERING_CONFIG: &str =
+    r#"{"ejection":{"baseEjectionTime":"300s","maxEjectionTime":"300s"}}"#;
+
+impl Row {
+    pub const ALL: [Row; 5] = [
+        Row::Plain,
+        Row::Noop,
+        Row::Healthy,
+        Row::Steering,
+        Row::Failure,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Row::Plain => "plain Envoy",
+            Row::Noop => "do-nothing Rust wasm filter",
+            Row::Healthy => "meshguard, defaults, all hosts healthy",
+            Row::Steering => "meshguard steering (one host answering 503, ejected)",
+            Row::Failure => "meshguard failure path (one host failing 40 %)",
+        }
+    }
+
+    fn meshguard(self) -> bool {
+        matches!(self, Row::Healthy | Row::Steering | Row::Failure)
+    }
+
+    fn filter(self, s: &Settings) -> Filter {
+        match self {
+            Row::Plain => Filter::None,
+            Row::Noop => Filter::Wasm {
+                path: s.noop.clone(),
+                config: "{}".into(),
+            },
+            Row::Healthy | Row::Failure => Filter::Wasm {
+                path: s.meshguard.clone(),
+                config: "{}".into(),
+            },
+            Row::Steering => Filter::Wasm {
+                path: s.meshguard.clone(),
+                config: STEERING_CONFIG.into(),
+            },
+        }
+    }
+
+    fn bad_behaviour(self) -> Option<Behaviour> {
+        match self {
+            Row::Steering => Some(Behaviour::status(503)),
+            Row::Failure => Some(Behaviour::grey(503, 40)),
+            _ => None,
+        }
+    }
+
+    /// `Plain,Healthy` (BENCH_INSTR_ROWS).
+    pub fn parse_list(s: &str) -> Result<Vec<Row>, String> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|w| !w.is_empty())
+            .map(|w| {
+                Row::ALL
+                    .into_iter()
+                    .find(|r| format!("{r:?}").eq_ignore_ascii_case(w))
+                    .ok_or_else(|| {
+                        format!("BENCH_INSTR_ROWS: unknown row {w} (Plain, Noop, Healthy, Steering, Failure)")
+                    })
+            })
+            .collect()
+    }
+}
+
+/// Linear memory of one wasm VM, from /proc/<pid>/smaps.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct VmMemory {
+    /// Committed linear memory (the VM's memory size).
+    pub kib: u64,
+    /// Of that, resident (touched) pages.
+    pub rss_kib: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Measurement {
+    pub row: Row,
+    pub hosts: usize,
+    pub repeat: usize,
+    /// Requests in each of the two counted stretches.
+    pub requests: u32,
+    /// Instructions (callgrind Ir) and seconds of the back-to-back stretch.
+    pub fast_ir: u64,
+    pub fast_seconds: f64,
+    /// The same for the paced stretch (a pause between requests).
+    pub paced_ir: u64,
+    pub paced_seconds: f64,
+    /// Instructions per second while busy that do not come with requests
+    /// (timers, ticks): the slope between the two stretches.
+    pub busy_per_second: f64,
+    pub idle_ir: u64,
+    pub idle_seconds: f64,
+    /// Envoy's instructions per second while idle (main thread and the one
+    /// worker together).
+    pub idle_per_second: f64,
+    /// (fast_ir - busy_per_second x fast_seconds) / requests.
+    pub per_request: f64,
+    /// (fast_ir - idle_per_second x fast_seconds) / requests: what the
+    /// idle rate alone would subtract (for comparison).
+    pub per_request_idle_rate: f64,
+    /// Requests sent before counting (provoking the incident included).
+    pub warmup_requests: u32,
+    pub non_200: u32,
+    pub reconnects: u32,
+    /// Requests the bad host received during the counted stretches.
+    pub bad_host_requests: Option<u64>,
+    /// meshguard logged a transition of the bad host before counting
+    /// (Steering: `Healthy -> Unhealthy`; Failure: any).
+    pub bad_host_detected: Option<bool>,
+    /// Envoy's upstream retries during the counted stretches (so are the
+    /// counters below).
+    pub retries: u64,
+    /// Envoy's upstream 5xx answers during the counted stretch.
+    pub upstream_5xx: u64,
+    /// Upstream connections Envoy opened during the counted stretch (0 when
+    /// the warm-up opened one to every host and none was closed).
+    pub upstream_connections: u64,
+    pub wasm_vms: Option<u64>,
+    pub vm_memory: Vec<VmMemory>,
+    /// Envoy's `server.memory_allocated` (tcmalloc heap) after the run.
+    pub heap_bytes: Option<u64>,
+    /// Wall time of the whole run (startup to stop).
+    pub run_seconds: f64,
+}
+
+impl Measurement {
+    /// The measured path is the one the row is about: the ejected host was
+    /// detected before counting and got under half its fair share.
+    pub fn path_ok(&self) -> bool {
+        match self.row {
+            Row::Steering => {
+                let fair = 2.0 * f64::from(self.requests) / self.hosts as f64;
+                self.bad_host_detected == Some(true)
+                    && self
+                        .bad_host_requests
+                        .is_some_and(|n| (n as f64) < fair / 2.0)
+            }
+            _ => true,
+        }
+    }
+}
+
+/// Sequential keep-alive HTTP/1.1 client.
+struct KeepAlive {
+    addr: SocketAddr,
+    stream: Option<TcpStream>,
+    connects: u32,
+    raw: Vec<u8>,
+}
+
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n";
+
+impl KeepAlive {
+    fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            stream: None,
+            connects: 0,
+            raw: Vec::with_capacity(1024),
+        }
+    }
+
+    fn once(&mut self) -> io::Result<u16> {
+        if self.stream.is_none() {
+            let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(30))?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(Duration::from_secs(60)))?;
+            s.set_write_timeout(Some(Duration::from_secs(60)))?;
+            self.stream = Some(s);
+            self.connects += 1;
+        }
+        let s = self
+            .stream
+            .as_mut()
+            .ok_or_else(|| io::Error::other("no stream"))?;
+        s.write_all(REQUEST)?;
+        self.raw.clear();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf)?;
+            if n == 0 {
+                return Err(io::Error::other("connection closed"));
+            }
+            self.raw.extend_from_slice(&buf[..n]);
+            if let Some(r) = crate::client::parse(&self.raw, false) {
+                if r.header("connection")
+                    .is_some_and(|c| c.eq_ignore_ascii_case("close"))
+                {
+                    self.stream = None;
+                }
+                return Ok(r.status);
+            }
+        }
+    }
+
+    /// One request; a dropped connection is reopened once.
+    fn get(&mut self) -> io::Result<u16> {
+        match self.once() {
+            Ok(s) => Ok(s),
+            Err(_) => {
+                self.stream = None;
+                self.once()
+            }
+        }
+    }
+
+    /// `n` requests, `pause` between them; the number that were not 200.
+    fn send(&mut self, n: u32, pause: Duration) -> Result<u32, String> {
+        let mut bad = 0;
+        for i in 0..n {
+            if i > 0 && !pause.is_zero() {
+                std::thread::sleep(pause);
+            }
+            match self.get() {
+                Ok(200) => {}
+                Ok(_) => bad += 1,
+                Err(e) => return Err(format!("request through Envoy failed: {e}")),
+            }
+        }
+        Ok(bad)
+    }
+}
+
+/// Callgrind's interactive control of one process.
+struct Callgrind {
+    pid: u32,
+    /// `--callgrind-out-file`; dumps are `<out>.1`, `<out>.2`, ...
+    out: PathBuf,
+}
+
+impl Callgrind {
+    /// Runs `callgrind_control <args> <pid>`; returns the instant halfway
+    /// through the call (when valgrind acted on it, give or take 0.2 s).
+    fn control(&self, args: &[&str]) -> Result<Instant, String> {
+        let before = Instant::now();
+        let out = Command::new("callgrind_control")
+            .args(args)
+            .arg(self.pid.to_string())
+            .output()
+            .map_err(|e| format!("cannot run callgrind_control: {e}"))?;
+        let after = Instant::now();
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() || !text.contains("OK") {
+            return Err(format!(
+                "callgrind_control {} {}: {text}{}",
+                args.join(" "),
+                self.pid,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        Ok(before + (after - before) / 2)
+    }
+
+    fn dumps(&self) -> Vec<(u32, PathBuf)> {
+        let (Some(dir), Some(name)) = (
+            self.out.parent(),
+            self.out.file_name().and_then(|n| n.to_str()),
+        ) else {
+            return Vec::new();
+        };
+        let prefix = format!("{name}.");
+        let mut v: Vec<(u32, PathBuf)> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let f = e.file_name().to_str()?.to_string();
+                let n: u32 = f.strip_prefix(&prefix)?.parse().ok()?;
+                Some((n, e.path()))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Dumps (and so zeroes) the counters; the instructions since the last
+    /// zero or dump.
+    fn dump(&self) -> Result<(u64, Instant), String> {
+        let last = self.dumps().last().map_or(0, |d| d.0);
+        let at = self.control(&["-d"])?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some((_, path)) = self.dumps().into_iter().find(|d| d.0 > last) {
+                if let Some(ir) = std::fs::read_to_string(&path)
+                    .ok()
+                    .as_deref()
+                    .and_then(parse_summary)
+                {
+                    return Ok((ir, at));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "no new callgrind dump after {} (pid {})",
+                    self.out.display(),
+                    self.pid
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The `summary:` line of a callgrind dump (events: Ir only).
+pub fn parse_summary(dump: &str) -> Option<u64> {
+    dump.lines()
+        .find_map(|l| l.strip_prefix("summary:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Each wasm VM's linear memory: V8 reserves it with a guard region of
+/// several GiB (one `---p` mapping) and commits the memory's current size
+/// read-write right below it. Envoy's admin has no per-VM memory stat.
+pub fn wasm_memories(smaps: &str) -> Vec<VmMemory> {
+    struct Map {
+        start: u64,
+        end: u64,
+        perms: String,
+        rss_kib: u64,
+    }
+    let mut maps: Vec<Map> = Vec::new();
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-') {
+            if let (Ok(start), Ok(end)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                maps.push(Map {
+                    start,
+                    end,
+                    perms: words.next().unwrap_or("").to_string(),
+                    rss_kib: 0,
+                });
+                continue;
+            }
+        }
+        if let (Some(m), Some(v)) = (maps.last_mut(), line.strip_prefix("Rss:")) {
+            m.rss_kib = v
+                .split_whitespace()
+                .next()
+                .and_then(|x| x.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    const GUARD: u64 = 4 << 30;
+    maps.windows(2)
+        .filter(|w| {
+            w[1].perms.starts_with("---")
+                && w[1].end - w[1].start >= GUARD
+                && w[0].end == w[1].start
+                && w[0].perms.starts_with("rw")
+        })
+        .map(|w| VmMemory {
+            kib: (w[0].end - w[0].start) / 1024,
+            rss_kib: w[0].rss_kib,
+        })
+        .collect()
+}
+
+/// Counters and gauges from Envoy's admin `/stats` text.
+fn stat(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(name)?
+            .strip_prefix(": ")?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+fn envoy_stats(e: &Envoy) -> String {
+    e.admin_get("/stats", Duration::from_secs(30))
+        .unwrap_or_default()
+}
+
+/// Installs valgrind from Debian when missing (as scripts/bench.sh does for wrk).
+pub fn ensure_valgrind() -> Result<(), String> {
+    let have = |c: &str| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {c} >/dev/null")])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if have("valgrind") && have("callgrind_control") {
+        return Ok(());
+    }
+    // SAFETY: getuid has no preconditions.
+    let root = unsafe { libc::getuid() } == 0;
+    if !root || !have("apt-get") {
+        return Err("valgrind is missing: sudo apt-get install valgrind".into());
+    }
+    eprintln!("instructions: installing valgrind from Debian packages...");
+    let ok = Command::new("sh")
+        .args([
+            "-c",
+            "apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok && have("callgrind_control") {
+        Ok(())
+    } else {
+        Err("could not install valgrind (apt-get install valgrind)".into())
+    }
+}
+
+fn run_one(s: &Settings, row: Row, hosts: usize, repeat: usize) -> Result<Measurement, String> {
+    let started = Instant::now();
+    let dir = s.work.join(format!("{row:?}-{hosts}-{repeat}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let fleet = Fleet::start(&s.mg_upstream, "h", hosts, &dir)
+        .map_err(|e| format!("mg-upstream --hosts {hosts}: {e}"))?;
+    let bad = row.bad_behaviour();
+    if let Some(b) = &bad {
+        fleet
+            .admin
+            .set_behaviour(BAD_HOST, b)
+            .map_err(|e| e.to_string())?;
+    }
+    let addrs: Vec<SocketAddr> = fleet.hosts.iter().map(|h| h.address).collect();
+    let port = addrs[0].port();
+    let spec = Spec {
+        filter: row.filter(s),
+        outlier_detection: None,
+        event_log: None,
+        access_log: false,
+        concurrency: 1,
+        upstream_ports: [port; 3],
+    };
+    let out = dir.join("callgrind.out");
+    let launch = Launch {
+        prefix: [
+            "valgrind",
+            "--tool=callgrind",
+            "--smc-check=all-non-file",
+            "--dump-instr=no",
+            "--instr-atstart=no",
+            "--collect-atstart=yes",
+        ]
+        .iter()
+        .map(|a| (*a).into())
+        .chain(std::iter::once(
+            format!("--callgrind-out-file={}", out.display()).into(),
+        ))
+        .collect(),
+        ready_timeout: Duration::from_secs(600),
+        grace: Duration::from_secs(60),
+    };
+    let mut envoy = Envoy::launch(
+        &s.envoy,
+        &dir,
+        1,
+        |admin, listen| envoy::with_endpoints(&envoy::render(&spec, admin, listen)?, &addrs),
+        &launch,
+    )
+    .map_err(|e| format!("{row:?} at {hosts} hosts ({}): {e}", dir.display()))?;
+    let cg = Callgrind {
+        pid: envoy.pid(),
+        out,
+    };
+    cg.control(&["-i", "on"])
+        .map_err(|e| format!("instrumentation on: {e}"))?;
+    let mut client = KeepAlive::new(envoy.listener);
+    let bad_addr = addrs[BAD_HOST];
+    let mut warmup = 0u32;
+    // Steering: send until meshguard ejects the bad host (5 failures in a
+    // row; with round robin it sees every N-th request), bounded.
+    let mut detected = None;
+    if row == Row::Steering {
+        let needle = format!("host {bad_addr}: Healthy -> Unhealthy");
+        let cap = s.warmup + 10 * hosts as u32;
+        let mut seen = false;
+        while warmup < cap {
+            client.send(100, Duration::ZERO)?;
+            warmup += 100;
+            std::thread::sleep(Duration::from_millis(300)); // log flush
+            if envoy.log().contains(&needle) {
+                seen = true;
+                break;
+            }
+        }
+        detected = Some(seen);
+        if !seen {
+            eprintln!(
+                "    WARNING: {hosts} hosts: meshguard did not eject {bad_addr} within {warmup} requests"
+            );
+        }
+    }
+    let main_warmup = s.warmup.max(2 * hosts as u32);
+    client.send(main_warmup, Duration::ZERO)?;
+    warmup += main_warmup;
+    if row == Row::Failure {
+        std::thread::sleep(Duration::from_millis(300));
+        detected = Some(
+            envoy
+                .log()
+                .contains(&format!("host {bad_addr}: Healthy -> ")),
+        );
+    }
+    let before = envoy_stats(&envoy);
+    let _ = fleet.admin.reset_stats();
+    let connects_before = client.connects;
+
+    // Two counted stretches of the same requests: back to back, then paced
+    // to take about twice as long. Envoy's and meshguard's timers (busy
+    // ticks every 100 ms) cost instructions per second, and under callgrind
+    // a request takes ~50x longer than natively, so they would be charged
+    // to requests ~50x too heavily; the pair separates the two:
+    // instructions = per_request x requests + busy_per_second x seconds.
+    let t0 = cg.control(&["-z"])?;
+    let mut non_200 = client.send(s.requests, Duration::ZERO)?;
+    let (fast_ir, t1) = cg.dump()?;
+    let fast_seconds = (t1 - t0).as_secs_f64();
+    let pause =
+        Duration::from_secs_f64(fast_seconds / f64::from(s.requests)).max(Duration::from_millis(1));
+    let t0 = cg.control(&["-z"])?;
+    non_200 += client.send(s.requests, pause)?;
+    let (paced_ir, t1) = cg.dump()?;
+    let paced_seconds = (t1 - t0).as_secs_f64();
+    let reconnects = client.connects - connects_before;
+    let bad_host_requests = bad
+        .as_ref()
+        .and_then(|_| fleet.admin.host_stats(BAD_HOST).ok())
+        .map(|h| h.requests);
+
+    // Idle: after meshguard's switch to its idle tick (2 s without requests).
+    std::thread::sleep(Duration::from_secs(3));
+    let t2 = cg.control(&["-z"])?;
+    std::thread::sleep(s.idle);
+    let (idle_ir, t3) = cg.dump()?;
+
+    let after = envoy_stats(&envoy);
+    let delta = |name: &str| {
+        stat(&after, name)
+            .unwrap_or(0)
+            .saturating_sub(stat(&before, name).unwrap_or(0))
+    };
+    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", envoy.pid())).unwrap_or_default();
+    let idle_seconds = (t3 - t2).as_secs_f64();
+    let idle_per_second = idle_ir as f64 / idle_seconds;
+    let n = f64::from(s.requests);
+    let busy_per_second = if paced_seconds > fast_seconds * 1.2 {
+        (paced_ir as f64 - fast_ir as f64) / (paced_seconds - fast_seconds)
+    } else {
+        idle_per_second
+    };
+    let per_request = (fast_ir as f64 - busy_per_second * fast_seconds) / n;
+    let per_request_idle_rate = (fast_ir as f64 - idle_per_second * fast_seconds) / n;
+    let m = Measurement {
+        row,
+        hosts,
+        repeat,
+        requests: s.requests,
+        fast_ir,
+        fast_seconds,
+        paced_ir,
+        paced_seconds,
+        busy_per_second,
+        idle_ir,
+        idle_seconds,
+        idle_per_second,
+        per_request,
+        per_request_idle_rate,
+        warmup_requests: warmup,
+        non_200,
+        reconnects,
+        bad_host_requests,
+        bad_host_detected: detected,
+        retries: delta("cluster.demo.upstream_rq_retry"),
+        upstream_5xx: delta("cluster.demo.upstream_rq_5xx"),
+        upstream_connections: delta("cluster.demo.upstream_cx_total"),
+        wasm_vms: stat(&after, "wasm.wasm_vm_count"),
+        vm_memory: wasm_memories(&smaps),
+        heap_bytes: stat(&after, "server.memory_allocated"),
+        run_seconds: 0.0,
+    };
+    envoy.stop();
+    drop(fleet);
+    Ok(Measurement {
+        run_seconds: started.elapsed().as_secs_f64(),
+        ..m
+    })
+}
+
+/// Every row at every size, repeats interleaved (all of repeat 1, then all
+/// of repeat 2), so drift shows up as spread.
+pub fn run(s: &Settings) -> Result<Vec<Measurement>, String> {
+    ensure_valgrind()?;
+    std::fs::create_dir_all(&s.work).map_err(|e| e.to_string())?;
+    let total = s.repeats * s.sizes.len() * s.rows.len();
+    let mut out = Vec::new();
+    for repeat in 0..s.repeats {
+        for &hosts in &s.sizes {
+            for &row in &s.rows {
+                let m = run_one(s, row, hosts, repeat)?;
+                eprintln!(
+                    "  instructions {}/{total} {:>4} hosts {:<9} {:>9.0} instr/req ({:.0} with the idle rate)  busy {:.3} M/s  idle {:.3} M/s  2x{} req in {:.1} + {:.1} s (warm-up {}), run {:.0} s{}{}",
+                    out.len() + 1,
+                    hosts,
+                    format!("{row:?}"),
+                    m.per_request,
+                    m.per_request_idle_rate,
+                    m.busy_per_second / 1e6,
+                    m.idle_per_second / 1e6,
+                    m.requests,
+                    m.fast_seconds,
+                    m.paced_seconds,
+                    m.warmup_requests,
+                    m.run_seconds,
+                    m.bad_host_requests
+                        .map_or(String::new(), |n| format!("  bad host got {n}")),
+                    if m.path_ok() { "" } else { "  (WARNING: host not ejected)" }
+                );
+                out.push(m);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub row: Row,
+    pub label: &'static str,
+    pub hosts: usize,
+    pub runs: usize,
+    pub per_request: Spread,
+    /// (max - min) / median of the repeats, in percent.
+    pub repeat_spread_percent: f64,
+    pub idle_per_second: Spread,
+    pub busy_per_second: Spread,
+    pub path_ok: bool,
+    pub detected: Option<bool>,
+    pub bad_host_requests: Option<u64>,
+    pub retries_per_request: f64,
+    pub upstream_5xx_per_request: f64,
+    pub upstream_connections_per_request: f64,
+    pub non_200_per_request: f64,
+    pub wasm_vms: Option<u64>,
+    /// Median over VMs and repeats.
+    pub vm_memory_kib: Option<u64>,
+    pub vm_rss_kib: Option<u64>,
+    pub heap_bytes: Option<u64>,
+}
+
+fn median_u64(mut v: Vec<u64>) -> Option<u64> {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied()
+}
+
+pub fn summarize(ms: &[Measurement], sizes: &[usize], rows: &[Row]) -> Vec<Summary> {
+    let mut out = Vec::new();
+    for &row in rows {
+        for &hosts in sizes {
+            let of: Vec<&Measurement> = ms
+                .iter()
+                .filter(|m| m.row == row && m.hosts == hosts)
+                .collect();
+            if of.is_empty() {
+                continue;
+            }
+            let pr: Vec<f64> = of.iter().map(|m| m.per_request).collect();
+            let per_request = Spread::of(&pr).expect("not empty");
+            let idle: Vec<f64> = of.iter().map(|m| m.idle_per_second).collect();
+            let reqs: f64 = of.iter().map(|m| 2.0 * f64::from(m.requests)).sum();
+            out.push(Summary {
+                row,
+                label: row.label(),
+                hosts,
+                runs: of.len(),
+                repeat_spread_percent: (per_request.max - per_request.min) / per_request.median
+                    * 100.0,
+                per_request,
+                idle_per_second: Spread::of(&idle).expect("not empty"),
+                busy_per_second: Spread::of(
+                    &of.iter().map(|m| m.busy_per_second).collect::<Vec<f64>>(),
+                )
+                .expect("not empty"),
+                path_ok: of.iter().all(|m| m.path_ok()),
+                detected: of
+                    .iter()
+                    .map(|m| m.bad_host_detected)
+                    .try_fold(true, |acc, d| d.map(|d| acc && d)),
+                bad_host_requests: of.iter().filter_map(|m| m.bad_host_requests).max(),
+                retries_per_request: of.iter().map(|m| m.retries as f64).sum::<f64>() / reqs,
+                upstream_5xx_per_request: of.iter().map(|m| m.upstream_5xx as f64).sum::<f64>()
+                    / reqs,
+                upstream_connections_per_request: of
+                    .iter()
+                    .map(|m| m.upstream_connections as f64)
+                    .sum::<f64>()
+                    / reqs,
+                non_200_per_request: of.iter().map(|m| f64::from(m.non_200)).sum::<f64>() / reqs,
+                wasm_vms: of.iter().filter_map(|m| m.wasm_vms).max(),
+                vm_memory_kib: median_u64(
+                    of.iter()
+                        .flat_map(|m| m.vm_memory.iter().map(|v| v.kib))
+                        .collect(),
+                ),
+                vm_rss_kib: median_u64(
+                    of.iter()
+                        .flat_map(|m| m.vm_memory.iter().map(|v| v.rss_kib))
+                        .collect(),
+                ),
+                heap_bytes: median_u64(of.iter().filter_map(|m| m.heap_bytes).collect()),
+            });
+        }
+    }
+    out
+}
+
+fn find(sum: &[Summary], row: Row, hosts: usize) -> Option<&Summary> {
+    sum.iter().find(|s| s.row == row && s.hosts == hosts)
+}
+
+/// 190,212 (thousands separated).
+pub fn thousands(v: f64) -> String {
+    let n = v.round() as i64;
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+fn size_label(n: usize) -> String {
+    format!("{} hosts", thousands(n as f64))
+}
+
+/// Instructions per request: one row per variant, one column per size,
+/// then each size against the smallest.
+pub fn request_table(sum: &[Summary], sizes: &[usize], rows: &[Row]) -> Table {
+    let mut header: Vec<String> = vec!["Envoy instructions per request".into()];
+    header.extend(sizes.iter().map(|&n| size_label(n)));
+    let base = sizes.first().copied().unwrap_or(0);
+    header.extend(
+        sizes
+            .iter()
+            .skip(1)
+            .map(|&n| format!("{} / {}", thousands(n as f64), thousands(base as f64))),
+    );
+    let h: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut t = Table::new(&h);
+    for &row in rows {
+        let mut cells = vec![row.label().to_string()];
+        for &n in sizes {
+            cells.push(find(sum, row, n).map_or("-".into(), |s| {
+                let mut c = thousands(s.per_request.median);
+                if s.runs > 1 {
+                    c.push_str(&format!(" (±{:.2}%)", s.repeat_spread_percent / 2.0));
+                }
+                if row.meshguard() {
+                    if let Some(noop) = find(sum, Row::Noop, n) {
+                        c.push_str(&format!(
+                            ", {:.3}x do-nothing",
+                            s.per_request.median / noop.per_request.median
+                        ));
+                    }
+                }
+                if !s.path_ok {
+                    c.push_str(", **host not ejected**");
+                }
+                c
+            }));
+        }
+        for &n in sizes.iter().skip(1) {
+            cells.push(match (find(sum, row, n), find(sum, row, base)) {
+                (Some(a), Some(b)) => {
+                    format!("{:.3}", a.per_request.median / b.per_request.median)
+                }
+                _ => "-".into(),
+            });
+        }
+        t.row(cells);
+    }
+    t
+}
+
+/// Idle instructions per second (and above plain Envoy), and the
+/// per-second cost while serving that does not come with requests.
+pub fn idle_table(sum: &[Summary], sizes: &[usize], rows: &[Row]) -> Table {
+    let mut header: Vec<String> = vec![
+        "Envoy instructions/s (main thread + 1 worker): idle (above plain); busy timers".into(),
+    ];
+    header.extend(sizes.iter().map(|&n| size_label(n)));
+    let h: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut t = Table::new(&h);
+    for &row in rows {
+        let mut cells = vec![row.label().to_string()];
+        for &n in sizes {
+            cells.push(find(sum, row, n).map_or("-".into(), |s| {
+                let mut c = format!("{:.3} M", s.idle_per_second.median / 1e6);
+                if row != Row::Plain {
+                    if let Some(p) = find(sum, Row::Plain, n) {
+                        c.push_str(&format!(
+                            " ({:+.3} M)",
+                            (s.idle_per_second.median - p.idle_per_second.median) / 1e6
+                        ));
+                    }
+                }
+                c.push_str(&format!("; busy {:.2} M", s.busy_per_second.median / 1e6));
+                c
+            }));
+        }
+        t.row(cells);
+    }
+    t
+}
+
+/// Wasm linear memory per VM and Envoy's heap.
+pub fn memory_table(sum: &[Summary], sizes: &[usize], rows: &[Row]) -> Table {
+    let mut header: Vec<String> = vec![
+        "wasm linear memory per VM, committed (resident); VMs; Envoy heap (server.memory_allocated)".into(),
+    ];
+    header.extend(sizes.iter().map(|&n| size_label(n)));
+    let h: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut t = Table::new(&h);
+    for &row in rows {
+        let mut cells = vec![row.label().to_string()];
+        for &n in sizes {
+            cells.push(find(sum, row, n).map_or("-".into(), |s| {
+                let heap = s
+                    .heap_bytes
+                    .map_or("-".into(), |b| format!("{:.1} MB", b as f64 / 1e6));
+                match (s.vm_memory_kib, s.vm_rss_kib) {
+                    (Some(k), Some(r)) => format!(
+                        "{k} KiB ({r} KiB); {} VMs; heap {heap}",
+                        s.wasm_vms.unwrap_or(0)
+                    ),
+                    _ => format!("no wasm; heap {heap}"),
+                }
+            }));
+        }
+        t.row(cells);
+    }
+    t
+}
+
+/// What else each row did during the counted requests.
+pub fn paths_table(sum: &[Summary], sizes: &[usize], rows: &[Row]) -> Table {
+    let mut header: Vec<String> = vec![
+        "per counted request: upstream connections opened, retries, upstream 5xx, client non-200; bad host: ejected/graded before counting, requests it got".into(),
+    ];
+    header.extend(sizes.iter().map(|&n| size_label(n)));
+    let h: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut t = Table::new(&h);
+    for &row in rows {
+        let mut cells = vec![row.label().to_string()];
+        for &n in sizes {
+            cells.push(find(sum, row, n).map_or("-".into(), |s| {
+                let mut c = format!(
+                    "{:.4} cx, {:.4} retries, {:.4} 5xx, {:.4} non-200",
+                    s.upstream_connections_per_request,
+                    s.retries_per_request,
+                    s.upstream_5xx_per_request,
+                    s.non_200_per_request
+                );
+                if let Some(d) = s.detected {
+                    c.push_str(&format!(
+                        "; {}, got {}",
+                        if d { "yes" } else { "no" },
+                        s.bad_host_requests.map_or("-".into(), |b| b.to_string())
+                    ));
+                }
+                c
+            }));
+        }
+        t.row(cells);
+    }
+    t
+}
+
+fn verdict(ok: bool) -> &'static str {
+    crate::verdict(ok)
+}
+
+/// The issue's targets, met or missed.
+pub fn targets(sum: &[Summary], sizes: &[usize]) -> Vec<String> {
+    let mut t = Vec::new();
+    for &n in sizes {
+        if let (Some(mg), Some(noop)) = (find(sum, Row::Healthy, n), find(sum, Row::Noop, n)) {
+            let r = mg.per_request.median / noop.per_request.median;
+            t.push(format!(
+                "{}: meshguard healthy within 1.05x of the do-nothing filter per request: {} vs {} = {r:.3}x: {}",
+                size_label(n),
+                thousands(mg.per_request.median),
+                thousands(noop.per_request.median),
+                verdict(r <= 1.05)
+            ));
+        }
+    }
+    let base = sizes.first().copied().unwrap_or(0);
+    for row in [Row::Healthy, Row::Steering, Row::Failure] {
+        for &n in sizes.iter().skip(1) {
+            if let (Some(a), Some(b)) = (find(sum, row, n), find(sum, row, base)) {
+                let r = a.per_request.median / b.per_request.median;
+                let ok = r <= 1.05 && a.path_ok && b.path_ok;
+                t.push(format!(
+                    "{}: per request at {} within 5 % of {}: {} vs {} = {r:.3}x{}: {}",
+                    row.label(),
+                    size_label(n),
+                    size_label(base),
+                    thousands(a.per_request.median),
+                    thousands(b.per_request.median),
+                    if a.path_ok && b.path_ok {
+                        ""
+                    } else {
+                        " (the bad host was not ejected: not the steering path)"
+                    },
+                    verdict(ok)
+                ));
+            }
+        }
+    }
+    for &n in sizes {
+        if let (Some(mg), Some(plain)) = (find(sum, Row::Healthy, n), find(sum, Row::Plain, n)) {
+            let d = mg.idle_per_second.median - plain.idle_per_second.median;
+            t.push(format!(
+                "{}: idle meshguard under 0.2 M instructions/s above plain Envoy: {:+.3} M/s: {}",
+                size_label(n),
+                d / 1e6,
+                verdict(d < 0.2e6)
+            ));
+        }
+    }
+    t
+}
+
+/// Where the instruction runs' files go.
+pub fn work_dir(base: &Path) -> PathBuf {
+    base.join("instructions")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_callgrind_summary() {
+        let dump = "version: 1\ncreator: callgrind-3.19.0\npid: 1\ncmd: envoy\npart: 1\n\nevents: Ir\nsummary: 260910916\n\nfl=(1)\nfn=(1)\n0 5\ntotals: 261851387\n";
+        assert_eq!(parse_summary(dump), Some(260_910_916));
+        assert_eq!(parse_summary("events: Ir\n"), None);
+    }
+
+    #[test]
+    fn finds_wasm_linear_memories() {
+        let smaps = "\
+7fbe93a90000-7fbe94290000 rw-p 00000000 00:00 0 \nSize:               8192 kB\nRss:                  20 kB\n\
+7fbe94290000-7fbe943a0000 rw-p 00000000 00:00 0 \nSize:               1088 kB\nRss:                  48 kB\n\
+7fbe943a0000-7fc094290000 ---p 00000000 00:00 0 \nSize:            8387520 kB\nRss:                   0 kB\n\
+7fc094290000-7fc094291000 ---p 00000000 00:00 0 \nSize:                  4 kB\nRss:                   0 kB\n";
+        let v = wasm_memories(smaps);
+        assert_eq!(v.len(), 1);
+        assert_eq!((v[0].kib, v[0].rss_kib), (1088, 48));
+    }
+
+    #[test]
+    fn formats_and_parses() {
+        assert_eq!(thousands(190_212.4), "190,212");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(1000.0), "1,000");
+        assert_eq!(
+            Row::parse_list("plain, Healthy").expect("rows"),
+            vec![Row::Plain, Row::Healthy]
+        );
+        assert!(Row::parse_list("x").is_err());
+    }
+
+    #[test]
+    fn steering_counts_only_when_the_host_is_out() {
+        let m = Measurement {
+            row: Row::Steering,
+            hosts: 3,
+            repeat: 0,
+            requests: 1000,
+            fast_ir: 0,
+            fast_seconds: 1.0,
+            paced_ir: 0,
+            paced_seconds: 2.0,
+            busy_per_second: 0.0,
+            idle_ir: 0,
+            idle_seconds: 1.0,
+            idle_per_second: 0.0,
+            per_request: 0.0,
+            per_request_idle_rate: 0.0,
+            warmup_requests: 0,
+            non_200: 0,
+            reconnects: 0,
+            bad_host_requests: Some(30),
+            bad_host_detected: Some(true),
+            retries: 0,
+            upstream_5xx: 0,
+            upstream_connections: 0,
+            wasm_vms: None,
+            vm_memory: Vec::new(),
+            heap_bytes: None,
+            run_seconds: 0.0,
+        };
+        assert!(m.path_ok());
+        assert!(!Measurement {
+            bad_host_requests: Some(600),
+            ..m.clone()
+        }
+        .path_ok());
+        assert!(!Measurement {
+            bad_host_detected: Some(false),
+            ..m
+        }
+        .path_ok());
+    }
+}
