@@ -200,6 +200,12 @@ pub struct HostHealth {
     /// Ejected for its answers (not for being unreachable), so taking it
     /// back adds capacity.
     ejected_for_answers: bool,
+    /// Ejected for refusing connections, which Envoy learns at once and
+    /// retries elsewhere; not for timeouts or resets, which cost a request
+    /// its time or its answer.
+    ejected_refusing: bool,
+    /// The last failure was a refused connection.
+    last_refused: bool,
     /// Taken back early because its ejection overloaded the other hosts;
     /// cleared when it is Healthy again or ejected.
     back_for_overload: bool,
@@ -228,6 +234,8 @@ impl HostHealth {
             streaks: Streaks::default(),
             streak_started_write: 0,
             ejected_for_answers: false,
+            ejected_refusing: false,
+            last_refused: false,
             back_for_overload: false,
             window: OutcomeWindow::new(window_size),
         }
@@ -418,11 +426,13 @@ impl HostHealth {
         Some(transition)
     }
 
-    /// Ejected for being unreachable (connect failures, timeouts, resets)
-    /// and not back yet: a request sent there may wait for a connect timeout.
-    pub fn ejected_as_unreachable(&self, now: u64) -> bool {
+    /// Ejected for timeouts or resets and not back yet: a request sent
+    /// there would wait out a timeout or lose its answer, where a refused
+    /// connection or an error answer is retried elsewhere at once.
+    pub fn ejected_costly_to_reach(&self, now: u64) -> bool {
         self.state == HostState::Unhealthy
             && !self.ejected_for_answers
+            && !self.ejected_refusing
             && now < self.ejected_until_ms
     }
 
@@ -496,6 +506,12 @@ impl HostHealth {
     }
 
     fn count_streaks(&mut self, outcome: Outcome) {
+        if let Some(kind) = outcome.failure {
+            self.last_refused = kind
+                == crate::classify::FailureKind::LocalOrigin(
+                    crate::classify::LocalOrigin::ConnectFailure,
+                );
+        }
         let streaks = &mut self.streaks;
         match outcome.failure {
             Some(kind) => {
@@ -618,6 +634,7 @@ impl HostHealth {
         self.ejected_until_ms = now.saturating_add(duration);
         self.streaks = Streaks::default();
         self.ejected_for_answers = !reason.is_unreachable();
+        self.ejected_refusing = reason.is_unreachable() && self.last_refused;
         let mut transition = self.enter(HostState::Unhealthy, now, reason);
         transition.ejected_for_ms = Some(duration);
         transition

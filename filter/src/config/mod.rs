@@ -197,9 +197,10 @@ pub struct Steering {
     /// Percent of steered requests left to Envoy's load balancer, so hosts
     /// meshguard has not seen yet (scale-up, rolling deployments) are found.
     pub discovery_percent: u8,
-    /// `x-envoy-retry-on` set on those requests, so one that lands on an
-    /// ejected host is retried elsewhere; empty sets nothing.
-    pub discovery_retry_on: String,
+    /// `x-envoy-retry-on` set on every request meshguard steers or leaves to
+    /// Envoy while a host is ejected, so one that lands there (discovery, or
+    /// a steered host that has left) is retried elsewhere; empty sets nothing.
+    pub retry_on: String,
 }
 
 impl Default for Steering {
@@ -210,7 +211,7 @@ impl Default for Steering {
             encoding: Encoding::Plain,
             strip_client_header: false,
             discovery_percent: 5,
-            discovery_retry_on: DEFAULT_DISCOVERY_RETRY_ON.to_string(),
+            retry_on: DEFAULT_RETRY_ON.to_string(),
         }
     }
 }
@@ -218,11 +219,11 @@ impl Default for Steering {
 /// Retried by Envoy without the request having reached an application
 /// (connect failures, refused streams, resets before the request was sent)
 /// or refused by it outright (503, see
-/// `DISCOVERY_RETRIABLE_STATUS_CODES`): safe for any method.
-pub const DEFAULT_DISCOVERY_RETRY_ON: &str =
+/// `RETRIABLE_STATUS_CODES`): safe for any method.
+pub const DEFAULT_RETRY_ON: &str =
     "connect-failure,refused-stream,reset-before-request,retriable-status-codes";
 /// `x-envoy-retriable-status-codes` sent with `retriable-status-codes`.
-pub const DISCOVERY_RETRIABLE_STATUS_CODES: &str = "503";
+pub const RETRIABLE_STATUS_CODES: &str = "503";
 /// Most of the requests discovery may take while steering.
 pub const MAX_DISCOVERY_PERCENT: u8 = 50;
 
@@ -493,7 +494,7 @@ impl Steering {
             "encoding",
             "stripClientHeader",
             "discoveryPercent",
-            "discoveryRetryOn",
+            "retryOn",
         ])?;
         o.bool("enabled", &mut self.enabled)?;
         o.bool("stripClientHeader", &mut self.strip_client_header)?;
@@ -503,10 +504,10 @@ impl Steering {
             0,
             u64::from(MAX_DISCOVERY_PERCENT),
         )?;
-        let mut retry_on = self.discovery_retry_on.clone();
-        o.string("discoveryRetryOn", &mut retry_on)?;
-        self.discovery_retry_on = retry_on_list(&retry_on)
-            .map_err(|reason| ConfigError::new(o.path("discoveryRetryOn"), reason))?;
+        let mut retry_on = self.retry_on.clone();
+        o.string("retryOn", &mut retry_on)?;
+        self.retry_on = retry_on_list(&retry_on)
+            .map_err(|reason| ConfigError::new(o.path("retryOn"), reason))?;
         let mut header = self.header.clone();
         o.string("header", &mut header)?;
         self.header =

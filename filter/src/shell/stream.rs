@@ -12,12 +12,15 @@ use super::envoy_host::Worker;
 use super::host::{self, Map};
 use super::props;
 use crate::breaker::Admission;
-use crate::classify::{self, ResponseFacts};
+use crate::classify::{self, FailureKind, LocalOrigin, ResponseFacts};
 use crate::config::{BreakerMode, Config, Encoding};
 use crate::headers::{self, Action, Facts};
 use crate::service::Observation;
 use crate::state::worker::{Route, Routed, Steer};
 use crate::template::Values;
+
+/// A connect failure that took this long was a timeout, not a refusal.
+const CONNECT_TIMEOUT_HINT_MS: u64 = 500;
 
 /// What a callback tells Envoy (the ABI's `FilterHeadersStatus`).
 pub const CONTINUE: u32 = 0;
@@ -41,6 +44,9 @@ pub struct Stream {
     local_reply: bool,
     request_id: Option<String>,
     request_at_ms: Option<u64>,
+    /// The worker's clock when the request came in (tick-precise, no host
+    /// call), to tell a refused connection from a connect timeout.
+    started_ms: u64,
     response_at_ms: Option<u64>,
     grpc_status: Option<u32>,
     status: Option<u16>,
@@ -100,6 +106,7 @@ impl Stream {
             }
         }
         let active = worker.request_path_active() || !rules.request.is_empty();
+        self.started_ms = worker.clock_ms();
         let Some(cluster) = active.then(|| self.cluster().map(str::to_string)).flatten() else {
             return self.strip_client_steering(&config);
         };
@@ -117,11 +124,16 @@ impl Stream {
         let mut steered = false;
         if steering.enabled {
             match worker.steer(&cluster, &self.scope) {
-                Some(Steer::To { value, address }) => {
+                Some(Steer::To {
+                    value,
+                    address,
+                    retry_on,
+                }) => {
                     steered =
                         host::set_header(Map::RequestHeaders, &steering.header, value).is_ok();
                     if steered {
                         self.steered_to = Some(Rc::clone(address));
+                        ask_for_retries(retry_on);
                     }
                 }
                 Some(Steer::Discover { retry_on }) => {
@@ -218,9 +230,17 @@ impl Stream {
             duration_ms,
             from_this_filter: false,
         };
-        let Ok(outcome) = classify::classify(&facts, &config.detection) else {
+        let Ok(mut outcome) = classify::classify(&facts, &config.detection) else {
             return;
         };
+        if outcome.failure == Some(FailureKind::LocalOrigin(LocalOrigin::ConnectFailure)) {
+            // Envoy flags a refused connection and a connect timeout alike
+            // (UF); they differ in what a retry elsewhere costs.
+            let took = host::now_ms().map_or(0, |now| now.saturating_sub(self.started_ms));
+            if took >= CONNECT_TIMEOUT_HINT_MS {
+                outcome.failure = Some(FailureKind::LocalOrigin(LocalOrigin::Timeout));
+            }
+        }
         let breaker = &config.circuit_breaker;
         let observation = Observation {
             outcome,
@@ -375,8 +395,8 @@ impl Stream {
     }
 }
 
-/// A request left to Envoy's load balancer while some host is ejected may
-/// land there: ask Envoy to retry it elsewhere (on top of the route's own
+/// A request steered or left to Envoy's load balancer while some host is
+/// ejected may land there: ask Envoy to retry it elsewhere (on top of the route's own
 /// policy; `x-envoy-max-retries` is left alone, so a route's count stands
 /// and a route without retries gets Envoy's default of one).
 fn ask_for_retries(retry_on: &str) {
@@ -388,7 +408,7 @@ fn ask_for_retries(retry_on: &str) {
         let _ = host::set_header(
             Map::RequestHeaders,
             "x-envoy-retriable-status-codes",
-            crate::config::DISCOVERY_RETRIABLE_STATUS_CODES.as_bytes(),
+            crate::config::RETRIABLE_STATUS_CODES.as_bytes(),
         );
     }
 }

@@ -154,8 +154,9 @@ impl Members {
     }
 
     /// Forgets members not seen for `idle_ms`, looking at a bounded number
-    /// of them per call (a full pass takes members / budget calls).
-    pub fn sweep(&mut self, now: u64, idle_ms: u64) {
+    /// of them per call (a full pass takes members / budget calls); the
+    /// forgotten go into `forgotten`.
+    pub fn sweep(&mut self, now: u64, idle_ms: u64, forgotten: &mut Vec<Rc<str>>) {
         if idle_ms == 0 || self.slots.is_empty() {
             return;
         }
@@ -169,12 +170,21 @@ impl Members {
                 self.index.remove(&address);
                 self.remove_slot(self.sweep_at);
                 self.changed = true;
+                forgotten.push(address);
             } else {
                 self.sweep_at += 1;
             }
         }
         self.gone
             .retain(|(_, at)| now.saturating_sub(*at) < GONE_FOR_MS);
+    }
+
+    /// Members seen at `since` or later.
+    pub fn seen_since(&self, since: u64) -> impl Iterator<Item = &Rc<str>> {
+        self.slots
+            .iter()
+            .filter(move |m| m.last_seen_ms >= since)
+            .map(|m| &m.address)
     }
 
     pub fn len(&self) -> usize {
@@ -222,7 +232,9 @@ mod tests {
         assert_eq!(m.saw("a:1", 12, 2, true), Seen::New, "seen again: back");
         assert!(!m.is_gone("a:1", 12));
         // b last seen at 5, a at 12: an idle sweep at 1000+5 forgets b only.
-        m.sweep(1006, 1000);
+        let mut forgotten = Vec::new();
+        m.sweep(1006, 1000, &mut forgotten);
+        assert_eq!(forgotten.len(), 1);
         assert!(!m.contains("b:1"));
         assert!(m.contains("a:1"));
         assert_eq!(m.len(), 1);
@@ -234,11 +246,13 @@ mod tests {
         for i in 0..1000 {
             m.saw(&format!("10.0.{}.{}:80", i / 250, i % 250), 0, 4096, true);
         }
-        m.sweep(10_000, 1000);
+        let mut forgotten = Vec::new();
+        m.sweep(10_000, 1000, &mut forgotten);
         assert_eq!(m.len(), 1000 - SWEEP_BUDGET);
         for _ in 0..20 {
-            m.sweep(10_000, 1000);
+            m.sweep(10_000, 1000, &mut forgotten);
         }
+        assert_eq!(forgotten.len(), 1000);
         assert!(m.is_empty());
     }
 }

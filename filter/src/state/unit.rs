@@ -45,8 +45,9 @@ pub struct Unit {
     /// Discovery's share of steered requests now, in per mille (see
     /// `Worker::steer`).
     pub discovery_per_mille: u16,
-    /// A host is ejected as unreachable: discovery pauses, as a request it
-    /// leaves to Envoy could wait out a connect timeout there.
+    /// A host is ejected for timeouts or resets: discovery pauses, as a
+    /// request it leaves to Envoy could wait out a timeout there, or lose
+    /// its answer.
     pub discovery_paused: bool,
     /// When time alone next changes the record or its weights.
     pub next_change_ms: Option<u64>,

@@ -72,10 +72,12 @@ const DISCOVERY_SAMPLE: u16 = 64;
 /// What steering does with one request.
 #[derive(Debug, Clone, Copy)]
 pub enum Steer<'a> {
-    /// Send it to this host: the header value, and the host's address.
+    /// Send it to this host: the header value, the host's address, and
+    /// the retry policy to ask for (maybe empty; see `Discover`).
     To {
         value: &'a [u8],
         address: &'a Rc<str>,
+        retry_on: &'a str,
     },
     /// Leave it to Envoy's load balancer; `retry_on` (maybe empty) is the
     /// retry policy to ask for, in case it lands on an ejected host.
@@ -366,22 +368,24 @@ impl<H: Host> Worker<H> {
             *discovery_per_mille
         };
         let per_mille = discovery.max(unknown);
-        let has_ejected = plan.has_ejected;
+        // While a host is ejected, a request may land there anyway: left to
+        // Envoy, or steered to a host that has just left (Envoy falls back
+        // to its balancer). Ask Envoy to retry such a one elsewhere.
+        let retry_on = if plan.has_ejected {
+            steering.retry_on.as_str()
+        } else {
+            ""
+        };
         match plan.pick(per_mille)? {
             Choice::Host(target) => {
                 counts.steered += 1;
                 Some(Steer::To {
                     value: target.value(),
                     address: &target.address,
+                    retry_on,
                 })
             }
-            Choice::Envoy => Some(Steer::Discover {
-                retry_on: if has_ejected {
-                    &steering.discovery_retry_on
-                } else {
-                    ""
-                },
-            }),
+            Choice::Envoy => Some(Steer::Discover { retry_on }),
         }
     }
 
@@ -590,8 +594,18 @@ impl<H: Host> Worker<H> {
         let mut position = 0;
         while position < self.units.len() {
             let unit = &mut self.units[position];
-            unit.members
-                .sweep(now, unit.config.limits.host_idle_timeout.0);
+            // Forgotten here, forgotten in the shared list: a worker that
+            // still sees the host puts it back when it reads the list.
+            let capacity = usize::from(unit.config.limits.max_hosts_per_service);
+            let before = unit.members_left.len();
+            unit.members.sweep(
+                now,
+                unit.config.limits.host_idle_timeout.0,
+                &mut unit.members_left,
+            );
+            if unit.members_left.len() > capacity {
+                unit.members_left.truncate(capacity.max(before));
+            }
             busy |= unit.counts.requests > 0 || unit.has_pending();
             let due = unit.next_change_ms.is_some_and(|t| now >= t);
             let kept = if unit.has_pending() || due {
@@ -762,12 +776,16 @@ impl<H: Host> Worker<H> {
             unit.last_touch_ms = now;
         }
         unit.next_change_ms = unit.snapshot.next_change_ms(now, &unit.config);
-        unit.steers = unit.snapshot.steers(now, &unit.config);
+        // Watched hosts steering showed gone do not keep steering on.
+        unit.steers = unit.snapshot.hosts.iter().any(|h| {
+            h.health.weight_percent(now, &unit.config) < 100
+                && !unit.members.is_gone(&h.address, now)
+        });
         unit.discovery_paused = unit
             .snapshot
             .hosts
             .iter()
-            .any(|h| h.health.ejected_as_unreachable(now));
+            .any(|h| h.health.ejected_costly_to_reach(now));
         // Rebuilding a plan costs as much as the service has hosts: only
         // when a weight or the set of hosts changed.
         let basis = plan_basis(&unit.snapshot, now, &unit.config);
@@ -794,6 +812,16 @@ impl<H: Host> Worker<H> {
         let capacity = usize::from(unit.config.limits.max_hosts_per_service);
         for address in &addresses {
             unit.members.learn(address, now, capacity);
+        }
+        // Hosts this worker saw lately that the list lacks (another worker
+        // forgot them): back into the list.
+        let listed: std::collections::HashSet<&str> =
+            addresses.iter().map(String::as_str).collect();
+        let recent = now.saturating_sub(unit.config.limits.host_idle_timeout.0 / 2);
+        for address in unit.members.seen_since(recent) {
+            if !listed.contains(&**address) && unit.members_found.len() < capacity {
+                unit.members_found.push(Rc::clone(address));
+            }
         }
         unit.member_list_seen = version;
     }
