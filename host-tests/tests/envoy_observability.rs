@@ -176,7 +176,9 @@ fn metrics_and_status_tell_what_happened() {
     let steered = sample(&prom, "meshguard_steered", &[svc]).unwrap_or(0.0);
     // All but discovery's share (5 % at first) left to Envoy's balancer.
     s.check(steered >= 90.0, || {
-        format!("the 100 requests after ejection were steered, but for discovery's few; got {steered}")
+        format!(
+            "the 100 requests after ejection were steered, but for discovery's few; got {steered}"
+        )
     });
 
     // The status endpoint answers loopback (allowed by default).
@@ -197,9 +199,10 @@ fn metrics_and_status_tell_what_happened() {
     );
     // Only hosts with failures on record are listed; the service's size is
     // `members`.
-    s.check(hosts.len() == 1 && status["services"][0]["members"] == 3, || {
-        format!("u2 listed, three members expected: {status}")
-    });
+    s.check(
+        hosts.len() == 1 && status["services"][0]["members"] == 3,
+        || format!("u2 listed, three members expected: {status}"),
+    );
     // Our local replies are not counted as requests.
     std::thread::sleep(FLUSH);
     let prom = s
