@@ -101,6 +101,24 @@ fn traffic(
     got
 }
 
+/// `count` ticks, 100 ms apart, with `per_tick` requests before each;
+/// returns the time after the last.
+fn rounds(
+    worker: &mut Worker<MemoryHost>,
+    cluster: &mut Cluster,
+    count: usize,
+    per_tick: usize,
+    mut now: u64,
+    outcome: &dyn Fn(&str) -> Observation,
+) -> u64 {
+    for _ in 0..count {
+        traffic(worker, cluster, per_tick, now, outcome);
+        now += 100;
+        worker.tick(now);
+    }
+    now
+}
+
 fn state(worker: &Worker<MemoryHost>, host: &str) -> HostState {
     worker.host_state(CLUSTER, "", host)
 }
@@ -167,19 +185,11 @@ fn new_hosts_get_their_share_while_steering() {
     let bad = address(1);
     let outcome = |a: &str| if a == bad { fail() } else { ok() };
     let mut now = 1_000;
-    for _ in 0..5 {
-        traffic(&mut worker, &mut cluster, 60, now, &outcome);
-        now += 100;
-        worker.tick(now);
-    }
+    now = rounds(&mut worker, &mut cluster, 5, 60, now, &outcome);
     assert_eq!(state(&worker, &bad), HostState::Unhealthy);
     // Three hosts join (EDS). Within a few seconds they get their share.
     cluster.members.extend((3..6).map(address));
-    for _ in 0..30 {
-        traffic(&mut worker, &mut cluster, 20, now, &outcome);
-        now += 100;
-        worker.tick(now);
-    }
+    now = rounds(&mut worker, &mut cluster, 30, 20, now, &outcome);
     let got = traffic(&mut worker, &mut cluster, 1000, now, &outcome);
     for i in [0, 2, 3, 4, 5] {
         let share = got.get(&address(i)).copied().unwrap_or(0);
@@ -198,11 +208,7 @@ fn a_host_that_left_the_cluster_leaves_the_plan() {
     let bad = address(0);
     let outcome = |a: &str| if a == bad { fail() } else { ok() };
     let mut now = 1_000;
-    for _ in 0..5 {
-        traffic(&mut worker, &mut cluster, 40, now, &outcome);
-        now += 100;
-        worker.tick(now);
-    }
+    now = rounds(&mut worker, &mut cluster, 5, 40, now, &outcome);
     assert_eq!(state(&worker, &bad), HostState::Unhealthy);
     // Host 3 goes away: steered requests to it come back from elsewhere.
     let gone = address(3);
@@ -227,11 +233,7 @@ fn a_worker_that_never_served_the_service_honours_the_ejection() {
     let bad = address(2);
     let outcome = |x: &str| if x == bad { fail() } else { ok() };
     let mut now = 1_000;
-    for _ in 0..5 {
-        traffic(&mut a, &mut cluster, 30, now, &outcome);
-        now += 100;
-        a.tick(now);
-    }
+    now = rounds(&mut a, &mut cluster, 5, 30, now, &outcome);
     assert_eq!(state(&a, &bad), HostState::Unhealthy);
     b.host().now.set(now);
     b.tick(now);
@@ -339,11 +341,7 @@ fn at_the_host_limit_protection_degrades_and_says_so() {
     let bad = address(10);
     let outcome = |a: &str| if a == bad { fail() } else { ok() };
     let mut now = 1_000;
-    for _ in 0..10 {
-        traffic(&mut w, &mut cluster, 100, now, &outcome);
-        now += 100;
-        w.tick(now);
-    }
+    now = rounds(&mut w, &mut cluster, 10, 100, now, &outcome);
     assert_eq!(state(&w, &bad), HostState::Unhealthy, "still detected");
     let not_tracked = w
         .host()
@@ -380,11 +378,7 @@ fn an_idle_worker_does_almost_nothing_whatever_the_service_size() {
         let bad = address(0);
         let outcome = |a: &str| if a == bad { fail() } else { ok() };
         let mut now = 1_000;
-        for _ in 0..20 {
-            traffic(&mut w, &mut cluster, 200, now, &outcome);
-            now += 100;
-            w.tick(now);
-        }
+        now = rounds(&mut w, &mut cluster, 20, 200, now, &outcome);
         // Traffic stops; a few seconds later the worker ticks slowly.
         for _ in 0..30 {
             now += 100;
@@ -415,11 +409,7 @@ fn a_configuration_update_keeps_what_was_learnt() {
     let bad = address(3);
     let outcome = |a: &str| if a == bad { fail() } else { ok() };
     let mut now = 1_000;
-    for _ in 0..5 {
-        traffic(&mut w, &mut cluster, 100, now, &outcome);
-        now += 100;
-        w.tick(now);
-    }
+    now = rounds(&mut w, &mut cluster, 5, 100, now, &outcome);
     w.reconfigure(config(r#"{"steering":{"discoveryPercent":0}}"#));
     let got = traffic(&mut w, &mut cluster, 900, now, &outcome);
     assert_eq!(
@@ -440,11 +430,7 @@ fn a_worker_that_knows_half_the_service_leaves_the_other_half_to_envoy() {
     let bad = address(7);
     let outcome = |a: &str| if a == bad { fail() } else { ok() };
     let mut now = 1_000;
-    for _ in 0..50 {
-        traffic(&mut w, &mut cluster, 100, now, &outcome);
-        now += 100;
-        w.tick(now);
-    }
+    now = rounds(&mut w, &mut cluster, 50, 100, now, &outcome);
     assert_eq!(state(&w, &bad), HostState::Unhealthy);
     cluster = Cluster::new(n);
     let mut got: HashMap<String, usize> = HashMap::new();
@@ -495,11 +481,7 @@ fn a_slow_host_keeps_its_record_and_is_degraded() {
         })
     };
     let mut now = 1_000;
-    for _ in 0..30 {
-        traffic(&mut w, &mut cluster, 30, now, &outcome);
-        now += 100;
-        w.tick(now);
-    }
+    now = rounds(&mut w, &mut cluster, 30, 30, now, &outcome);
     assert_eq!(state(&w, &slow), HostState::Degraded);
 }
 
@@ -543,11 +525,7 @@ fn after_local_origin_ejection(kind: crate::classify::LocalOrigin) -> usize {
     });
     let outcome = |a: &str| if a == dead { failed } else { ok() };
     let mut now = 1_000;
-    for _ in 0..10 {
-        traffic(&mut w, &mut cluster, 30, now, &outcome);
-        now += 100;
-        w.tick(now);
-    }
+    now = rounds(&mut w, &mut cluster, 10, 30, now, &outcome);
     assert_eq!(state(&w, &dead), HostState::Unhealthy);
     let got = traffic(&mut w, &mut cluster, 3000, now, &outcome);
     got.get(&dead).copied().unwrap_or(0)
