@@ -480,8 +480,7 @@ fn a_slow_host_keeps_its_record_and_is_degraded() {
             slow: a == slow,
         })
     };
-    let mut now = 1_000;
-    now = rounds(&mut w, &mut cluster, 30, 30, now, &outcome);
+    rounds(&mut w, &mut cluster, 30, 30, 1_000, &outcome);
     assert_eq!(state(&w, &slow), HostState::Degraded);
 }
 
