@@ -230,9 +230,14 @@ fn spread(s: &EdsFleet, t: &Tally, hosts: &[usize]) -> Option<(u64, usize, u64, 
 
 /// Every host of `hosts` served between `lo` and `hi` times their fair share
 /// (the answers they served together, divided evenly).
+/// Envoy's fallback balancer (least request, as in Istio) picks at random,
+/// so a host's count of requests it chose varies by about its square root:
+/// the band is never narrower than 3.5 of those.
 fn check_fair(s: &EdsFleet, what: &str, t: &Tally, hosts: &[usize], lo: f64, hi: f64) {
     let sum: u64 = hosts.iter().map(|&i| t.served_by(s.name(i))).sum();
     let fair = sum as f64 / hosts.len() as f64;
+    let noise = 3.5 * fair.sqrt();
+    let (lo, hi) = (lo.min(1.0 - noise / fair), hi.max(1.0 + noise / fair));
     let outside: Vec<String> = hosts
         .iter()
         .filter(|&&i| {
@@ -307,7 +312,7 @@ fn harness_without_meshguard_spreads_evenly_and_follows_eds() {
     let members: Vec<usize> = (0..100).filter(|&i| i != BAD).collect();
     check_fair(&s, "no meshguard", &all.tally, &members, 0.7, 1.3);
     let share = all.got(BAD) as f64 / all.tally.total as f64;
-    s.check((0.007..0.013).contains(&share), || {
+    s.check((0.004..0.017).contains(&share), || {
         format!(
             "without meshguard the 503 host should get 1/100 of the requests, got {:.2}%: {}",
             share * 100.0,

@@ -133,12 +133,18 @@ impl Stream {
                         host::set_header(Map::RequestHeaders, &steering.header, value).is_ok();
                     if steered {
                         self.steered_to = Some(Rc::clone(address));
-                        ask_for_retries(retry_on);
+                        // A half-open breaker's probe must show what the
+                        // host answers, not what a retry elsewhere did.
+                        if !self.probe {
+                            ask_for_retries(retry_on);
+                        }
                     }
                 }
                 Some(Steer::Discover { retry_on }) => {
                     self.discovery = true;
-                    ask_for_retries(retry_on);
+                    if !self.probe {
+                        ask_for_retries(retry_on);
+                    }
                 }
                 None => {}
             }
