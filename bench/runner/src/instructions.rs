@@ -188,10 +188,12 @@ pub struct Measurement {
 }
 
 impl Measurement {
-    /// The measured path is the one the row is about: the ejected host was
-    /// detected before counting and got under half its fair share.
+    /// The measured path is the one the row is about: the bad host was
+    /// graded before counting (Steering: ejected, and it got under half its
+    /// fair share).
     pub fn path_ok(&self) -> bool {
         match self.row {
+            Row::Failure => self.bad_host_detected == Some(true),
             Row::Steering => {
                 let fair = 2.0 * f64::from(self.requests) / self.hosts as f64;
                 self.bad_host_detected == Some(true)
@@ -528,12 +530,21 @@ fn run_one(s: &Settings, row: Row, hosts: usize, repeat: usize) -> Result<Measur
     let mut client = KeepAlive::new(envoy.listener);
     let bad_addr = addrs[BAD_HOST];
     let mut warmup = 0u32;
-    // Steering: send until meshguard ejects the bad host (5 failures in a
-    // row; with round robin it sees every N-th request), bounded.
+    // Steering and Failure: send until meshguard has graded the bad host
+    // (Steering: ejected after 5 failures in a row; Failure: Degraded once
+    // its window holds 20 outcomes; with round robin it sees every N-th
+    // request), bounded, so the counted requests see the steady state.
     let mut detected = None;
-    if row == Row::Steering {
-        let needle = format!("host {bad_addr}: Healthy -> Unhealthy");
-        let cap = s.warmup + 10 * hosts as u32;
+    let provoke = match row {
+        Row::Steering => Some((
+            format!("host {bad_addr}: Healthy -> Unhealthy"),
+            10 * hosts as u32,
+        )),
+        Row::Failure => Some((format!("host {bad_addr}: Healthy -> "), 30 * hosts as u32)),
+        _ => None,
+    };
+    if let Some((needle, per_host)) = provoke {
+        let cap = s.warmup + per_host;
         let mut seen = false;
         while warmup < cap {
             client.send(100, Duration::ZERO)?;
@@ -547,21 +558,13 @@ fn run_one(s: &Settings, row: Row, hosts: usize, repeat: usize) -> Result<Measur
         detected = Some(seen);
         if !seen {
             eprintln!(
-                "    WARNING: {hosts} hosts: meshguard did not eject {bad_addr} within {warmup} requests"
+                "    WARNING: {row:?} at {hosts} hosts: meshguard did not grade {bad_addr} within {warmup} requests"
             );
         }
     }
     let main_warmup = s.warmup.max(2 * hosts as u32);
     client.send(main_warmup, Duration::ZERO)?;
     warmup += main_warmup;
-    if row == Row::Failure {
-        std::thread::sleep(Duration::from_millis(300));
-        detected = Some(
-            envoy
-                .log()
-                .contains(&format!("host {bad_addr}: Healthy -> ")),
-        );
-    }
     let before = envoy_stats(&envoy);
     let _ = fleet.admin.reset_stats();
     let connects_before = client.connects;
@@ -674,7 +677,7 @@ pub fn run(s: &Settings) -> Result<Vec<Measurement>, String> {
                     m.run_seconds,
                     m.bad_host_requests
                         .map_or(String::new(), |n| format!("  bad host got {n}")),
-                    if m.path_ok() { "" } else { "  (WARNING: host not ejected)" }
+                    if m.path_ok() { "" } else { "  (WARNING: bad host not graded)" }
                 );
                 out.push(m);
             }
@@ -831,7 +834,7 @@ pub fn request_table(sum: &[Summary], sizes: &[usize], rows: &[Row]) -> Table {
                     }
                 }
                 if !s.path_ok {
-                    c.push_str(", **host not ejected**");
+                    c.push_str(", **bad host not graded**");
                 }
                 c
             }));
@@ -978,7 +981,7 @@ pub fn targets(sum: &[Summary], sizes: &[usize]) -> Vec<String> {
                     if a.path_ok && b.path_ok {
                         ""
                     } else {
-                        " (the bad host was not ejected: not the steering path)"
+                        " (the bad host was not graded: not the path this row is about)"
                     },
                     verdict(ok)
                 ));

@@ -452,8 +452,8 @@ fn run(cfg: &Config) -> Result<(), String> {
              Measured {date}; module {module}. Envoy `--concurrency 1` under `valgrind --tool=callgrind \
              --smc-check=all-non-file` (instrumentation switched on after startup), the demo template's config with the \
              `demo` cluster listing N hosts (STATIC, round robin), all served by one `mg-upstream --hosts N` on 127.0.1.x. \
-             Per run: a warm-up of max({warmup}, 2N) sequential keep-alive requests (Steering: first until meshguard has \
-             ejected the bad host), then two counted stretches of {requests} sequential keep-alive requests each \
+             Per run: a warm-up of max({warmup}, 2N) sequential keep-alive requests (Steering and Failure: first until \
+             meshguard has graded the bad host: ejected, resp. Degraded), then two counted stretches of {requests} sequential keep-alive requests each \
              (`callgrind_control -z` .. `-d`), back to back and then paced to take about twice as long; then {idle} s \
              idle (from 3 s after the last request) measured the same way. Under callgrind a request takes ~50x longer \
              than natively, so work done per second while serving (Envoy's timers, meshguard's 100 ms busy tick) would \
