@@ -541,3 +541,28 @@ fn discovery_pauses_while_a_host_is_ejected_for_timeouts_or_resets() {
     let refused = after_local_origin_ejection(LocalOrigin::ConnectFailure);
     assert!((1..=60).contains(&refused), "{refused}");
 }
+
+#[test]
+fn the_request_after_the_breaker_opens_is_rejected() {
+    use crate::breaker::Admission;
+    let shared = Rc::new(SharedData::default());
+    let config = config(
+        r#"{"circuitBreaker":{"windowSize":10,"minRequests":10},"detection":{"consecutive5xxErrors":0}}"#,
+    );
+    let mut w = worker(&shared, Rc::clone(&config), 18);
+    w.host().now.set(1_000);
+    // No tick in between: the prompt writes alone must arm the request path.
+    for i in 0..10 {
+        assert!(!w.request_path_active(), "closed after {i} failures");
+        w.observe_request(
+            Some(CLUSTER),
+            "",
+            &config,
+            &address(i % 3),
+            fail(),
+            Routed::Envoy,
+        );
+    }
+    assert!(w.request_path_active());
+    assert!(matches!(w.admit(CLUSTER, ""), Admission::Rejected { .. }));
+}

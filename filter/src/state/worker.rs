@@ -797,6 +797,9 @@ impl<H: Host> Worker<H> {
         }
         self.reporter
             .publish(&self.host, &mut self.units[position], now);
+        // A prompt write may have opened the breaker or started steering:
+        // the very next request must see it.
+        self.update_active();
     }
 
     /// Takes on the hosts other workers have seen, when the shared list
