@@ -312,19 +312,26 @@ fn module_info(wasm: &std::path::Path) -> String {
         })
         .unwrap_or_else(|| "?".into());
     let size = std::fs::metadata(wasm).map_or(0, |m| m.len());
-    let commit =
-        run("git", &["log", "-1", "--format=%h %s", "--", "filter/"]).unwrap_or_else(|| "?".into());
-    let dirty =
-        run("git", &["status", "--porcelain", "--", "filter/"]).is_some_and(|s| !s.is_empty());
+    // BENCH_MODULE_SOURCE: what the module was built from, when it is not
+    // this work tree (for example a clean checkout of one commit).
+    let source = env("BENCH_MODULE_SOURCE").unwrap_or_else(|| {
+        let commit = run("git", &["log", "-1", "--format=%h %s", "--", "filter/"])
+            .unwrap_or_else(|| "?".into());
+        let dirty =
+            run("git", &["status", "--porcelain", "--", "filter/"]).is_some_and(|s| !s.is_empty());
+        format!(
+            "filter/ at commit {commit}{}",
+            if dirty {
+                " plus uncommitted changes"
+            } else {
+                ""
+            }
+        )
+    });
     format!(
-        "`{}` ({size} bytes, sha256 {sha}…), filter/ at commit {commit}{}",
+        "`{}` ({size} bytes, sha256 {sha}…), {source}",
         wasm.file_name()
             .map_or(path.clone(), |n| n.to_string_lossy().into_owned()),
-        if dirty {
-            " plus uncommitted changes"
-        } else {
-            ""
-        }
     )
 }
 
