@@ -705,9 +705,12 @@ pub struct Summary {
     pub upstream_connections_per_request: f64,
     pub non_200_per_request: f64,
     pub wasm_vms: Option<u64>,
-    /// Median over VMs and repeats.
+    /// The largest VM's linear memory, committed and resident; median over
+    /// repeats.
     pub vm_memory_kib: Option<u64>,
     pub vm_rss_kib: Option<u64>,
+    /// Every VM's linear memory summed (resident), median over repeats.
+    pub all_vms_rss_kib: Option<u64>,
     pub heap_bytes: Option<u64>,
 }
 
@@ -762,12 +765,18 @@ pub fn summarize(ms: &[Measurement], sizes: &[usize], rows: &[Row]) -> Vec<Summa
                 wasm_vms: of.iter().filter_map(|m| m.wasm_vms).max(),
                 vm_memory_kib: median_u64(
                     of.iter()
-                        .flat_map(|m| m.vm_memory.iter().map(|v| v.kib))
+                        .filter_map(|m| m.vm_memory.iter().map(|v| v.kib).max())
                         .collect(),
                 ),
                 vm_rss_kib: median_u64(
                     of.iter()
-                        .flat_map(|m| m.vm_memory.iter().map(|v| v.rss_kib))
+                        .filter_map(|m| m.vm_memory.iter().map(|v| v.rss_kib).max())
+                        .collect(),
+                ),
+                all_vms_rss_kib: median_u64(
+                    of.iter()
+                        .filter(|m| !m.vm_memory.is_empty())
+                        .map(|m| m.vm_memory.iter().map(|v| v.rss_kib).sum())
                         .collect(),
                 ),
                 heap_bytes: median_u64(of.iter().filter_map(|m| m.heap_bytes).collect()),
@@ -886,7 +895,7 @@ pub fn idle_table(sum: &[Summary], sizes: &[usize], rows: &[Row]) -> Table {
 /// Wasm linear memory per VM and Envoy's heap.
 pub fn memory_table(sum: &[Summary], sizes: &[usize], rows: &[Row]) -> Table {
     let mut header: Vec<String> = vec![
-        "wasm linear memory per VM, committed (resident); VMs; Envoy heap (server.memory_allocated)".into(),
+        "wasm linear memory of the largest VM, committed (resident); VMs (resident, all); Envoy heap".into(),
     ];
     header.extend(sizes.iter().map(|&n| size_label(n)));
     let h: Vec<&str> = header.iter().map(String::as_str).collect();
@@ -900,8 +909,9 @@ pub fn memory_table(sum: &[Summary], sizes: &[usize], rows: &[Row]) -> Table {
                     .map_or("-".into(), |b| format!("{:.1} MB", b as f64 / 1e6));
                 match (s.vm_memory_kib, s.vm_rss_kib) {
                     (Some(k), Some(r)) => format!(
-                        "{k} KiB ({r} KiB); {} VMs; heap {heap}",
-                        s.wasm_vms.unwrap_or(0)
+                        "{k} KiB ({r} KiB); {} VMs ({} KiB); heap {heap}",
+                        s.wasm_vms.unwrap_or(0),
+                        s.all_vms_rss_kib.unwrap_or(0)
                     ),
                     _ => format!("no wasm; heap {heap}"),
                 }

@@ -484,7 +484,7 @@ fn run(cfg: &Config) -> Result<(), String> {
             md,
             "\nMemory: Envoy's admin has no per-VM memory stat (only `wasm.wasm_vm_count`); the linear memory of each VM is \
              read from `/proc/<pid>/smaps` (the read-write mapping V8 commits right below each wasm memory's guard \
-             reservation; median over VMs and runs). Heap: `server.memory_allocated` (tcmalloc) after the run, under \
+             reservation): the largest VM's, and all VMs' resident pages together. Heap: `server.memory_allocated` (tcmalloc) after the run, under \
              callgrind.\n"
         );
         md.push_str(&mem);
