@@ -16,11 +16,11 @@ fn s(secs: u64) -> Duration {
 
 const HOSTS: [&str; 4] = ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80"];
 
-/// Discovery off: requests left to Envoy may be retried, and this test
-/// matches the filter's counts against the hosts' exactly.
+/// Discovery and retries off: a retried request reaches two hosts, and
+/// this test matches the filter's counts against the hosts' exactly.
 const CONFIG: &str = r#"{
     "detection": {"windowSize": 20, "minRequests": 10},
-    "steering": {"discoveryPercent": 0},
+    "steering": {"discoveryPercent": 0, "retryOn": ""},
     "ejection": {"baseEjectionTime": "10s", "maxEjectionTime": "60s", "warmupDuration": "6s"},
     "circuitBreaker": {"windowSize": 40, "minRequests": 20, "failurePercent": 50,
                        "openDuration": "2s", "halfOpenRequests": 2, "closeAfterSuccesses": 3}

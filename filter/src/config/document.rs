@@ -287,10 +287,9 @@ pub struct Steering {
     /// traffic only once steering stops). Default 5.
     #[schemars(extend("default" = 5))]
     pub discovery_percent: Option<Int<0, 50>>,
-    /// `x-envoy-retry-on` set on every request meshguard steers or leaves
-    /// to Envoy while a host of the service is ejected, so one that lands
-    /// there (a discovery request, or one steered to a host that has just
-    /// left, which Envoy sends elsewhere) is retried on another host (with
+    /// `x-envoy-retry-on` set on the requests meshguard leaves to Envoy
+    /// (discovery) while a host of the service is ejected, so one that
+    /// lands there is retried on another host (with
     /// `retriable-status-codes`, `x-envoy-retriable-status-codes: 503` too).
     /// Envoy retry policies only; empty sets nothing. Default
     /// "connect-failure,refused-stream,reset-before-request,retriable-status-codes".

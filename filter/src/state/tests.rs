@@ -566,3 +566,39 @@ fn the_request_after_the_breaker_opens_is_rejected() {
     assert!(w.request_path_active());
     assert!(matches!(w.admit(CLUSTER, ""), Admission::Rejected { .. }));
 }
+
+#[test]
+fn a_steered_request_that_envoy_retried_elsewhere_counts_against_the_first_host() {
+    let shared = Rc::new(SharedData::default());
+    let config = config(r#"{"circuitBreaker":{"enabled":false}}"#);
+    let mut w = worker(&shared, Rc::clone(&config), 19);
+    w.host().now.set(1_000);
+    // Steered to host 0, answered by host 2 after a retry: the client saw a
+    // success, but host 0 failed the first attempt.
+    w.host().attempts.set(Some(2));
+    for _ in 0..5 {
+        let first = address(0);
+        w.observe_request(
+            Some(CLUSTER),
+            "",
+            &config,
+            &address(2),
+            ok(),
+            Routed::To(&first),
+        );
+    }
+    assert_eq!(state(&w, &address(0)), HostState::Unhealthy);
+    assert_eq!(state(&w, &address(2)), HostState::Healthy);
+    // One attempt that went elsewhere: host 1 left the cluster, no failure.
+    w.host().attempts.set(Some(1));
+    let gone = address(1);
+    w.observe_request(
+        Some(CLUSTER),
+        "",
+        &config,
+        &address(2),
+        ok(),
+        Routed::To(&gone),
+    );
+    assert_eq!(state(&w, &gone), HostState::Healthy);
+}

@@ -11,7 +11,7 @@ use super::plan::Plan;
 use super::store::Slot;
 use crate::config::Config;
 use crate::metrics::FAILURE_KINDS;
-use crate::service::{Pending, ServiceHealth};
+use crate::service::{Observation, Pending, ServiceHealth};
 
 pub struct Unit {
     /// Shared-data name: the cluster, plus the override's scope if any.
@@ -116,6 +116,46 @@ impl Unit {
             counts: Counts::default(),
             graded_gauges: Vec::new(),
         }
+    }
+
+    /// Queues a host's outcome for the next write, if it can move a grade
+    /// (a failure, a slow call) or the host is watched already.
+    pub fn record_outcome(&mut self, address: &str, observation: Observation, config: &Config) {
+        let watched = self.snapshot.host(address).is_some();
+        let evidence = observation.outcome.failed() || observation.outcome.slow;
+        // The successes before this evidence: a host's history when this
+        // gives it a record (a watched host's are in its window already).
+        let before = if evidence {
+            self.members.take_successes(address)
+        } else {
+            0
+        };
+        if !evidence && !watched {
+            return;
+        }
+        if let Some(pending) = self.pending.get_mut(address) {
+            pending.add(observation);
+            return;
+        }
+        if self.pending.len() >= usize::from(config.limits.max_watched_hosts_per_service) {
+            // More distinct failing hosts in one flush interval than a
+            // service may watch: drop the outcome rather than grow.
+            self.counts.not_tracked += 1;
+            return;
+        }
+        let key = self
+            .members
+            .address(address)
+            .unwrap_or_else(|| Rc::from(address));
+        let mut pending = Pending::default();
+        if !watched {
+            // A host's first evidence: bring the successes before it, so
+            // its window starts from its history and not from a failure.
+            let cap = config.detection.window_size.saturating_sub(1);
+            pending.successes[0] = u32::from(before.min(cap));
+        }
+        pending.add(observation);
+        self.pending.insert(key, pending);
     }
 
     pub fn has_pending(&self) -> bool {

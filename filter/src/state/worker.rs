@@ -65,6 +65,14 @@ pub enum Routed<'a> {
     Discovery,
 }
 
+/// What a first attempt that Envoy retried elsewhere counts as for the
+/// host it was steered to: a gateway failure (what meshguard's retry
+/// policy retries: connect failures, refused streams, 503).
+const RETRIED_ATTEMPT: crate::classify::Outcome = crate::classify::Outcome {
+    failure: Some(crate::classify::FailureKind::Gateway(503)),
+    slow: false,
+};
+
 /// Discovery requests over which the share landing on unknown hosts is
 /// estimated; the counts are halved past it, so the estimate follows.
 const DISCOVERY_SAMPLE: u16 = 64;
@@ -72,12 +80,10 @@ const DISCOVERY_SAMPLE: u16 = 64;
 /// What steering does with one request.
 #[derive(Debug, Clone, Copy)]
 pub enum Steer<'a> {
-    /// Send it to this host: the header value, the host's address, and
-    /// the retry policy to ask for (maybe empty; see `Discover`).
+    /// Send it to this host: the header value, and the host's address.
     To {
         value: &'a [u8],
         address: &'a Rc<str>,
-        retry_on: &'a str,
     },
     /// Leave it to Envoy's load balancer; `retry_on` (maybe empty) is the
     /// retry policy to ask for, in case it lands on an ejected host.
@@ -368,9 +374,10 @@ impl<H: Host> Worker<H> {
             *discovery_per_mille
         };
         let per_mille = discovery.max(unknown);
-        // While a host is ejected, a request may land there anyway: left to
-        // Envoy, or steered to a host that has just left (Envoy falls back
-        // to its balancer). Ask Envoy to retry such a one elsewhere.
+        // While a host is ejected, a request left to Envoy may land there:
+        // ask Envoy to retry such a one elsewhere. Steered requests get no
+        // retries of meshguard's making: during an incident they would add
+        // load to hosts that may be failing too.
         let retry_on = if plan.has_ejected {
             steering.retry_on.as_str()
         } else {
@@ -382,7 +389,6 @@ impl<H: Host> Worker<H> {
                 Some(Steer::To {
                     value: target.value(),
                     address: &target.address,
-                    retry_on,
                 })
             }
             Choice::Envoy => Some(Steer::Discover { retry_on }),
@@ -517,57 +523,38 @@ impl<H: Host> Worker<H> {
                     .min(u16::from(crate::config::MAX_DISCOVERY_PERCENT) * 10)
             };
         }
-        // Steered elsewhere: Envoy no longer has the host we chose (its
-        // override_host policy falls back), unless a retry moved it.
+        // Steered elsewhere: either Envoy no longer has the host we chose
+        // (its override_host policy falls back), or the first attempt
+        // failed there and a retry moved the request; the last attempt is
+        // all a downstream filter sees, so that failure is inferred here.
+        let mut retried_from = None;
         if let Routed::To(steered) = routed {
-            if steered != address && self.host.attempt_count().is_none_or(|n| n <= 1) {
-                unit.members.left(steered, now);
-                if unit.members_left.len() < capacity {
-                    unit.members_left.push(Rc::from(steered));
+            if steered != address {
+                if self.host.attempt_count().is_some_and(|n| n > 1) {
+                    retried_from = Some(steered);
+                } else {
+                    unit.members.left(steered, now);
+                    if unit.members_left.len() < capacity {
+                        unit.members_left.push(Rc::from(steered));
+                    }
                 }
             }
         }
         if config.circuit_breaker.enabled {
             unit.breaker_pending.add(observation);
         }
-        let watched = unit.snapshot.host(address);
-        let quiet = watched.is_none_or(|h| h.health.is_quiet());
-        let evidence = observation.outcome.failed() || observation.outcome.slow;
-        // The successes before this evidence: a host's history when this
-        // gives it a record (a watched host's are in its window already).
-        let before = if evidence {
-            unit.members.take_successes(address)
-        } else {
-            0
-        };
-        if evidence || watched.is_some() {
-            let room = unit.pending.len() < usize::from(limits.max_watched_hosts_per_service);
-            match unit.pending.get_mut(address) {
-                Some(pending) => pending.add(observation),
-                None if room => {
-                    let key = unit
-                        .members
-                        .address(address)
-                        .unwrap_or_else(|| Rc::from(address));
-                    let mut pending = Pending::default();
-                    if watched.is_none() {
-                        // A host's first evidence: bring the successes
-                        // before it, so its window starts from its history
-                        // and not from a failure.
-                        let cap = config.detection.window_size.saturating_sub(1);
-                        pending.successes[0] = u32::from(before.min(cap));
-                    }
-                    pending.add(observation);
-                    unit.pending.insert(key, pending);
-                }
-                // More distinct failing hosts in one flush interval than a
-                // service may watch: drop the outcome rather than grow.
-                None => unit.counts.not_tracked += 1,
-            }
+        let quiet = unit
+            .snapshot
+            .host(address)
+            .is_none_or(|h| h.health.is_quiet());
+        unit.record_outcome(address, observation, config);
+        if let Some(steered) = retried_from {
+            unit.record_outcome(steered, Observation::plain(RETRIED_ATTEMPT), config);
         }
         // Write at once whatever could change a grade or the breaker; let a
         // quiet host's successes wait for the tick.
-        let prompt = observation.outcome.failed()
+        let prompt = retried_from.is_some()
+            || observation.outcome.failed()
             || observation.probe
             || !quiet
             || unit.snapshot.breaker.state() != BreakerState::Closed;
