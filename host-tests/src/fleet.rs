@@ -611,7 +611,9 @@ mod tests {
             "{demo}"
         );
         assert!(demo.contains("typed_extension_protocol_options"), "{demo}");
-        assert_eq!(yaml.matches("retry_host_predicate:").count(), 3, "{yaml}");
+        // Istio's policy on the three demo routes, plus the template's own
+        // virtual-host policy.
+        assert_eq!(yaml.matches("retry_host_predicate:").count(), 4, "{yaml}");
         assert!(
             yaml.contains("port_value: 4000 "),
             "fallback keeps its host"
