@@ -57,6 +57,13 @@ pub struct SharedState {
     /// `(vm, root context, queue id)` to deliver `proxy_on_queue_ready` to.
     ready: Vec<(usize, u32, u32)>,
     metrics: Vec<Metric>,
+    /// `(name, kind)` -> index into `metrics`, so defining is O(1) with
+    /// tens of thousands of per-host metrics.
+    metric_index: HashMap<(String, MetricType), usize>,
+    /// Indices of gauges defined or set since the last
+    /// [`take_changed_gauges`](SharedState::take_changed_gauges), when
+    /// [`watch_gauges`](SharedState::watch_gauges) turned this on.
+    changed_gauges: Option<Vec<usize>>,
     logs: Vec<LogRecord>,
     dropped_logs: u64,
     /// Print each log line to stderr as it arrives (`MESHGUARD_HOST_LOG=1`).
@@ -81,6 +88,8 @@ impl Shared {
             queues: Vec::new(),
             ready: Vec::new(),
             metrics: Vec::new(),
+            metric_index: HashMap::new(),
+            changed_gauges: None,
             logs: Vec::new(),
             dropped_logs: 0,
             echo_logs: std::env::var_os("MESHGUARD_HOST_LOG").is_some_and(|v| v == "1"),
@@ -165,6 +174,11 @@ impl SharedState {
         keys
     }
 
+    /// Bytes held in shared data: keys and values.
+    pub fn data_bytes(&self) -> usize {
+        self.data.iter().map(|(k, (v, _))| k.len() + v.len()).sum()
+    }
+
     // ---- shared queues
 
     pub fn register_queue(&mut self, vm_id: &str, name: &str, vm: usize, context: u32) -> u32 {
@@ -224,12 +238,8 @@ impl SharedState {
     // id carries the type in its low two bits, like Envoy's.
 
     pub fn define_metric(&mut self, kind: MetricType, name: &str) -> u32 {
-        let index = match self
-            .metrics
-            .iter()
-            .position(|m| m.name == name && m.kind == kind)
-        {
-            Some(index) => index,
+        let index = match self.metric_index.get(&(name.to_string(), kind)) {
+            Some(index) => *index,
             None => {
                 self.metrics.push(Metric {
                     name: name.to_string(),
@@ -237,7 +247,10 @@ impl SharedState {
                     value: 0,
                     samples: Vec::new(),
                 });
-                self.metrics.len() - 1
+                let index = self.metrics.len() - 1;
+                self.metric_index.insert((name.to_string(), kind), index);
+                self.gauge_changed(index);
+                index
             }
         };
         ((index as u32) << 2) | kind as u32
@@ -247,14 +260,42 @@ impl SharedState {
         self.metrics.get_mut((id >> 2) as usize)
     }
 
+    fn gauge_changed(&mut self, index: usize) {
+        if self.metrics[index].kind == MetricType::Gauge {
+            if let Some(changed) = &mut self.changed_gauges {
+                changed.push(index);
+            }
+        }
+    }
+
+    /// Starts (or stops) recording which gauges are defined or set, for
+    /// [`take_changed_gauges`](SharedState::take_changed_gauges).
+    pub fn watch_gauges(&mut self, on: bool) {
+        self.changed_gauges = on.then(Vec::new);
+    }
+
+    /// Gauges defined or set since the last call (indices into
+    /// [`metrics`](SharedState::metrics), in call order, repeats included).
+    pub fn take_changed_gauges(&mut self) -> Vec<usize> {
+        self.changed_gauges
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
     pub fn increment_metric(&mut self, id: u32, offset: i64) -> Status {
         let Some(metric) = self.metric_mut(id) else {
             return Status::NotFound;
         };
         match metric.kind {
             MetricType::Counter if offset < 0 => Status::BadArgument,
-            MetricType::Counter | MetricType::Gauge => {
+            MetricType::Counter => {
                 metric.value = metric.value.saturating_add(offset);
+                Status::Ok
+            }
+            MetricType::Gauge => {
+                metric.value = metric.value.saturating_add(offset);
+                self.gauge_changed((id >> 2) as usize);
                 Status::Ok
             }
             MetricType::Histogram => Status::BadArgument,
@@ -271,7 +312,10 @@ impl SharedState {
                     .value
                     .saturating_add(i64::try_from(value).unwrap_or(i64::MAX))
             }
-            MetricType::Gauge => metric.value = i64::try_from(value).unwrap_or(i64::MAX),
+            MetricType::Gauge => {
+                metric.value = i64::try_from(value).unwrap_or(i64::MAX);
+                self.gauge_changed((id >> 2) as usize);
+            }
             MetricType::Histogram => metric.samples.push(value),
         }
         Status::Ok
@@ -290,7 +334,15 @@ impl SharedState {
 
     /// A metric by name, for assertions.
     pub fn metric(&self, name: &str) -> Option<&Metric> {
-        self.metrics.iter().find(|m| m.name == name)
+        [
+            MetricType::Counter,
+            MetricType::Gauge,
+            MetricType::Histogram,
+        ]
+        .iter()
+        .filter_map(|kind| self.metric_index.get(&(name.to_string(), *kind)))
+        .min()
+        .map(|index| &self.metrics[*index])
     }
 
     pub fn metrics(&self) -> &[Metric] {
