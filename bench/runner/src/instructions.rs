@@ -141,9 +141,16 @@ pub struct Measurement {
     pub row: Row,
     pub hosts: usize,
     pub repeat: usize,
-    /// Requests in each of the two counted stretches.
+    /// Requests in each counted stretch.
     pub requests: u32,
-    /// Instructions (callgrind Ir) and seconds of the back-to-back stretch.
+    /// Requests in all counted stretches (what the counters below cover).
+    pub counted_requests: u32,
+    /// Every counted stretch, in order.
+    pub stretches: Vec<Stretch>,
+    /// Back-to-back stretches agreed (before and after the paced one).
+    pub steady: bool,
+    /// Instructions (callgrind Ir) and seconds of the back-to-back
+    /// stretches bracketing the paced one (their mean).
     pub fast_ir: u64,
     pub fast_seconds: f64,
     /// The same for the paced stretch (a pause between requests).
@@ -195,7 +202,7 @@ impl Measurement {
         match self.row {
             Row::Failure => self.bad_host_detected == Some(true),
             Row::Steering => {
-                let fair = 2.0 * f64::from(self.requests) / self.hosts as f64;
+                let fair = f64::from(self.counted_requests) / self.hosts as f64;
                 self.bad_host_detected == Some(true)
                     && self
                         .bad_host_requests
@@ -470,6 +477,36 @@ pub fn ensure_valgrind() -> Result<(), String> {
     }
 }
 
+/// One counted stretch: instructions and seconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Stretch {
+    pub ir: u64,
+    pub seconds: f64,
+    pub paced: bool,
+}
+
+/// Back-to-back stretches must agree this closely (relative) to count.
+const STEADY: f64 = 0.01;
+/// At most this many back-to-back stretches before the paced one.
+const MAX_FAST: usize = 10;
+
+fn stretch(
+    cg: &Callgrind,
+    client: &mut KeepAlive,
+    requests: u32,
+    pause: Duration,
+    non_200: &mut u32,
+) -> Result<Stretch, String> {
+    let t0 = cg.control(&["-z"])?;
+    *non_200 += client.send(requests, pause)?;
+    let (ir, t1) = cg.dump()?;
+    Ok(Stretch {
+        ir,
+        seconds: (t1 - t0).as_secs_f64(),
+        paced: !pause.is_zero(),
+    })
+}
+
 fn run_one(s: &Settings, row: Row, hosts: usize, repeat: usize) -> Result<Measurement, String> {
     let started = Instant::now();
     let dir = s.work.join(format!("{row:?}-{hosts}-{repeat}"));
@@ -569,22 +606,54 @@ fn run_one(s: &Settings, row: Row, hosts: usize, repeat: usize) -> Result<Measur
     let _ = fleet.admin.reset_stats();
     let connects_before = client.connects;
 
-    // Two counted stretches of the same requests: back to back, then paced
-    // to take about twice as long. Envoy's and meshguard's timers (busy
-    // ticks every 100 ms) cost instructions per second, and under callgrind
-    // a request takes ~50x longer than natively, so they would be charged
-    // to requests ~50x too heavily; the pair separates the two:
-    // instructions = per_request x requests + busy_per_second x seconds.
-    let t0 = cg.control(&["-z"])?;
-    let mut non_200 = client.send(s.requests, Duration::ZERO)?;
-    let (fast_ir, t1) = cg.dump()?;
-    let fast_seconds = (t1 - t0).as_secs_f64();
+    // Counted stretches of the same requests, back to back and paced to take
+    // about twice as long. Envoy's and meshguard's timers (busy ticks every
+    // 100 ms) cost instructions per second, and under callgrind a request
+    // takes ~50x longer than natively, so they would be charged to requests
+    // ~50x too heavily; the pair separates the two: instructions =
+    // per_request x requests + busy_per_second x seconds. Back-to-back
+    // stretches repeat until two in a row agree (one-off work such as
+    // meshguard settling its view of a large service must not count), then
+    // one paced and one more back to back, which brackets the paced one.
+    let mut stretches: Vec<Stretch> = Vec::new();
+    let mut non_200 = 0;
+    let agree =
+        |a: &Stretch, b: &Stretch| (a.ir as f64 - b.ir as f64).abs() <= STEADY * b.ir as f64;
+    loop {
+        stretches.push(stretch(
+            &cg,
+            &mut client,
+            s.requests,
+            Duration::ZERO,
+            &mut non_200,
+        )?);
+        let k = stretches.len();
+        if (k >= 2 && agree(&stretches[k - 1], &stretches[k - 2])) || k >= MAX_FAST {
+            break;
+        }
+    }
+    let before_paced = stretches.len() - 1;
+    let f1 = stretches[before_paced];
     let pause =
-        Duration::from_secs_f64(fast_seconds / f64::from(s.requests)).max(Duration::from_millis(1));
-    let t0 = cg.control(&["-z"])?;
-    non_200 += client.send(s.requests, pause)?;
-    let (paced_ir, t1) = cg.dump()?;
-    let paced_seconds = (t1 - t0).as_secs_f64();
+        Duration::from_secs_f64(f1.seconds / f64::from(s.requests)).max(Duration::from_millis(1));
+    let p = stretch(&cg, &mut client, s.requests, pause, &mut non_200)?;
+    let f2 = stretch(&cg, &mut client, s.requests, Duration::ZERO, &mut non_200)?;
+    stretches.push(p);
+    stretches.push(f2);
+    let steady = before_paced >= 1
+        && agree(&stretches[before_paced], &stretches[before_paced - 1])
+        && agree(&f2, &f1);
+    if !steady {
+        eprintln!(
+            "    WARNING: {row:?} at {hosts} hosts: back-to-back stretches disagree by more than {:.0} %: {:?}",
+            STEADY * 100.0,
+            stretches.iter().map(|x| x.ir).collect::<Vec<_>>()
+        );
+    }
+    let fast_ir = (f1.ir + f2.ir) / 2;
+    let fast_seconds = (f1.seconds + f2.seconds) / 2.0;
+    let (paced_ir, paced_seconds) = (p.ir, p.seconds);
+    let counted = s.requests * stretches.len() as u32;
     let reconnects = client.connects - connects_before;
     let bad_host_requests = bad
         .as_ref()
@@ -619,6 +688,9 @@ fn run_one(s: &Settings, row: Row, hosts: usize, repeat: usize) -> Result<Measur
         hosts,
         repeat,
         requests: s.requests,
+        counted_requests: counted,
+        stretches,
+        steady,
         fast_ir,
         fast_seconds,
         paced_ir,
@@ -662,7 +734,7 @@ pub fn run(s: &Settings) -> Result<Vec<Measurement>, String> {
             for &row in &s.rows {
                 let m = run_one(s, row, hosts, repeat)?;
                 eprintln!(
-                    "  instructions {}/{total} {:>4} hosts {:<9} {:>9.0} instr/req ({:.0} with the idle rate)  busy {:.3} M/s  idle {:.3} M/s  2x{} req in {:.1} + {:.1} s (warm-up {}), run {:.0} s{}{}",
+                    "  instructions {}/{total} {:>4} hosts {:<9} {:>9.0} instr/req ({:.0} with the idle rate)  busy {:.3} M/s  idle {:.3} M/s  {} stretches of {} req, {:.1} s back to back, {:.1} s paced (warm-up {}), run {:.0} s{}{}",
                     out.len() + 1,
                     hosts,
                     format!("{row:?}"),
@@ -670,6 +742,7 @@ pub fn run(s: &Settings) -> Result<Vec<Measurement>, String> {
                     m.per_request_idle_rate,
                     m.busy_per_second / 1e6,
                     m.idle_per_second / 1e6,
+                    m.stretches.len(),
                     m.requests,
                     m.fast_seconds,
                     m.paced_seconds,
@@ -698,6 +771,13 @@ pub struct Summary {
     pub idle_per_second: Spread,
     pub busy_per_second: Spread,
     pub path_ok: bool,
+    /// Every run's back-to-back stretches agreed.
+    pub steady: bool,
+    /// Instructions per request of the first counted stretch, raw (right
+    /// after the warm-up: what settling costs), median over runs.
+    pub first_stretch_per_request: f64,
+    /// Back-to-back stretches it took to settle, max over runs.
+    pub stretches: usize,
     pub detected: Option<bool>,
     pub bad_host_requests: Option<u64>,
     pub retries_per_request: f64,
@@ -733,7 +813,7 @@ pub fn summarize(ms: &[Measurement], sizes: &[usize], rows: &[Row]) -> Vec<Summa
             let pr: Vec<f64> = of.iter().map(|m| m.per_request).collect();
             let per_request = Spread::of(&pr).expect("not empty");
             let idle: Vec<f64> = of.iter().map(|m| m.idle_per_second).collect();
-            let reqs: f64 = of.iter().map(|m| 2.0 * f64::from(m.requests)).sum();
+            let reqs: f64 = of.iter().map(|m| f64::from(m.counted_requests)).sum();
             out.push(Summary {
                 row,
                 label: row.label(),
@@ -748,6 +828,18 @@ pub fn summarize(ms: &[Measurement], sizes: &[usize], rows: &[Row]) -> Vec<Summa
                 )
                 .expect("not empty"),
                 path_ok: of.iter().all(|m| m.path_ok()),
+                steady: of.iter().all(|m| m.steady),
+                first_stretch_per_request: Spread::of(
+                    &of.iter()
+                        .filter_map(|m| {
+                            m.stretches
+                                .first()
+                                .map(|x| x.ir as f64 / f64::from(m.requests))
+                        })
+                        .collect::<Vec<f64>>(),
+                )
+                .map_or(f64::NAN, |x| x.median),
+                stretches: of.iter().map(|m| m.stretches.len()).max().unwrap_or(0),
                 detected: of
                     .iter()
                     .map(|m| m.bad_host_detected)
@@ -845,6 +937,9 @@ pub fn request_table(sum: &[Summary], sizes: &[usize], rows: &[Row]) -> Table {
                 if !s.path_ok {
                     c.push_str(", **bad host not graded**");
                 }
+                if !s.steady {
+                    c.push_str(", **not steady**");
+                }
                 c
             }));
         }
@@ -925,7 +1020,7 @@ pub fn memory_table(sum: &[Summary], sizes: &[usize], rows: &[Row]) -> Table {
 /// What else each row did during the counted requests.
 pub fn paths_table(sum: &[Summary], sizes: &[usize], rows: &[Row]) -> Table {
     let mut header: Vec<String> = vec![
-        "per counted request: upstream connections opened, retries, upstream 5xx, client non-200; bad host: ejected/graded before counting, requests it got".into(),
+        "counted stretches (first: its raw instructions per request); per counted request: upstream connections opened, retries, upstream 5xx, client non-200; bad host: graded before counting, requests it got".into(),
     ];
     header.extend(sizes.iter().map(|&n| size_label(n)));
     let h: Vec<&str> = header.iter().map(String::as_str).collect();
@@ -935,7 +1030,9 @@ pub fn paths_table(sum: &[Summary], sizes: &[usize], rows: &[Row]) -> Table {
         for &n in sizes {
             cells.push(find(sum, row, n).map_or("-".into(), |s| {
                 let mut c = format!(
-                    "{:.4} cx, {:.4} retries, {:.4} 5xx, {:.4} non-200",
+                    "{} stretches, first {}; {:.4} cx, {:.4} retries, {:.4} 5xx, {:.4} non-200",
+                    s.stretches,
+                    thousands(s.first_stretch_per_request),
                     s.upstream_connections_per_request,
                     s.retries_per_request,
                     s.upstream_5xx_per_request,
@@ -1059,6 +1156,9 @@ mod tests {
             hosts: 3,
             repeat: 0,
             requests: 1000,
+            counted_requests: 4000,
+            stretches: Vec::new(),
+            steady: true,
             fast_ir: 0,
             fast_seconds: 1.0,
             paced_ir: 0,
@@ -1072,7 +1172,7 @@ mod tests {
             warmup_requests: 0,
             non_200: 0,
             reconnects: 0,
-            bad_host_requests: Some(30),
+            bad_host_requests: Some(60),
             bad_host_detected: Some(true),
             retries: 0,
             upstream_5xx: 0,
@@ -1084,7 +1184,7 @@ mod tests {
         };
         assert!(m.path_ok());
         assert!(!Measurement {
-            bad_host_requests: Some(600),
+            bad_host_requests: Some(1200),
             ..m.clone()
         }
         .path_ok());

@@ -460,12 +460,13 @@ fn run(cfg: &Config) -> Result<(), String> {
              --smc-check=all-non-file` (instrumentation switched on after startup), the demo template's config with the \
              `demo` cluster listing N hosts (STATIC, round robin), all served by one `mg-upstream --hosts N` on 127.0.1.x. \
              Per run: a warm-up of max({warmup}, 2N) sequential keep-alive requests (Steering and Failure: first until \
-             meshguard has graded the bad host: ejected, resp. Degraded), then two counted stretches of {requests} sequential keep-alive requests each \
-             (`callgrind_control -z` .. `-d`), back to back and then paced to take about twice as long; then {idle} s \
+             meshguard has graded the bad host: ejected, resp. Degraded); then counted stretches of {requests} sequential \
+             keep-alive requests (`callgrind_control -z` .. `-d`): back to back until two in a row agree within 1 % (at \
+             most 10), one paced to take about twice as long, one more back to back; then {idle} s \
              idle (from 3 s after the last request) measured the same way. Under callgrind a request takes ~50x longer \
              than natively, so work done per second while serving (Envoy's timers, meshguard's 100 ms busy tick) would \
-             weigh ~50x too much per request: the two stretches separate it (instructions = per request x requests + \
-             busy x seconds), and the table shows the per-request part. Each cell is the median of {repeats} runs \
+             weigh ~50x too much per request: the paced stretch and the two back-to-back ones around it separate it \
+             (instructions = per request x requests + busy x seconds), and the table shows the per-request part. Each cell is the median of {repeats} runs \
              (separate Envoy processes, interleaved); ± is half their range. Instructions do not depend on the \
              machine's load, unlike the wall-clock tables below.\n",
             warmup = s.warmup,
