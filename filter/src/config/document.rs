@@ -287,9 +287,11 @@ pub struct Steering {
     /// traffic only once steering stops). Default 5.
     #[schemars(extend("default" = 5))]
     pub discovery_percent: Option<Int<0, 50>>,
-    /// `x-envoy-retry-on` set on the requests meshguard leaves to Envoy
-    /// (discovery) while a host of the service is ejected, so one that
-    /// lands there is retried on another host (with
+    /// `x-envoy-retry-on` set while a host of the service is ejected on the
+    /// requests meshguard leaves to Envoy (discovery), and on steered ones
+    /// while two thirds of the hosts are at full weight (a steered host that
+    /// has just left sends its request to Envoy's balancer), so one that
+    /// lands on the ejected host is retried on another host (with
     /// `retriable-status-codes`, `x-envoy-retriable-status-codes: 503` too).
     /// Envoy retry policies only; empty sets nothing. Default
     /// "connect-failure,refused-stream,reset-before-request,retriable-status-codes".

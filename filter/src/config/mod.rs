@@ -197,9 +197,10 @@ pub struct Steering {
     /// Percent of steered requests left to Envoy's load balancer, so hosts
     /// meshguard has not seen yet (scale-up, rolling deployments) are found.
     pub discovery_percent: u8,
-    /// `x-envoy-retry-on` set on the requests meshguard leaves to Envoy
-    /// while a host is ejected, so one that lands there is retried
-    /// elsewhere; empty sets nothing.
+    /// `x-envoy-retry-on` set while a host is ejected on the requests
+    /// meshguard leaves to Envoy, and on steered ones while most hosts are
+    /// at full weight, so one that lands there is retried elsewhere; empty
+    /// sets nothing.
     pub retry_on: String,
 }
 

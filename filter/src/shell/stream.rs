@@ -124,11 +124,20 @@ impl Stream {
         let mut steered = false;
         if steering.enabled {
             match worker.steer(&cluster, &self.scope) {
-                Some(Steer::To { value, address }) => {
+                Some(Steer::To {
+                    value,
+                    address,
+                    retry_on,
+                }) => {
                     steered =
                         host::set_header(Map::RequestHeaders, &steering.header, value).is_ok();
                     if steered {
                         self.steered_to = Some(Rc::clone(address));
+                        // A half-open breaker's probe must show what the
+                        // host answers, not what a retry elsewhere did.
+                        if !self.probe {
+                            ask_for_retries(retry_on);
+                        }
                     }
                 }
                 Some(Steer::Discover { retry_on }) => {
@@ -392,8 +401,8 @@ impl Stream {
     }
 }
 
-/// A request left to Envoy's load balancer while some host is ejected may
-/// land there: ask Envoy to retry it elsewhere (on top of the route's own
+/// A request steered or left to Envoy's load balancer while some host is
+/// ejected may land there: ask Envoy to retry it elsewhere (on top of the route's own
 /// policy; `x-envoy-max-retries` is left alone, so a route's count stands
 /// and a route without retries gets Envoy's default of one).
 fn ask_for_retries(retry_on: &str) {

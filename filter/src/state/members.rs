@@ -35,7 +35,10 @@ pub enum Seen {
 #[derive(Debug)]
 struct Member {
     address: Rc<str>,
+    /// Last answer seen, or when the shared list taught it.
     last_seen_ms: u64,
+    /// Last answer this worker itself saw (0: none yet).
+    answered_ms: u64,
     /// Successes since they were last taken (at the host's latest
     /// evidence): the history a host brings when a failure gets it a record.
     successes: u16,
@@ -62,6 +65,7 @@ impl Members {
             if member.last_seen_ms < now {
                 member.last_seen_ms = now;
             }
+            member.answered_ms = member.answered_ms.max(now);
             if success {
                 member.successes = member.successes.saturating_add(1);
             }
@@ -76,6 +80,7 @@ impl Members {
         self.slots.push(Member {
             address,
             last_seen_ms: now,
+            answered_ms: now,
             successes: u16::from(success),
         });
         self.changed = true;
@@ -96,6 +101,7 @@ impl Members {
         self.slots.push(Member {
             address,
             last_seen_ms: now,
+            answered_ms: 0,
             successes: 0,
         });
         self.changed = true;
@@ -179,11 +185,19 @@ impl Members {
             .retain(|(_, at)| now.saturating_sub(*at) < GONE_FOR_MS);
     }
 
-    /// Members seen at `since` or later.
-    pub fn seen_since(&self, since: u64) -> impl Iterator<Item = &Rc<str>> {
+    /// Whether this worker saw `address` answer at `since` or later.
+    pub fn answered_after(&self, address: &str, since: u64) -> bool {
+        self.index.get(address).is_some_and(|&slot| {
+            self.slots[slot].answered_ms >= since && self.slots[slot].answered_ms > 0
+        })
+    }
+
+    /// Members whose answer this worker saw at `since` or later (not
+    /// those only the shared list taught it).
+    pub fn answered_since(&self, since: u64) -> impl Iterator<Item = &Rc<str>> {
         self.slots
             .iter()
-            .filter(move |m| m.last_seen_ms >= since)
+            .filter(move |m| m.answered_ms >= since && m.answered_ms > 0)
             .map(|m| &m.address)
     }
 

@@ -57,6 +57,9 @@ pub struct Plan {
     /// Some host is ejected (weight 0): requests left to Envoy may land on
     /// it, so they carry a retry policy.
     pub has_ejected: bool,
+    /// At least two thirds of the hosts are at full weight: there is
+    /// healthy capacity to retry on.
+    pub mostly_healthy: bool,
 }
 
 impl Plan {
@@ -70,9 +73,11 @@ impl Plan {
     ) -> Option<Plan> {
         let mut groups: Vec<Group> = Vec::new();
         let mut count = 0;
+        let mut full = 0;
         let mut has_ejected = false;
         for (address, weight) in hosts {
             count += 1;
+            full += usize::from(weight >= 100);
             if weight == 0 {
                 has_ejected = true;
                 continue;
@@ -123,6 +128,7 @@ impl Plan {
             credit: 0,
             hosts: count,
             has_ejected,
+            mostly_healthy: full * 3 >= count * 2,
         })
     }
 

@@ -53,11 +53,26 @@ struct IndexEntry {
 /// with little traffic steers across the whole service from the start.
 /// Written only when the membership changes, never on the request path.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct MemberList {
+pub struct MemberList {
     service: String,
     epoch: u32,
-    version: u64,
-    addresses: Vec<String>,
+    pub version: u64,
+    pub addresses: Vec<String>,
+    /// The latest hosts steering showed gone (at most `MAX_DEPARTED`), so
+    /// the other workers drop them without steering to them first.
+    pub departed: Vec<String>,
+}
+
+/// Departures a member list remembers.
+const MAX_DEPARTED: usize = 256;
+
+/// What one worker changes in a member list.
+pub struct MemberChanges<'a> {
+    pub found: &'a [std::rc::Rc<str>],
+    /// Forgotten (idle) or gone.
+    pub left: &'a [std::rc::Rc<str>],
+    /// Shown gone by steering.
+    pub gone: &'a [std::rc::Rc<str>],
 }
 
 /// Where a service's record lives.
@@ -117,17 +132,16 @@ impl Store {
         format!("{}{}.members", self.slot_prefix, slot.index)
     }
 
-    /// The service's shared member list: its version and addresses
-    /// (empty for a list of another service or an older epoch).
+    /// The service's shared member list (empty for a list of another
+    /// service or an older epoch).
     pub fn members(
         &self,
         host: &impl Host,
         service: &str,
         slot: Slot,
-    ) -> Result<(u64, Vec<String>), StoreError> {
+    ) -> Result<MemberList, StoreError> {
         let (bytes, _) = host.shared_get(&self.members_key(slot))?;
-        let list = current_list(bytes.as_deref(), service, slot);
-        Ok((list.version, list.addresses))
+        Ok(current_list(bytes.as_deref(), service, slot))
     }
 
     /// Adds and removes addresses in the service's member list (at most
@@ -137,10 +151,10 @@ impl Store {
         host: &impl Host,
         service: &str,
         slot: Slot,
-        add: &[std::rc::Rc<str>],
-        remove: &[std::rc::Rc<str>],
+        changes: &MemberChanges<'_>,
         cap: usize,
     ) -> Result<u64, StoreError> {
+        let (add, remove) = (changes.found, changes.left);
         let key = self.members_key(slot);
         for _ in 0..CAS_ATTEMPTS {
             let (bytes, cas) = host.shared_get(&key)?;
@@ -149,6 +163,19 @@ impl Store {
             list.addresses
                 .retain(|a| !remove.iter().any(|r| **r == **a));
             let mut changed = list.addresses.len() != before;
+            for gone in changes.gone {
+                if !list.departed.iter().any(|d| **d == **gone) {
+                    if list.departed.len() >= MAX_DEPARTED {
+                        list.departed.remove(0);
+                    }
+                    list.departed.push(gone.to_string());
+                    changed = true;
+                }
+            }
+            // A host that came back is no longer departed.
+            let departed = list.departed.len();
+            list.departed.retain(|d| !add.iter().any(|a| **a == **d));
+            changed |= list.departed.len() != departed;
             for address in add {
                 if list.addresses.len() >= cap {
                     break;
@@ -341,6 +368,7 @@ fn current_list(bytes: Option<&[u8]>, service: &str, slot: Slot) -> MemberList {
             epoch: slot.epoch,
             version: 0,
             addresses: Vec::new(),
+            departed: Vec::new(),
         },
     }
 }

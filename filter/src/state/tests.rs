@@ -602,3 +602,41 @@ fn a_steered_request_that_envoy_retried_elsewhere_counts_against_the_first_host(
     );
     assert_eq!(state(&w, &gone), HostState::Healthy);
 }
+
+#[test]
+fn a_departure_one_worker_saw_reaches_the_others() {
+    let shared = Rc::new(SharedData::default());
+    let mut a = worker(&shared, defaults(), 20);
+    let mut b = worker(&shared, defaults(), 21);
+    let mut cluster = Cluster::new(10);
+    let bad = address(0);
+    let outcome = |x: &str| if x == bad { fail() } else { ok() };
+    let mut now = 1_000;
+    for _ in 0..20 {
+        traffic(&mut a, &mut cluster, 50, now, &outcome);
+        traffic(&mut b, &mut cluster, 50, now, &outcome);
+        now += 100;
+        a.tick(now);
+        b.host().now.set(now);
+        b.tick(now);
+    }
+    assert_eq!(state(&a, &bad), HostState::Unhealthy);
+    // Host 5 leaves; a's steering notices (a request to it comes back from
+    // elsewhere) and b learns it from the shared list, before steering
+    // anything to it.
+    let gone = address(5);
+    cluster.members.retain(|m| *m != gone);
+    now += 6_000;
+    traffic(&mut a, &mut cluster, 50, now, &outcome);
+    now += 100;
+    a.tick(now);
+    b.host().now.set(now);
+    b.tick(now);
+    let mut named = 0;
+    for _ in 0..900 {
+        if let Some(Steer::To { address, .. }) = b.steer(CLUSTER, "") {
+            named += usize::from(**address == *gone);
+        }
+    }
+    assert_eq!(named, 0, "b still steers to the host that left");
+}

@@ -29,6 +29,9 @@ pub struct Unit {
     /// Members this worker found or saw leave, not yet in the shared list.
     pub members_found: Vec<Rc<str>>,
     pub members_left: Vec<Rc<str>>,
+    /// Of those, the ones steering showed gone (not merely idle): other
+    /// workers drop them too.
+    pub members_gone: Vec<Rc<str>>,
     /// Version of the shared member list this worker has merged.
     pub member_list_seen: u64,
     pub plan: Option<Plan>,
@@ -102,6 +105,7 @@ impl Unit {
             members: Members::default(),
             members_found: Vec::new(),
             members_left: Vec::new(),
+            members_gone: Vec::new(),
             member_list_seen: 0,
             plan: None,
             plan_basis: Vec::new(),

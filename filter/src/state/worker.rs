@@ -73,6 +73,10 @@ const RETRIED_ATTEMPT: crate::classify::Outcome = crate::classify::Outcome {
     slow: false,
 };
 
+/// A host missing from the shared member list goes back in only if this
+/// worker saw it answer this recently.
+const RELIST_WITHIN_MS: u64 = 5_000;
+
 /// Discovery requests over which the share landing on unknown hosts is
 /// estimated; the counts are halved past it, so the estimate follows.
 const DISCOVERY_SAMPLE: u16 = 64;
@@ -80,10 +84,12 @@ const DISCOVERY_SAMPLE: u16 = 64;
 /// What steering does with one request.
 #[derive(Debug, Clone, Copy)]
 pub enum Steer<'a> {
-    /// Send it to this host: the header value, and the host's address.
+    /// Send it to this host: the header value, the host's address, and
+    /// the retry policy to ask for (maybe empty; see `Discover`).
     To {
         value: &'a [u8],
         address: &'a Rc<str>,
+        retry_on: &'a str,
     },
     /// Leave it to Envoy's load balancer; `retry_on` (maybe empty) is the
     /// retry policy to ask for, in case it lands on an ejected host.
@@ -374,21 +380,24 @@ impl<H: Host> Worker<H> {
             *discovery_per_mille
         };
         let per_mille = discovery.max(unknown);
-        // While a host is ejected, a request left to Envoy may land there:
-        // ask Envoy to retry such a one elsewhere. Steered requests get no
-        // retries of meshguard's making: during an incident they would add
-        // load to hosts that may be failing too.
+        // While a host is ejected, a request may land there anyway: left to
+        // Envoy, or steered to a host that has just left (Envoy falls back
+        // to its balancer). Ask Envoy to retry such a one elsewhere; steered
+        // requests only while most of the service is healthy, or the
+        // retries would add load to hosts that are failing too.
         let retry_on = if plan.has_ejected {
             steering.retry_on.as_str()
         } else {
             ""
         };
+        let steered_retry_on = if plan.mostly_healthy { retry_on } else { "" };
         match plan.pick(per_mille)? {
             Choice::Host(target) => {
                 counts.steered += 1;
                 Some(Steer::To {
                     value: target.value(),
                     address: &target.address,
+                    retry_on: steered_retry_on,
                 })
             }
             Choice::Envoy => Some(Steer::Discover { retry_on }),
@@ -536,6 +545,7 @@ impl<H: Host> Worker<H> {
                     unit.members.left(steered, now);
                     if unit.members_left.len() < capacity {
                         unit.members_left.push(Rc::from(steered));
+                        unit.members_gone.push(Rc::from(steered));
                     }
                 }
             }
@@ -658,15 +668,20 @@ impl<H: Host> Worker<H> {
         let mut member_list = None;
         if !unit.members_found.is_empty() || !unit.members_left.is_empty() {
             let cap = usize::from(config.limits.max_hosts_per_service);
-            let (found, left) = (&unit.members_found, &unit.members_left);
+            let changes = super::store::MemberChanges {
+                found: &unit.members_found,
+                left: &unit.members_left,
+                gone: &unit.members_gone,
+            };
             match self
                 .store
-                .update_members(&self.host, &unit.key, unit.slot, found, left, cap)
+                .update_members(&self.host, &unit.key, unit.slot, &changes, cap)
             {
                 Ok(version) => {
                     member_list = Some(version);
                     unit.members_found.clear();
                     unit.members_left.clear();
+                    unit.members_gone.clear();
                 }
                 Err(error) => {
                     log::debug!("meshguard: member list not updated, will retry: {error}")
@@ -796,19 +811,29 @@ impl<H: Host> Worker<H> {
         if unit.snapshot.member_list <= unit.member_list_seen {
             return;
         }
-        let Ok((version, addresses)) = self.store.members(&self.host, &unit.key, unit.slot) else {
+        let Ok(list) = self.store.members(&self.host, &unit.key, unit.slot) else {
             return;
         };
+        let (version, addresses) = (list.version, &list.addresses);
         let capacity = usize::from(unit.config.limits.max_hosts_per_service);
-        for address in &addresses {
+        // Hosts another worker's steering showed gone, unless this worker
+        // saw them answer since.
+        let recent = now.saturating_sub(RELIST_WITHIN_MS);
+        for address in &list.departed {
+            if unit.members.contains(address) && !unit.members.answered_after(address, recent) {
+                unit.members.left(address, now);
+            }
+        }
+        for address in addresses {
             unit.members.learn(address, now, capacity);
         }
-        // Hosts this worker saw lately that the list lacks (another worker
-        // forgot them): back into the list.
+        // Hosts this worker itself saw answer just now that the list lacks
+        // (another worker forgot them as idle): back into the list. Not a
+        // host that answered a while ago: another worker may have seen it
+        // leave since.
         let listed: std::collections::HashSet<&str> =
             addresses.iter().map(String::as_str).collect();
-        let recent = now.saturating_sub(unit.config.limits.host_idle_timeout.0 / 2);
-        for address in unit.members.seen_since(recent) {
+        for address in unit.members.answered_since(recent) {
             if !listed.contains(&**address) && unit.members_found.len() < capacity {
                 unit.members_found.push(Rc::clone(address));
             }
