@@ -22,6 +22,21 @@ pub struct Target {
 }
 
 impl Target {
+    fn new(address: &Rc<str>, encoding: Encoding) -> Self {
+        Target {
+            address: Rc::clone(address),
+            encoded: match encoding {
+                Encoding::Plain => None,
+                Encoding::Base64 => Some(
+                    base64::engine::general_purpose::STANDARD
+                        .encode(address.as_bytes())
+                        .into_bytes()
+                        .into_boxed_slice(),
+                ),
+            },
+        }
+    }
+
     pub fn value(&self) -> &[u8] {
         self.encoded
             .as_deref()
@@ -46,6 +61,11 @@ pub enum Choice<'a> {
 
 #[derive(Debug)]
 pub struct Plan {
+    /// Hosts to send the next requests to before any other, one each:
+    /// hosts just back from an ejection, whose first request shows whether
+    /// they are still there.
+    first: Vec<Target>,
+    first_next: usize,
     groups: Vec<Group>,
     totals: Vec<u32>,
     picker: SmoothPicker,
@@ -66,8 +86,11 @@ impl Plan {
     /// A plan over `hosts` (address, weight in percent of a healthy host's).
     /// `None` when nothing needs steering: every host at full weight, or
     /// none with any weight.
+    /// `first` are hosts (among `hosts`) to send one request each before
+    /// the round robin starts.
     pub fn build<'a>(
         hosts: impl Iterator<Item = (&'a Rc<str>, u8)>,
+        first: &[Rc<str>],
         encoding: Encoding,
         seed: u64,
     ) -> Option<Plan> {
@@ -82,18 +105,7 @@ impl Plan {
                 has_ejected = true;
                 continue;
             }
-            let target = Target {
-                address: Rc::clone(address),
-                encoded: match encoding {
-                    Encoding::Plain => None,
-                    Encoding::Base64 => Some(
-                        base64::engine::general_purpose::STANDARD
-                            .encode(address.as_bytes())
-                            .into_bytes()
-                            .into_boxed_slice(),
-                    ),
-                },
-            };
+            let target = Target::new(address, encoding);
             match groups.iter_mut().find(|g| g.weight == weight) {
                 Some(group) => group.targets.push(target),
                 None => groups.push(Group {
@@ -122,6 +134,8 @@ impl Plan {
             .collect();
         let picker = SmoothPicker::new(&totals, xorshift(state));
         Some(Plan {
+            first: first.iter().map(|a| Target::new(a, encoding)).collect(),
+            first_next: 0,
             groups,
             totals,
             picker,
@@ -135,6 +149,10 @@ impl Plan {
     /// The next request's host, or `Envoy` for one of the
     /// `discovery_per_mille` left to Envoy's load balancer.
     pub fn pick(&mut self, discovery_per_mille: u16) -> Option<Choice<'_>> {
+        if self.first_next < self.first.len() {
+            self.first_next += 1;
+            return self.first.get(self.first_next - 1).map(Choice::Host);
+        }
         self.credit += discovery_per_mille.min(1000);
         if self.credit >= 1000 {
             self.credit -= 1000;
@@ -177,8 +195,8 @@ mod tests {
     #[test]
     fn nothing_to_steer_when_all_are_at_full_weight_or_none_has_weight() {
         let hosts = names(3);
-        assert!(Plan::build(hosts.iter().map(|h| (h, 100)), Encoding::Plain, 1).is_none());
-        assert!(Plan::build(hosts.iter().map(|h| (h, 0)), Encoding::Plain, 1).is_none());
+        assert!(Plan::build(hosts.iter().map(|h| (h, 100)), &[], Encoding::Plain, 1).is_none());
+        assert!(Plan::build(hosts.iter().map(|h| (h, 0)), &[], Encoding::Plain, 1).is_none());
     }
 
     #[test]
@@ -193,6 +211,7 @@ mod tests {
             };
             let mut plan = Plan::build(
                 hosts.iter().enumerate().map(|(i, h)| (h, weight(i))),
+                &[],
                 Encoding::Plain,
                 7,
             )
@@ -222,6 +241,7 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(i, h)| (h, if i == 0 { 0 } else { 100 })),
+            &[],
             Encoding::Plain,
             3,
         )
@@ -238,6 +258,7 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(i, h)| (h, if i == 0 { 0 } else { 100 })),
+            &[],
             Encoding::Base64,
             3,
         )
@@ -246,5 +267,31 @@ mod tests {
             panic!("a host")
         };
         assert_eq!(t.value(), b"MTAuMC4wLjE6ODA=");
+    }
+}
+
+#[cfg(test)]
+mod first_tests {
+    use super::*;
+
+    #[test]
+    fn hosts_back_from_an_ejection_get_the_first_requests() {
+        let hosts: Vec<Rc<str>> = (0..100)
+            .map(|i| Rc::from(format!("10.0.0.{i}:80")))
+            .collect();
+        let back = Rc::clone(&hosts[42]);
+        let weights = hosts
+            .iter()
+            .map(|h| (h, if **h == *back { 10 } else { 100 }));
+        let mut plan = Plan::build(weights, &[Rc::clone(&back)], Encoding::Plain, 5).unwrap();
+        let Some(Choice::Host(first)) = plan.pick(0) else {
+            panic!("a host")
+        };
+        assert_eq!(first.address, back);
+        // Then its weight alone: 10 of 9,910 weight units.
+        let again = (0..991)
+            .filter(|_| matches!(plan.pick(0), Some(Choice::Host(t)) if t.address == back))
+            .count();
+        assert_eq!(again, 1);
     }
 }

@@ -32,6 +32,9 @@ pub struct Unit {
     /// Of those, the ones steering showed gone (not merely idle): other
     /// workers drop them too.
     pub members_gone: Vec<Rc<str>>,
+    /// Hosts back from an ejection (and when that ejection ended) that this
+    /// worker has sent a first request to.
+    pub returns_checked: Vec<(Rc<str>, u64)>,
     /// Version of the shared member list this worker has merged.
     pub member_list_seen: u64,
     pub plan: Option<Plan>,
@@ -107,6 +110,7 @@ impl Unit {
             members_left: Vec::new(),
             members_gone: Vec::new(),
             member_list_seen: 0,
+            returns_checked: Vec::new(),
             plan: None,
             plan_basis: Vec::new(),
             steers: false,

@@ -73,6 +73,9 @@ const RETRIED_ATTEMPT: crate::classify::Outcome = crate::classify::Outcome {
     slow: false,
 };
 
+/// Returns from ejection a worker remembers having sent a first request to.
+const MAX_RETURNS_CHECKED: usize = 64;
+
 /// A host missing from the shared member list goes back in only if this
 /// worker saw it answer this recently.
 const RELIST_WITHIN_MS: u64 = 5_000;
@@ -868,12 +871,37 @@ impl<H: Host> Worker<H> {
             .filter(|h| !unit.members.is_gone(&h.address, now))
             .map(|h| Rc::from(h.address.as_str()))
             .collect();
+        // Hosts just back from an ejection get this worker's next request,
+        // once per return: if one has left the cluster meanwhile, that
+        // request shows it at once, rather than whenever its warm-up
+        // weight comes round (seconds, in a service of thousands).
+        let mut first: Vec<Rc<str>> = Vec::new();
+        for entry in &snapshot.hosts {
+            let back = entry.health.state() == HostState::WarmingUp
+                || (entry.health.state() == HostState::Unhealthy
+                    && now >= entry.health.ejected_until_ms());
+            let until = entry.health.ejected_until_ms();
+            if back
+                && !unit
+                    .returns_checked
+                    .iter()
+                    .any(|(a, u)| **a == *entry.address && *u == until)
+            {
+                if let Some(address) = unit.members.address(&entry.address) {
+                    if unit.returns_checked.len() >= MAX_RETURNS_CHECKED {
+                        unit.returns_checked.remove(0);
+                    }
+                    unit.returns_checked.push((Rc::clone(&address), until));
+                    first.push(address);
+                }
+            }
+        }
         let hosts = unit
             .members
             .iter()
             .chain(others.iter())
             .map(|address| (address, weight(address)));
-        let plan = Plan::build(hosts, steering.encoding, seed);
+        let plan = Plan::build(hosts, &first, steering.encoding, seed);
         if unit.plan.is_none() && plan.is_some() {
             unit.discovery_per_mille = u16::from(steering.discovery_percent) * 10;
         }
