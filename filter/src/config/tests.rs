@@ -188,6 +188,35 @@ fn out_of_range_values_are_refused() {
             r#"{"limits": {"maxHostsPerService": 100000}}"#,
             "limits.maxHostsPerService",
         ),
+        (
+            r#"{"limits": {"maxHostsPerService": 16385}}"#,
+            "limits.maxHostsPerService",
+        ),
+        (
+            r#"{"limits": {"maxWatchedHostsPerService": 0}}"#,
+            "limits.maxWatchedHostsPerService",
+        ),
+        (
+            r#"{"limits": {"maxWatchedHostsPerService": 4097}}"#,
+            "limits.maxWatchedHostsPerService",
+        ),
+        (
+            r#"{"limits": {"maxWatchedHostsPerService": 1.5}}"#,
+            "limits.maxWatchedHostsPerService",
+        ),
+        (
+            r#"{"steering": {"discoveryPercent": 51}}"#,
+            "steering.discoveryPercent",
+        ),
+        (
+            r#"{"steering": {"discoveryPercent": -1}}"#,
+            "steering.discoveryPercent",
+        ),
+        (
+            r#"{"steering": {"retryOn": "5xx,everything"}}"#,
+            "steering.retryOn",
+        ),
+        (r#"{"steering": {"retryOn": 5}}"#, "steering.retryOn"),
     ];
     for (json, field) in cases {
         assert_eq!(refused(json).field, field, "for {json}");
@@ -386,4 +415,31 @@ fn status_endpoint_settings() {
         refused(r#"{"status": {"path": "status"}}"#).field,
         "status.path"
     );
+}
+
+#[test]
+fn large_service_limits_and_discovery_settings_parse() {
+    let config = parse(
+        r#"{"limits": {"maxHostsPerService": 16384, "maxWatchedHostsPerService": 4096, "maxServices": 1024},
+            "steering": {"discoveryPercent": 0, "retryOn": " 5xx , connect-failure,5xx ,"}}"#,
+    )
+    .unwrap();
+    assert_eq!(config.limits.max_hosts_per_service, 16384);
+    assert_eq!(config.limits.max_watched_hosts_per_service, 4096);
+    assert_eq!(config.steering.discovery_percent, 0);
+    assert_eq!(
+        config.steering.retry_on, "5xx,connect-failure",
+        "trimmed, deduplicated"
+    );
+    assert_eq!(
+        parse(r#"{"steering": {"retryOn": ""}}"#)
+            .unwrap()
+            .steering
+            .retry_on,
+        ""
+    );
+    let defaults = Config::default();
+    assert_eq!(defaults.limits.max_services, 256);
+    assert!(defaults.limits.max_hosts_per_service >= 2048);
+    assert_eq!(defaults.steering.discovery_percent, 5);
 }
