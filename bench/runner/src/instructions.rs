@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use host_tests::upstream::Fleet;
 use host_tests::Behaviour;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
 
 use crate::envoy::{self, Envoy, Filter, Launch, Spec};
 use crate::stats::{Spread, Table};
@@ -43,7 +44,7 @@ pub struct Settings {
     pub idle: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Row {
     Plain,
     Noop,
@@ -128,7 +129,7 @@ impl Row {
 }
 
 /// Linear memory of one wasm VM, from /proc/<pid>/smaps.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct VmMemory {
     /// Committed linear memory (the VM's memory size).
     pub kib: u64,
@@ -136,7 +137,7 @@ pub struct VmMemory {
     pub rss_kib: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Measurement {
     pub row: Row,
     pub hosts: usize,
@@ -147,7 +148,7 @@ pub struct Measurement {
     pub counted_requests: u32,
     /// Every counted stretch, in order.
     pub stretches: Vec<Stretch>,
-    /// Back-to-back stretches agreed (before and after the paced one).
+    /// Back-to-back stretches agreed (before and after the paced one), raw.
     pub steady: bool,
     /// Instructions (callgrind Ir) and seconds of the back-to-back
     /// stretches bracketing the paced one (their mean).
@@ -195,6 +196,25 @@ pub struct Measurement {
 }
 
 impl Measurement {
+    /// The back-to-back stretches next to the paced one agree within
+    /// [`STEADY`] once the busy rate is taken out of each.
+    pub fn is_steady(&self) -> bool {
+        let Some(p) = self.stretches.iter().position(|x| x.paced) else {
+            return false;
+        };
+        let n = f64::from(self.requests);
+        let a = |i: usize| {
+            self.stretches
+                .get(i)
+                .map(|x| (x.ir as f64 - self.busy_per_second * x.seconds) / n)
+        };
+        let close = |x: Option<f64>, y: Option<f64>| match (x, y) {
+            (Some(x), Some(y)) => (x - y).abs() <= STEADY * y,
+            _ => false,
+        };
+        p >= 2 && close(a(p - 2), a(p - 1)) && close(a(p + 1), a(p - 1))
+    }
+
     /// The measured path is the one the row is about: the bad host was
     /// graded before counting (Steering: ejected, and it got under half its
     /// fair share).
@@ -478,7 +498,7 @@ pub fn ensure_valgrind() -> Result<(), String> {
 }
 
 /// One counted stretch: instructions and seconds.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Stretch {
     pub ir: u64,
     pub seconds: f64,
@@ -643,13 +663,6 @@ fn run_one(s: &Settings, row: Row, hosts: usize, repeat: usize) -> Result<Measur
     let steady = before_paced >= 1
         && agree(&stretches[before_paced], &stretches[before_paced - 1])
         && agree(&f2, &f1);
-    if !steady {
-        eprintln!(
-            "    WARNING: {row:?} at {hosts} hosts: back-to-back stretches disagree by more than {:.0} %: {:?}",
-            STEADY * 100.0,
-            stretches.iter().map(|x| x.ir).collect::<Vec<_>>()
-        );
-    }
     let fast_ir = (f1.ir + f2.ir) / 2;
     let fast_seconds = (f1.seconds + f2.seconds) / 2.0;
     let (paced_ir, paced_seconds) = (p.ir, p.seconds);
@@ -734,7 +747,7 @@ pub fn run(s: &Settings) -> Result<Vec<Measurement>, String> {
             for &row in &s.rows {
                 let m = run_one(s, row, hosts, repeat)?;
                 eprintln!(
-                    "  instructions {}/{total} {:>4} hosts {:<9} {:>9.0} instr/req ({:.0} with the idle rate)  busy {:.3} M/s  idle {:.3} M/s  {} stretches of {} req, {:.1} s back to back, {:.1} s paced (warm-up {}), run {:.0} s{}{}",
+                    "  instructions {}/{total} {:>4} hosts {:<9} {:>9.0} instr/req ({:.0} with the idle rate)  busy {:.3} M/s  idle {:.3} M/s  {} stretches of {} req, {:.1} s back to back, {:.1} s paced (warm-up {}), run {:.0} s{}{}{}",
                     out.len() + 1,
                     hosts,
                     format!("{row:?}"),
@@ -750,7 +763,8 @@ pub fn run(s: &Settings) -> Result<Vec<Measurement>, String> {
                     m.run_seconds,
                     m.bad_host_requests
                         .map_or(String::new(), |n| format!("  bad host got {n}")),
-                    if m.path_ok() { "" } else { "  (WARNING: bad host not graded)" }
+                    if m.path_ok() { "" } else { "  (WARNING: bad host not graded)" },
+                    if m.is_steady() { "" } else { "  (WARNING: not steady)" }
                 );
                 out.push(m);
             }
@@ -828,7 +842,7 @@ pub fn summarize(ms: &[Measurement], sizes: &[usize], rows: &[Row]) -> Vec<Summa
                 )
                 .expect("not empty"),
                 path_ok: of.iter().all(|m| m.path_ok()),
-                steady: of.iter().all(|m| m.steady),
+                steady: of.iter().all(|m| m.is_steady()),
                 first_stretch_per_request: Spread::of(
                     &of.iter()
                         .filter_map(|m| {
@@ -1114,6 +1128,83 @@ pub fn work_dir(base: &Path) -> PathBuf {
     base.join("instructions")
 }
 
+/// What a set of runs measured, for rendering (kept in results.json).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Meta {
+    pub date: String,
+    pub module: String,
+    pub sizes: Vec<usize>,
+    pub rows: Vec<Row>,
+    pub repeats: usize,
+    pub warmup: u32,
+    pub requests: u32,
+    pub idle_s: u64,
+}
+
+pub const HEADING: &str = "## Overhead: Envoy instructions per request (callgrind)";
+
+/// The results.md section and the results.json value of a set of runs.
+pub fn section(meta: &Meta, runs: &[Measurement]) -> (String, serde_json::Value) {
+    let (sizes, rows) = (&meta.sizes, &meta.rows);
+    let sum = summarize(runs, sizes, rows);
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "{HEADING}\n\n\
+         Measured {date}; module {module}. Envoy `--concurrency 1` under `valgrind --tool=callgrind \
+         --smc-check=all-non-file` (instrumentation switched on after startup), the demo template's config with the \
+         `demo` cluster listing N hosts (STATIC, round robin), all served by one `mg-upstream --hosts N` on 127.0.1.x. \
+         Per run: a warm-up of max({warmup}, 2N) sequential keep-alive requests (Steering and Failure: first until \
+         meshguard has graded the bad host: ejected, resp. Degraded); then counted stretches of {requests} sequential \
+         keep-alive requests (`callgrind_control -z` .. `-d`): back to back until two in a row agree within 1 % (at \
+         most {max_fast}), one paced to take about twice as long, one more back to back; then {idle} s idle (from 3 s \
+         after the last request) measured the same way. Under callgrind a request takes ~50x longer than natively, so \
+         work done per second while serving (Envoy's timers, meshguard's 100 ms busy tick) would weigh ~50x too much \
+         per request: the paced stretch and the two back-to-back ones around it separate it (instructions = per \
+         request x requests + busy x seconds); the table shows the per-request part. Each cell is the median of \
+         {repeats} runs (separate Envoy processes, interleaved); ± is half their range. **not steady**: the \
+         back-to-back stretches around the paced one still differed by more than 1 % (per request, busy part taken \
+         out). Instructions do not depend on the machine's load, unlike the wall-clock tables below.\n",
+        date = meta.date,
+        module = meta.module,
+        warmup = meta.warmup,
+        requests = meta.requests,
+        max_fast = MAX_FAST,
+        idle = meta.idle_s,
+        repeats = meta.repeats,
+    );
+    md.push_str(&request_table(&sum, sizes, rows).markdown());
+    let _ = writeln!(
+        md,
+        "\nIdle: Envoy's whole process (main thread and its one worker), per second, and (in brackets) above plain \
+         Envoy at the same size. Busy: the per-second part while serving (the slope from the back-to-back to the \
+         paced stretch).\n"
+    );
+    md.push_str(&idle_table(&sum, sizes, rows).markdown());
+    let _ = writeln!(
+        md,
+        "\nMemory: Envoy's admin has no per-VM memory stat (only `wasm.wasm_vm_count`); the linear memory of each VM \
+         is read from `/proc/<pid>/smaps` (the read-write mapping V8 commits right below each wasm memory's guard \
+         reservation): the largest VM's, and all VMs' resident pages together. Heap: `server.memory_allocated` \
+         (tcmalloc) after the run, under callgrind.\n"
+    );
+    md.push_str(&memory_table(&sum, sizes, rows).markdown());
+    let _ = writeln!(
+        md,
+        "\nThe counted stretches (the first one's raw instructions per request shows what settling after the warm-up \
+         costs) and what the counted requests did besides answering (Envoy's `cluster.demo.upstream_cx_total`, \
+         `upstream_rq_retry`, `upstream_rq_5xx`; the bad host's requests from mg-upstream's counters, max over runs).\n"
+    );
+    md.push_str(&paths_table(&sum, sizes, rows).markdown());
+    let _ = writeln!(md, "\nTargets (issues 12 and 14):\n");
+    for t in targets(&sum, sizes) {
+        let _ = writeln!(md, "- {t}");
+    }
+    let value =
+        serde_json::json!({ "meta": meta, "module": meta.module, "runs": runs, "summary": sum });
+    (md, value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1183,6 +1274,23 @@ mod tests {
             run_seconds: 0.0,
         };
         assert!(m.path_ok());
+        let st = |ir: u64, seconds: f64, paced: bool| Stretch { ir, seconds, paced };
+        // 200k per request and 1 M/s busy: 1000 requests in 5 s, 12 s paced.
+        let steady = Measurement {
+            busy_per_second: 1e6,
+            stretches: vec![
+                st(400_000_000, 5.0, false),
+                st(205_000_000, 5.0, false),
+                st(206_000_000, 6.0, false),
+                st(212_000_000, 12.0, true),
+                st(204_000_000, 4.0, false),
+            ],
+            ..m.clone()
+        };
+        assert!(steady.is_steady());
+        let mut drifting = steady.clone();
+        drifting.stretches[4].ir = 190_000_000;
+        assert!(!drifting.is_steady());
         assert!(!Measurement {
             bad_host_requests: Some(1200),
             ..m.clone()

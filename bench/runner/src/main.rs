@@ -4,6 +4,8 @@
 //!
 //! ```text
 //! mg-bench run            (configured by the environment, see Config::from_env)
+//! mg-bench render         re-renders the instructions section of BENCH_OUT
+//!                         (default bench/results) from its results.json
 //! mg-bench serve --name u1 [--fail-first N]   static upstream for the overhead runs
 //! ```
 
@@ -377,6 +379,40 @@ fn splice(doc: &str, heading: &str, body: &str) -> String {
     format!("{}{body}\n{}", &doc[..at], &doc[at..])
 }
 
+/// `mg-bench render`: the instructions section of results.md again from the
+/// runs in results.json (after a change to the tables, without re-measuring).
+fn render_instructions() -> Result<(), String> {
+    let out = PathBuf::from(env("BENCH_OUT").unwrap_or_else(|| "bench/results".into()));
+    let md_path = out.join("results.md");
+    let json_path = out.join("results.json");
+    let text =
+        std::fs::read_to_string(&json_path).map_err(|e| format!("{}: {e}", json_path.display()))?;
+    let mut json: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let meta: instructions::Meta = serde_json::from_value(json["instructions"]["meta"].clone())
+        .map_err(|e| format!("results.json has no instructions meta: {e}"))?;
+    let runs: Vec<instructions::Measurement> =
+        serde_json::from_value(json["instructions"]["runs"].clone()).map_err(|e| e.to_string())?;
+    let (section, value) = instructions::section(&meta, &runs);
+    let md = std::fs::read_to_string(&md_path).unwrap_or_default();
+    std::fs::write(
+        &md_path,
+        splice(
+            &md,
+            "## Overhead: Envoy instructions per request (callgrind)",
+            &section,
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    json["instructions"] = value;
+    std::fs::write(
+        &json_path,
+        serde_json::to_string(&json).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    println!("{section}");
+    Ok(())
+}
+
 fn run(cfg: &Config) -> Result<(), String> {
     let started = Instant::now();
     std::fs::create_dir_all(&cfg.out).map_err(|e| e.to_string())?;
@@ -447,63 +483,20 @@ fn run(cfg: &Config) -> Result<(), String> {
             s.requests
         );
         let runs = instructions::run(&s)?;
-        let sum = instructions::summarize(&runs, &s.sizes, &s.rows);
-        let req = instructions::request_table(&sum, &s.sizes, &s.rows).markdown();
-        let idle = instructions::idle_table(&sum, &s.sizes, &s.rows).markdown();
-        let mem = instructions::memory_table(&sum, &s.sizes, &s.rows).markdown();
-        let paths = instructions::paths_table(&sum, &s.sizes, &s.rows).markdown();
-        let targets = instructions::targets(&sum, &s.sizes);
-        let _ = writeln!(
-            md,
-            "## Overhead: Envoy instructions per request (callgrind)\n\n\
-             Measured {date}; module {module}. Envoy `--concurrency 1` under `valgrind --tool=callgrind \
-             --smc-check=all-non-file` (instrumentation switched on after startup), the demo template's config with the \
-             `demo` cluster listing N hosts (STATIC, round robin), all served by one `mg-upstream --hosts N` on 127.0.1.x. \
-             Per run: a warm-up of max({warmup}, 2N) sequential keep-alive requests (Steering and Failure: first until \
-             meshguard has graded the bad host: ejected, resp. Degraded); then counted stretches of {requests} sequential \
-             keep-alive requests (`callgrind_control -z` .. `-d`): back to back until two in a row agree within 1 % (at \
-             most 10), one paced to take about twice as long, one more back to back; then {idle} s \
-             idle (from 3 s after the last request) measured the same way. Under callgrind a request takes ~50x longer \
-             than natively, so work done per second while serving (Envoy's timers, meshguard's 100 ms busy tick) would \
-             weigh ~50x too much per request: the paced stretch and the two back-to-back ones around it separate it \
-             (instructions = per request x requests + busy x seconds), and the table shows the per-request part. Each cell is the median of {repeats} runs \
-             (separate Envoy processes, interleaved); ± is half their range. Instructions do not depend on the \
-             machine's load, unlike the wall-clock tables below.\n",
-            warmup = s.warmup,
-            requests = s.requests,
-            idle = cfg.instr.idle_s,
-            repeats = s.repeats,
-        );
-        md.push_str(&req);
-        let _ = writeln!(
-            md,
-            "\nIdle: Envoy's whole process (main thread and its one worker), per second, and (in brackets) above plain Envoy \
-             at the same size. Busy: the per-second part while serving (the slope between the two counted stretches).\n"
-        );
-        md.push_str(&idle);
-        let _ = writeln!(
-            md,
-            "\nMemory: Envoy's admin has no per-VM memory stat (only `wasm.wasm_vm_count`); the linear memory of each VM is \
-             read from `/proc/<pid>/smaps` (the read-write mapping V8 commits right below each wasm memory's guard \
-             reservation): the largest VM's, and all VMs' resident pages together. Heap: `server.memory_allocated` (tcmalloc) after the run, under \
-             callgrind.\n"
-        );
-        md.push_str(&mem);
-        let _ = writeln!(
-            md,
-            "\nWhat the counted requests did besides answering (Envoy's `cluster.demo.upstream_rq_retry` and \
-             `upstream_rq_5xx`; the bad host's requests from mg-upstream's counters, max over runs).\n"
-        );
-        md.push_str(&paths);
-        let _ = writeln!(md, "\nTargets (issue 12, issue 14):\n");
-        println!("\n## Overhead: Envoy instructions per request (callgrind)\n\n{req}\n{idle}\n{mem}\n{paths}");
-        for t in &targets {
-            let _ = writeln!(md, "- {t}");
-            println!("- {t}");
-        }
-        let _ = writeln!(md);
-        json["instructions"] =
-            serde_json::json!({ "module": module, "runs": runs, "summary": sum });
+        let meta = instructions::Meta {
+            date: date.clone(),
+            module,
+            sizes: s.sizes.clone(),
+            rows: s.rows.clone(),
+            repeats: s.repeats,
+            warmup: s.warmup,
+            requests: s.requests,
+            idle_s: cfg.instr.idle_s,
+        };
+        let (section, value) = instructions::section(&meta, &runs);
+        println!("\n{section}");
+        md.push_str(&section);
+        json["instructions"] = value;
         sections.push((
             "## Overhead: Envoy instructions per request (callgrind)",
             start..md.len(),
@@ -722,6 +715,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Some("render") => match render_instructions() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mg-bench render: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Some("run") | None => match Config::from_env().and_then(|c| run(&c)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -730,7 +730,7 @@ fn main() -> ExitCode {
             }
         },
         Some(other) => {
-            eprintln!("mg-bench: unknown command {other} (run | serve)");
+            eprintln!("mg-bench: unknown command {other} (run | render | serve)");
             ExitCode::from(2)
         }
     }
