@@ -33,11 +33,7 @@ const CONFIG: &str = r#"{"detection":{"windowSize":20,"minRequests":10},"ejectio
 
 #[test]
 fn meshguard_ejects_a_failing_host_and_warms_it_up_again() {
-    let s = ThreeUpstreams::start(
-        host_tests::test_paths!(),
-        "envoy_steering",
-        CONFIG,
-    );
+    let s = ThreeUpstreams::start(host_tests::test_paths!(), "envoy_steering", CONFIG);
     let listener = s.listener();
 
     // a. Baseline: everything healthy, meshguard must not get in the way.
