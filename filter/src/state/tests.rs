@@ -119,6 +119,27 @@ fn rounds(
     now
 }
 
+/// Like [`rounds`] for two workers of one Envoy, each with its own share
+/// of the requests (0: it only ticks).
+fn rounds_of_two(
+    (a, a_per_tick): (&mut Worker<MemoryHost>, usize),
+    (b, b_per_tick): (&mut Worker<MemoryHost>, usize),
+    cluster: &mut Cluster,
+    count: usize,
+    mut now: u64,
+    outcome: &dyn Fn(&str) -> Observation,
+) -> u64 {
+    for _ in 0..count {
+        traffic(a, cluster, a_per_tick, now, outcome);
+        traffic(b, cluster, b_per_tick, now, outcome);
+        now += 100;
+        a.tick(now);
+        b.host().now.set(now);
+        b.tick(now);
+    }
+    now
+}
+
 fn state(worker: &Worker<MemoryHost>, host: &str) -> HostState {
     worker.host_state(CLUSTER, "", host)
 }
@@ -492,14 +513,14 @@ fn a_worker_with_little_traffic_steers_across_what_the_others_saw() {
     let mut cluster = Cluster::new(50);
     let bad = address(5);
     let outcome = |a: &str| if a == bad { fail() } else { ok() };
-    let mut now = 1_000;
-    for _ in 0..40 {
-        traffic(&mut busy, &mut cluster, 100, now, &outcome);
-        now += 100;
-        busy.tick(now);
-        quiet.host().now.set(now);
-        quiet.tick(now);
-    }
+    let now = rounds_of_two(
+        (&mut busy, 100),
+        (&mut quiet, 0),
+        &mut cluster,
+        40,
+        1_000,
+        &outcome,
+    );
     assert_eq!(state(&busy, &bad), HostState::Unhealthy);
     // The quiet worker has served nothing, yet knows the 50 hosts.
     let got = traffic(&mut quiet, &mut Cluster::new(50), 490, now, &outcome);
@@ -611,15 +632,14 @@ fn a_departure_one_worker_saw_reaches_the_others() {
     let mut cluster = Cluster::new(10);
     let bad = address(0);
     let outcome = |x: &str| if x == bad { fail() } else { ok() };
-    let mut now = 1_000;
-    for _ in 0..20 {
-        traffic(&mut a, &mut cluster, 50, now, &outcome);
-        traffic(&mut b, &mut cluster, 50, now, &outcome);
-        now += 100;
-        a.tick(now);
-        b.host().now.set(now);
-        b.tick(now);
-    }
+    let mut now = rounds_of_two(
+        (&mut a, 50),
+        (&mut b, 50),
+        &mut cluster,
+        20,
+        1_000,
+        &outcome,
+    );
     assert_eq!(state(&a, &bad), HostState::Unhealthy);
     // Host 5 leaves; a's steering notices (a request to it comes back from
     // elsewhere) and b learns it from the shared list, before steering
