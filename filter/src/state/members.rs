@@ -167,6 +167,9 @@ impl Members {
             return;
         }
         for _ in 0..SWEEP_BUDGET.min(self.slots.len()) {
+            if self.slots.is_empty() {
+                break;
+            }
             if self.sweep_at >= self.slots.len() {
                 self.sweep_at = 0;
             }
@@ -252,6 +255,19 @@ mod tests {
         assert!(!m.contains("b:1"));
         assert!(m.contains("a:1"));
         assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn a_sweep_that_forgets_everyone_stops() {
+        let mut m = Members::default();
+        for i in 0..5 {
+            m.saw(&format!("10.0.0.{i}:80"), 0, 16, true);
+        }
+        let mut forgotten = Vec::new();
+        m.sweep(10_000, 1000, &mut forgotten);
+        assert!(m.is_empty());
+        assert_eq!(forgotten.len(), 5);
+        m.sweep(20_000, 1000, &mut forgotten);
     }
 
     #[test]
