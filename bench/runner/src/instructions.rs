@@ -148,24 +148,24 @@ pub struct Measurement {
     pub counted_requests: u32,
     /// Every counted stretch, in order.
     pub stretches: Vec<Stretch>,
-    /// Back-to-back stretches agreed (before and after the paced one), raw.
+    /// The last two triples agreed (see [`Measurement::is_steady`]).
     pub steady: bool,
     /// Instructions (callgrind Ir) and seconds of the back-to-back
-    /// stretches bracketing the paced one (their mean).
+    /// stretches bracketing the last paced one (their mean).
     pub fast_ir: u64,
     pub fast_seconds: f64,
-    /// The same for the paced stretch (a pause between requests).
+    /// The same for the last paced stretch (a pause between requests).
     pub paced_ir: u64,
     pub paced_seconds: f64,
     /// Instructions per second while busy that do not come with requests
-    /// (timers, ticks): the slope between the two stretches.
+    /// (timers, ticks), from the last triple.
     pub busy_per_second: f64,
     pub idle_ir: u64,
     pub idle_seconds: f64,
     /// Envoy's instructions per second while idle (main thread and the one
     /// worker together).
     pub idle_per_second: f64,
-    /// (fast_ir - busy_per_second x fast_seconds) / requests.
+    /// (fast_ir - busy_per_second x fast_seconds) / requests, last triple.
     pub per_request: f64,
     /// (fast_ir - idle_per_second x fast_seconds) / requests: what the
     /// idle rate alone would subtract (for comparison).
@@ -196,23 +196,9 @@ pub struct Measurement {
 }
 
 impl Measurement {
-    /// The back-to-back stretches next to the paced one agree within
-    /// [`STEADY`] once the busy rate is taken out of each.
+    /// The last two F P F triples agree on per_request within [`STEADY`].
     pub fn is_steady(&self) -> bool {
-        let Some(p) = self.stretches.iter().position(|x| x.paced) else {
-            return false;
-        };
-        let n = f64::from(self.requests);
-        let a = |i: usize| {
-            self.stretches
-                .get(i)
-                .map(|x| (x.ir as f64 - self.busy_per_second * x.seconds) / n)
-        };
-        let close = |x: Option<f64>, y: Option<f64>| match (x, y) {
-            (Some(x), Some(y)) => (x - y).abs() <= STEADY * y,
-            _ => false,
-        };
-        p >= 2 && close(a(p - 2), a(p - 1)) && close(a(p + 1), a(p - 1))
+        steady_of(&triples(&self.stretches, self.requests))
     }
 
     /// The measured path is the one the row is about: the bad host was
@@ -505,10 +491,38 @@ pub struct Stretch {
     pub paced: bool,
 }
 
-/// Back-to-back stretches must agree this closely (relative) to count.
-const STEADY: f64 = 0.01;
-/// At most this many back-to-back stretches before the paced one.
-const MAX_FAST: usize = 10;
+/// Two triples in a row must agree this closely (relative) on per_request.
+const STEADY: f64 = 0.003;
+/// At most this many F P F triples (2 x this + 1 stretches).
+const MAX_TRIPLES: usize = 6;
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= STEADY * b.abs()
+}
+
+/// (per_request, busy_per_second) of every F P F triple of `stretches`
+/// (back to back at even positions, paced at odd ones).
+pub fn triples(stretches: &[Stretch], requests: u32) -> Vec<(f64, f64)> {
+    let n = f64::from(requests);
+    (0..stretches.len().saturating_sub(1) / 2)
+        .map(|k| {
+            let (f1, p, f2) = (stretches[2 * k], stretches[2 * k + 1], stretches[2 * k + 2]);
+            let f_ir = (f1.ir as f64 + f2.ir as f64) / 2.0;
+            let f_s = (f1.seconds + f2.seconds) / 2.0;
+            let busy = if p.seconds > f_s * 1.2 {
+                (p.ir as f64 - f_ir) / (p.seconds - f_s)
+            } else {
+                f64::NAN
+            };
+            ((f_ir - busy * f_s) / n, busy)
+        })
+        .collect()
+}
+
+fn steady_of(est: &[(f64, f64)]) -> bool {
+    let k = est.len();
+    k >= 2 && close(est[k - 1].0, est[k - 2].0)
+}
 
 fn stretch(
     cg: &Callgrind,
@@ -626,20 +640,30 @@ fn run_one(s: &Settings, row: Row, hosts: usize, repeat: usize) -> Result<Measur
     let _ = fleet.admin.reset_stats();
     let connects_before = client.connects;
 
-    // Counted stretches of the same requests, back to back and paced to take
-    // about twice as long. Envoy's and meshguard's timers (busy ticks every
-    // 100 ms) cost instructions per second, and under callgrind a request
-    // takes ~50x longer than natively, so they would be charged to requests
-    // ~50x too heavily; the pair separates the two: instructions =
-    // per_request x requests + busy_per_second x seconds. Back-to-back
-    // stretches repeat until two in a row agree (one-off work such as
-    // meshguard settling its view of a large service must not count), then
-    // one paced and one more back to back, which brackets the paced one.
+    // Counted stretches of the same requests, alternately back to back and
+    // paced to take about twice as long: F P F P F ... Envoy's and
+    // meshguard's timers (busy ticks every 100 ms) cost instructions per
+    // second, and under callgrind a request takes ~50x longer than natively,
+    // so they would be charged to requests ~50x too heavily. Each triple
+    // F P F separates the two (instructions = per_request x requests +
+    // busy_per_second x seconds, the two F bracketing P against drift);
+    // triples repeat until two in a row agree on per_request, so one-off
+    // work (meshguard settling its view of a large service, discovery's
+    // share decaying) does not count.
     let mut stretches: Vec<Stretch> = Vec::new();
     let mut non_200 = 0;
-    let agree =
-        |a: &Stretch, b: &Stretch| (a.ir as f64 - b.ir as f64).abs() <= STEADY * b.ir as f64;
+    stretches.push(stretch(
+        &cg,
+        &mut client,
+        s.requests,
+        Duration::ZERO,
+        &mut non_200,
+    )?);
     loop {
+        let last = stretches[stretches.len() - 1];
+        let pause = Duration::from_secs_f64(last.seconds / f64::from(s.requests))
+            .max(Duration::from_millis(1));
+        stretches.push(stretch(&cg, &mut client, s.requests, pause, &mut non_200)?);
         stretches.push(stretch(
             &cg,
             &mut client,
@@ -647,22 +671,15 @@ fn run_one(s: &Settings, row: Row, hosts: usize, repeat: usize) -> Result<Measur
             Duration::ZERO,
             &mut non_200,
         )?);
-        let k = stretches.len();
-        if (k >= 2 && agree(&stretches[k - 1], &stretches[k - 2])) || k >= MAX_FAST {
+        let est = triples(&stretches, s.requests);
+        let k = est.len();
+        if (k >= 2 && close(est[k - 1].0, est[k - 2].0)) || k >= MAX_TRIPLES {
             break;
         }
     }
-    let before_paced = stretches.len() - 1;
-    let f1 = stretches[before_paced];
-    let pause =
-        Duration::from_secs_f64(f1.seconds / f64::from(s.requests)).max(Duration::from_millis(1));
-    let p = stretch(&cg, &mut client, s.requests, pause, &mut non_200)?;
-    let f2 = stretch(&cg, &mut client, s.requests, Duration::ZERO, &mut non_200)?;
-    stretches.push(p);
-    stretches.push(f2);
-    let steady = before_paced >= 1
-        && agree(&stretches[before_paced], &stretches[before_paced - 1])
-        && agree(&f2, &f1);
+    let steady = steady_of(&triples(&stretches, s.requests));
+    let n3 = stretches.len() - 3;
+    let (f1, p, f2) = (stretches[n3], stretches[n3 + 1], stretches[n3 + 2]);
     let fast_ir = (f1.ir + f2.ir) / 2;
     let fast_seconds = (f1.seconds + f2.seconds) / 2.0;
     let (paced_ir, paced_seconds) = (p.ir, p.seconds);
@@ -689,12 +706,10 @@ fn run_one(s: &Settings, row: Row, hosts: usize, repeat: usize) -> Result<Measur
     let idle_seconds = (t3 - t2).as_secs_f64();
     let idle_per_second = idle_ir as f64 / idle_seconds;
     let n = f64::from(s.requests);
-    let busy_per_second = if paced_seconds > fast_seconds * 1.2 {
-        (paced_ir as f64 - fast_ir as f64) / (paced_seconds - fast_seconds)
-    } else {
-        idle_per_second
-    };
-    let per_request = (fast_ir as f64 - busy_per_second * fast_seconds) / n;
+    let (per_request, busy_per_second) = triples(&stretches, s.requests)
+        .last()
+        .copied()
+        .unwrap_or((f64::NAN, f64::NAN));
     let per_request_idle_rate = (fast_ir as f64 - idle_per_second * fast_seconds) / n;
     let m = Measurement {
         row,
@@ -1156,20 +1171,21 @@ pub fn section(meta: &Meta, runs: &[Measurement]) -> (String, serde_json::Value)
          `demo` cluster listing N hosts (STATIC, round robin), all served by one `mg-upstream --hosts N` on 127.0.1.x. \
          Per run: a warm-up of max({warmup}, 2N) sequential keep-alive requests (Steering and Failure: first until \
          meshguard has graded the bad host: ejected, resp. Degraded); then counted stretches of {requests} sequential \
-         keep-alive requests (`callgrind_control -z` .. `-d`): back to back until two in a row agree within 1 % (at \
-         most {max_fast}), one paced to take about twice as long, one more back to back; then {idle} s idle (from 3 s \
-         after the last request) measured the same way. Under callgrind a request takes ~50x longer than natively, so \
-         work done per second while serving (Envoy's timers, meshguard's 100 ms busy tick) would weigh ~50x too much \
-         per request: the paced stretch and the two back-to-back ones around it separate it (instructions = per \
-         request x requests + busy x seconds); the table shows the per-request part. Each cell is the median of \
-         {repeats} runs (separate Envoy processes, interleaved); ± is half their range. **not steady**: the \
-         back-to-back stretches around the paced one still differed by more than 1 % (per request, busy part taken \
-         out). Instructions do not depend on the machine's load, unlike the wall-clock tables below.\n",
+         keep-alive requests each (`callgrind_control -z` .. `-d`), alternately back to back (F) and paced to take about \
+         twice as long (P): F P F P F ..., until two F P F triples in a row agree within {steady} % on the per-request \
+         part (at most {max_triples} triples); then {idle} s idle (from 3 s after the last request) measured the same \
+         way. Under callgrind a request takes ~50x longer than natively, so work done per second while serving \
+         (Envoy's timers, meshguard's 100 ms busy tick) would weigh ~50x too much per request: each triple separates \
+         it (instructions = per request x requests + busy x seconds, the two F bracketing P); the table shows the \
+         per-request part of the last triple. Each cell is the median of {repeats} runs (separate Envoy processes, \
+         interleaved); ± is half their range. **not steady**: the last two triples still differed by more than \
+         {steady} %. Instructions do not depend on the machine's load, unlike the wall-clock tables below.\n",
         date = meta.date,
         module = meta.module,
         warmup = meta.warmup,
         requests = meta.requests,
-        max_fast = MAX_FAST,
+        max_triples = MAX_TRIPLES,
+        steady = STEADY * 100.0,
         idle = meta.idle_s,
         repeats = meta.repeats,
     );
@@ -1177,8 +1193,7 @@ pub fn section(meta: &Meta, runs: &[Measurement]) -> (String, serde_json::Value)
     let _ = writeln!(
         md,
         "\nIdle: Envoy's whole process (main thread and its one worker), per second, and (in brackets) above plain \
-         Envoy at the same size. Busy: the per-second part while serving (the slope from the back-to-back to the \
-         paced stretch).\n"
+         Envoy at the same size. Busy: the per-second part while serving (from the last triple).\n"
     );
     md.push_str(&idle_table(&sum, sizes, rows).markdown());
     let _ = writeln!(
@@ -1191,8 +1206,8 @@ pub fn section(meta: &Meta, runs: &[Measurement]) -> (String, serde_json::Value)
     md.push_str(&memory_table(&sum, sizes, rows).markdown());
     let _ = writeln!(
         md,
-        "\nThe counted stretches (the first one's raw instructions per request shows what settling after the warm-up \
-         costs) and what the counted requests did besides answering (Envoy's `cluster.demo.upstream_cx_total`, \
+        "\nThe counted stretches, max over runs (the first one's raw instructions per request shows what settling \
+         after the warm-up costs) and what the counted requests did besides answering (Envoy's `cluster.demo.upstream_cx_total`, \
          `upstream_rq_retry`, `upstream_rq_5xx`; the bad host's requests from mg-upstream's counters, max over runs).\n"
     );
     md.push_str(&paths_table(&sum, sizes, rows).markdown());
@@ -1275,21 +1290,27 @@ mod tests {
         };
         assert!(m.path_ok());
         let st = |ir: u64, seconds: f64, paced: bool| Stretch { ir, seconds, paced };
-        // 200k per request and 1 M/s busy: 1000 requests in 5 s, 12 s paced.
+        // 200k per request and 1 M/s busy: 1000 requests back to back in
+        // 4-6 s, paced in 12 s; the first stretch still settling.
         let steady = Measurement {
-            busy_per_second: 1e6,
             stretches: vec![
                 st(400_000_000, 5.0, false),
+                st(212_000_000, 12.0, true),
                 st(205_000_000, 5.0, false),
-                st(206_000_000, 6.0, false),
                 st(212_000_000, 12.0, true),
                 st(204_000_000, 4.0, false),
+                st(212_000_000, 12.0, true),
+                st(206_000_000, 6.0, false),
             ],
             ..m.clone()
         };
+        let est = triples(&steady.stretches, 1000);
+        assert_eq!(est.len(), 3);
+        assert!((est[1].0 - 200_000.0).abs() < 1.0 && (est[1].1 - 1e6).abs() < 1.0);
+        assert!(est[0].0 > 250_000.0, "{est:?}");
         assert!(steady.is_steady());
         let mut drifting = steady.clone();
-        drifting.stretches[4].ir = 190_000_000;
+        drifting.stretches[6] = st(196_000_000, 6.0, false);
         assert!(!drifting.is_steady());
         assert!(!Measurement {
             bad_host_requests: Some(1200),
