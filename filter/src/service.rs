@@ -82,6 +82,11 @@ pub struct Pending {
     /// The record's `writes` when the worker last saw it: the successes
     /// happened after that, in an order unknown against later writes.
     pub seen_writes: u64,
+    /// Plain successes from before the host's first evidence, which the
+    /// worker counted without a record: they start the host's window when
+    /// this write creates its record, and are dropped when another worker
+    /// created it first (they are older than what its window holds).
+    pub history: u32,
 }
 
 /// Failures a worker holds for one host before dropping the oldest: they
@@ -103,7 +108,7 @@ impl Pending {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.successes.iter().all(|n| *n == 0) && self.ordered.is_empty()
+        self.successes.iter().all(|n| *n == 0) && self.ordered.is_empty() && self.history == 0
     }
 
     /// Anything that can move a grade: a failure or a slow call.
@@ -259,6 +264,7 @@ impl ServiceHealth {
         random: &mut dyn FnMut() -> u64,
         events: &mut Vec<Event>,
     ) {
+        let created = self.host(address).is_none();
         let Some(index) = self.slot_for(address, pending, now, config) else {
             if pending.has_evidence() {
                 events.push(Event::HostNotTracked {
@@ -275,7 +281,9 @@ impl ServiceHealth {
         // Counted once, then kept current: recounting per outcome would
         // cost hosts x outcomes on a large batch.
         let mut ejected = self.ejected();
-        for observation in pending.replay(cap) {
+        let history = if created { pending.history.min(cap) } else { 0 };
+        let earlier = (0..history).map(|_| Observation::plain(Outcome::SUCCESS));
+        for observation in earlier.chain(pending.replay(cap)) {
             let outcome = observation.outcome;
             // A success can earn ejection too: the one that brings a
             // failing window up to minRequests.

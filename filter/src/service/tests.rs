@@ -182,7 +182,7 @@ fn weights_reflect_grades() {
     }
     // A worker hands over a host's successes with its first failures.
     let mut history = failures(4);
-    history.successes[0] = 6;
+    history.history = 6;
     service.apply(&host(2), history, 1);
     service.apply(&host(3), failures(10), 1);
     assert_eq!(service.weights(2), [100, 50, 0]);
@@ -453,6 +453,7 @@ fn a_failure_run_is_counted_across_workers_despite_batched_successes() {
         successes: [7, 0, 0, 0],
         ordered: vec![Observation::plain(FAIL)],
         seen_writes: seen_by_b,
+        history: 0,
     };
     service.apply(&host(1), b, 2);
     // Worker A: failures 4 and 5.
@@ -560,4 +561,29 @@ fn an_unrelated_healthy_service_keeps_its_ejection() {
     service.apply(&host(1), successes(20), 5_000);
     service.apply(&host(3), successes(20), 5_000);
     assert_eq!(service.state(&host(2)), HostState::Unhealthy);
+}
+
+#[test]
+fn history_counts_only_for_the_write_that_creates_the_record() {
+    let mut service = Service::new(config());
+    // Another worker created the record: 4 failures of 10.
+    let mut first = failures(4);
+    first.history = 6;
+    service.apply(&host(1), first, 1);
+    assert_eq!(service.state(&host(1)), HostState::Degraded);
+    // A second worker, whose view was stale, hands over its own (older)
+    // successes with its first failure: they must not dilute the window.
+    let mut late = failures(1);
+    late.history = 9;
+    service.apply(&host(1), late, 2);
+    let window = service
+        .record
+        .host(&host(1))
+        .unwrap()
+        .health
+        .window()
+        .clone();
+    assert_eq!((window.len(), window.failures()), (10, 5));
+    // ... nor break the run: that was its fifth failure in a row.
+    assert_eq!(service.state(&host(1)), HostState::Unhealthy);
 }

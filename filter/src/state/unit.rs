@@ -160,7 +160,7 @@ impl Unit {
             // A host's first evidence: bring the successes before it, so
             // its window starts from its history and not from a failure.
             let cap = config.detection.window_size.saturating_sub(1);
-            pending.successes[0] = u32::from(before.min(cap));
+            pending.history = u32::from(before.min(cap));
         }
         pending.add(observation);
         self.pending.insert(key, pending);
