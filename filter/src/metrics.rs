@@ -32,6 +32,8 @@ pub const CATALOGUE: &[(&str, Kind, &str, &str)] = &[
     ("steered", Kind::Counter, "service", "requests meshguard steered to a chosen host"),
     ("watched_hosts", Kind::Gauge, "service", "hosts with failures on record in the shared state (every other host is Healthy)"),
     ("hosts_not_tracked", Kind::Counter, "service", "outcomes of hosts left out by limits.maxHostsPerService or limits.maxWatchedHostsPerService"),
+    ("inferred_attempts", Kind::Counter, "service", "failed attempts Envoy retried elsewhere that a downstream instance attributed to their host (from upstream.request_attempt_count and its steering list)"),
+    ("unattributed_retries", Kind::Counter, "service", "retried requests whose failed attempts a downstream instance could not attribute to a host (it then names the retries' hosts in its steering)"),
     ("breaker_state", Kind::Gauge, "service", "circuit breaker: 0 closed, 1 open, 2 half-open"),
     ("breaker_trips", Kind::Counter, "service", "times the breaker opened"),
     ("local_replies", Kind::Counter, "service", "requests answered by the open breaker"),

@@ -46,6 +46,11 @@ pub struct ServiceHealth {
     /// Version of the service's shared member list (see `state::store`):
     /// a worker that has read an older one reads it again.
     pub member_list: u64,
+    /// Until then an upstream instance (`mode: upstream`) records every
+    /// attempt to this service's hosts, retried ones included: downstream
+    /// instances then leave the hosts' grading to it (they see only each
+    /// request's last attempt) and keep the breaker and steering.
+    pub attempts_until_ms: u64,
 }
 
 /// How long a reported member count stands before a smaller one replaces it.
@@ -181,6 +186,7 @@ impl ServiceHealth {
             members_at_ms: 0,
             roster: 0,
             member_list: 0,
+            attempts_until_ms: 0,
         }
     }
 

@@ -147,6 +147,15 @@ impl JsonSchema for HeaderName {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[schemars(title = "meshguard plugin configuration")]
 pub struct ConfigDocument {
+    /// Where this instance runs. "downstream": an HTTP filter of the
+    /// listener (Istio's WasmPlugin), which steers, runs the breaker and
+    /// header rules, and grades hosts from the last attempt of each request.
+    /// "upstream": an upstream HTTP filter of the cluster, which grades
+    /// every attempt, retried ones included, into the records of the
+    /// downstream instance with the same plugin name; it takes detection,
+    /// ejection and limits only. Default "downstream".
+    #[schemars(extend("default" = "downstream"))]
+    pub mode: Option<Mode>,
     pub detection: Option<Detection>,
     pub ejection: Option<Ejection>,
     pub steering: Option<Steering>,
@@ -243,6 +252,16 @@ pub struct Ejection {
     /// Degraded hosts). Default 50.
     #[schemars(extend("default" = 50))]
     pub degraded_weight_percent: Option<Int<0, 100>>,
+}
+
+/// Where an instance runs (see `ConfigDocument::mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Mode {
+    /// An HTTP filter of the listener.
+    Downstream,
+    /// An upstream HTTP filter of the cluster (every attempt).
+    Upstream,
 }
 
 /// How the steering header is written.

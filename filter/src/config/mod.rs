@@ -42,6 +42,7 @@ impl ConfigError {
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Config {
+    pub mode: Mode,
     pub detection: Detection,
     pub ejection: Ejection,
     pub steering: Steering,
@@ -52,6 +53,29 @@ pub struct Config {
     pub overrides: Vec<Override>,
     pub status: Status,
 }
+
+/// Where in Envoy's filter chains an instance runs, and so what it sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// An HTTP filter of the listener (Istio's WasmPlugin): one request at
+    /// a time, the last attempt's host and status only; steering, the
+    /// breaker, header rules and the status endpoint.
+    #[default]
+    Downstream,
+    /// An upstream HTTP filter of the cluster: every attempt, including the
+    /// ones Envoy's router retried elsewhere, graded against its own host.
+    /// Nothing else; it feeds the downstream instance's records.
+    Upstream,
+}
+
+/// Sections only a downstream instance can act on.
+const DOWNSTREAM_ONLY: [&str; 5] = [
+    "steering",
+    "circuitBreaker",
+    "headers",
+    "overrides",
+    "status",
+];
 
 /// The JSON status endpoint, off by default.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -276,6 +300,19 @@ impl Config {
         })?;
         let root = Object::root(&value)?;
         let mut config = Config::default();
+        config.mode = mode(&root)?;
+        if config.mode == Mode::Upstream {
+            // An upstream instance sees one attempt, not the request: it
+            // cannot steer, answer, or rewrite what the client gets.
+            if let Some(section) = DOWNSTREAM_ONLY.iter().find(|s| root.has(s)) {
+                return Err(ConfigError::new(
+                    *section,
+                    "belongs to the downstream instance: with `mode: upstream` meshguard only grades hosts from every attempt (give this instance detection, ejection and limits)",
+                ));
+            }
+            config.steering.enabled = false;
+            config.circuit_breaker.enabled = false;
+        }
         config.apply(&root)?;
         config.validate("")?;
         if let Some(list) = root.objects("overrides")? {
@@ -294,6 +331,7 @@ impl Config {
     /// Applies a configuration object, possibly partial, over this one.
     fn apply(&mut self, object: &Object) -> Result<(), ConfigError> {
         object.only(&[
+            "mode",
             "detection",
             "ejection",
             "steering",
@@ -376,6 +414,19 @@ impl Config {
             ));
         }
         self.circuit_breaker.validate(prefix)
+    }
+}
+
+fn mode(root: &Object) -> Result<Mode, ConfigError> {
+    let mut text = String::new();
+    root.string("mode", &mut text)?;
+    match text.as_str() {
+        "" | "downstream" => Ok(Mode::Downstream),
+        "upstream" => Ok(Mode::Upstream),
+        other => Err(ConfigError::new(
+            "mode",
+            format!("`{other}` is not one of: downstream, upstream"),
+        )),
     }
 }
 

@@ -38,7 +38,9 @@ pub struct Stream {
     scope: String,
     route: Option<Route>,
     cluster: Option<String>,
-    steered_to: Option<Rc<str>>,
+    /// The hosts the request was steered to: the first attempt's, then
+    /// the ones named for its retries.
+    steered_to: Vec<Rc<str>>,
     discovery: bool,
     probe: bool,
     local_reply: bool,
@@ -126,13 +128,13 @@ impl Stream {
             match worker.steer(&cluster, &self.scope) {
                 Some(Steer::To {
                     value,
-                    address,
+                    hosts,
                     retry_on,
                 }) => {
                     steered =
                         host::set_header(Map::RequestHeaders, &steering.header, value).is_ok();
                     if steered {
-                        self.steered_to = Some(Rc::clone(address));
+                        self.steered_to = hosts.to_vec();
                         // A half-open breaker's probe must show what the
                         // host answers, not what a retry elsewhere did.
                         if !self.probe {
@@ -153,7 +155,7 @@ impl Stream {
             self.strip_client_steering(&config);
         }
         if !rules.request.is_empty() {
-            let address = self.steered_to.as_deref().map(str::to_string);
+            let address = self.steered_to.first().map(|a| a.to_string());
             let rules = &rules.request;
             self.run_rules(worker, Map::RequestHeaders, rules, &cluster, address, None);
         }
@@ -260,10 +262,10 @@ impl Stream {
             &config,
             &address,
             observation,
-            match (&self.steered_to, self.discovery) {
-                (Some(host), _) => Routed::To(host),
-                (None, true) => Routed::Discovery,
-                (None, false) => Routed::Envoy,
+            match (self.steered_to.is_empty(), self.discovery) {
+                (false, _) => Routed::To(&self.steered_to),
+                (true, true) => Routed::Discovery,
+                (true, false) => Routed::Envoy,
             },
         );
     }

@@ -22,4 +22,6 @@ pub mod unit;
 pub mod worker;
 
 #[cfg(test)]
+mod retry_tests;
+#[cfg(test)]
 mod tests;

@@ -72,6 +72,8 @@ pub struct Plan {
     /// Discovery credit in per mille: a request is left to Envoy each time
     /// it reaches 1000.
     credit: u16,
+    /// The heaviest group's next host for a retry (see `alternates`).
+    alternate_next: usize,
     /// Hosts the plan was built over (weight 0 included).
     pub hosts: usize,
     /// Some host is ejected (weight 0): requests left to Envoy may land on
@@ -87,12 +89,14 @@ impl Plan {
     /// `None` when nothing needs steering: every host at full weight, or
     /// none with any weight.
     /// `first` are hosts (among `hosts`) to send one request each before
-    /// the round robin starts.
+    /// the round robin starts. `always` builds a plan even when every host
+    /// is at full weight (to name the hosts of retries, see `alternates`).
     pub fn build<'a>(
         hosts: impl Iterator<Item = (&'a Rc<str>, u8)>,
         first: &[Rc<str>],
         encoding: Encoding,
         seed: u64,
+        always: bool,
     ) -> Option<Plan> {
         let mut groups: Vec<Group> = Vec::new();
         let mut count = 0;
@@ -116,7 +120,7 @@ impl Plan {
             }
         }
         let reduced = has_ejected || groups.iter().any(|g| g.weight < 100);
-        if !reduced || groups.is_empty() {
+        if !(reduced || always) || groups.is_empty() {
             return None;
         }
         // Workers start their round robin at different hosts.
@@ -140,6 +144,7 @@ impl Plan {
             totals,
             picker,
             credit: 0,
+            alternate_next: 0,
             hosts: count,
             has_ejected,
             mostly_healthy: full * 3 >= count * 2,
@@ -166,6 +171,28 @@ impl Plan {
         let target = &group.targets[group.next];
         group.next += 1;
         Some(Choice::Host(target))
+    }
+
+    /// Up to `n` hosts other than `first` for the retries of a request sent
+    /// to `first`, from the heaviest group in turn (their own cursor, so
+    /// the shares of first attempts stay exact). Envoy's override_host
+    /// policy takes them as `first,second,third`: a retried request then
+    /// names the hosts its failed attempts went to.
+    pub fn alternates(&mut self, first: &str, n: usize, out: &mut Vec<Rc<str>>) {
+        let Some(group) = self.groups.iter().max_by_key(|g| g.weight) else {
+            return;
+        };
+        let len = group.targets.len();
+        for _ in 0..len {
+            if out.len() >= n {
+                break;
+            }
+            let target = &group.targets[self.alternate_next % len];
+            self.alternate_next = self.alternate_next.wrapping_add(1);
+            if *target.address != *first && !out.iter().any(|a| *a == target.address) {
+                out.push(Rc::clone(&target.address));
+            }
+        }
     }
 }
 
@@ -195,8 +222,17 @@ mod tests {
     #[test]
     fn nothing_to_steer_when_all_are_at_full_weight_or_none_has_weight() {
         let hosts = names(3);
-        assert!(Plan::build(hosts.iter().map(|h| (h, 100)), &[], Encoding::Plain, 1).is_none());
-        assert!(Plan::build(hosts.iter().map(|h| (h, 0)), &[], Encoding::Plain, 1).is_none());
+        assert!(Plan::build(
+            hosts.iter().map(|h| (h, 100)),
+            &[],
+            Encoding::Plain,
+            1,
+            false
+        )
+        .is_none());
+        assert!(
+            Plan::build(hosts.iter().map(|h| (h, 0)), &[], Encoding::Plain, 1, false).is_none()
+        );
     }
 
     #[test]
@@ -214,6 +250,7 @@ mod tests {
                 &[],
                 Encoding::Plain,
                 7,
+                false,
             )
             .unwrap();
             assert!(plan.has_ejected);
@@ -244,6 +281,7 @@ mod tests {
             &[],
             Encoding::Plain,
             3,
+            false,
         )
         .unwrap();
         let (_, envoy) = shares(&mut plan, 1000, 50);
@@ -261,12 +299,53 @@ mod tests {
             &[],
             Encoding::Base64,
             3,
+            false,
         )
         .unwrap();
         let Some(Choice::Host(t)) = plan.pick(0) else {
             panic!("a host")
         };
         assert_eq!(t.value(), b"MTAuMC4wLjE6ODA=");
+    }
+}
+
+#[cfg(test)]
+mod alternate_tests {
+    use super::*;
+
+    #[test]
+    fn retries_go_to_other_full_weight_hosts_in_turn() {
+        let hosts: Vec<Rc<str>> = (0..5).map(|i| Rc::from(format!("10.0.0.{i}:80"))).collect();
+        // Host 4 Degraded: never a retry's host while full ones exist.
+        let weights = hosts
+            .iter()
+            .map(|h| (h, if h.ends_with("4:80") { 50 } else { 100 }));
+        let mut plan = Plan::build(weights, &[], Encoding::Plain, 9, false).unwrap();
+        let mut seen = std::collections::HashMap::new();
+        for _ in 0..40 {
+            let mut out = Vec::new();
+            plan.alternates(&hosts[0], 2, &mut out);
+            assert_eq!(out.len(), 2);
+            assert_ne!(out[0], out[1]);
+            for a in &out {
+                assert_ne!(**a, *hosts[0], "never the first host itself");
+                assert_ne!(**a, *hosts[4], "never the Degraded host");
+                *seen.entry(a.to_string()).or_insert(0) += 1;
+            }
+        }
+        assert_eq!(seen.len(), 3, "hosts 1-3 take turns: {seen:?}");
+    }
+
+    #[test]
+    fn a_plan_over_healthy_hosts_only_when_asked() {
+        let hosts: Vec<Rc<str>> = (0..3).map(|i| Rc::from(format!("10.0.0.{i}:80"))).collect();
+        let full = || hosts.iter().map(|h| (h, 100));
+        assert!(Plan::build(full(), &[], Encoding::Plain, 1, false).is_none());
+        let mut plan = Plan::build(full(), &[], Encoding::Plain, 1, true).unwrap();
+        assert!(!plan.has_ejected);
+        let mut out = Vec::new();
+        plan.alternates(&hosts[1], 5, &mut out);
+        assert_eq!(out.len(), 2, "as many as there are other hosts");
     }
 }
 
@@ -283,7 +362,8 @@ mod first_tests {
         let weights = hosts
             .iter()
             .map(|h| (h, if **h == *back { 10 } else { 100 }));
-        let mut plan = Plan::build(weights, &[Rc::clone(&back)], Encoding::Plain, 5).unwrap();
+        let mut plan =
+            Plan::build(weights, &[Rc::clone(&back)], Encoding::Plain, 5, false).unwrap();
         let Some(Choice::Host(first)) = plan.pick(0) else {
             panic!("a host")
         };

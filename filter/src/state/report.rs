@@ -83,6 +83,14 @@ impl Reporter {
             names::service_metric("local_replies", key),
             counts.local_replies,
         );
+        for (name, count) in [
+            ("inferred_attempts", counts.inferred_attempts),
+            ("unattributed_retries", counts.unattributed_retries),
+        ] {
+            if count > 0 {
+                metrics.add(host, names::service_metric(name, key), count);
+            }
+        }
         if counts.not_tracked > 0 {
             metrics.add(
                 host,

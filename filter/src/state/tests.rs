@@ -82,12 +82,12 @@ fn traffic(
     for _ in 0..count {
         let active = worker.request_path_active();
         let (steered, discovery) = match active.then(|| worker.steer(CLUSTER, "")).flatten() {
-            Some(Steer::To { address, .. }) => (Some(address.to_string()), false),
+            Some(Steer::To { hosts, .. }) => (Some(hosts.to_vec()), false),
             Some(Steer::Discover { .. }) => (None, true),
             None => (None, false),
         };
-        let target = match &steered {
-            Some(a) if cluster.members.contains(a) => a.clone(),
+        let target = match steered.as_ref().and_then(|h| h.first()) {
+            Some(a) if cluster.members.contains(&a.to_string()) => a.to_string(),
             _ => cluster.round_robin(),
         };
         *got.entry(target.clone()).or_insert(0) += 1;
@@ -605,7 +605,7 @@ fn a_steered_request_that_envoy_retried_elsewhere_counts_against_the_first_host(
             &config,
             &address(2),
             ok(),
-            Routed::To(&first),
+            Routed::To(&[Rc::from(first.as_str())]),
         );
     }
     assert_eq!(state(&w, &address(0)), HostState::Unhealthy);
@@ -619,7 +619,7 @@ fn a_steered_request_that_envoy_retried_elsewhere_counts_against_the_first_host(
         &config,
         &address(2),
         ok(),
-        Routed::To(&gone),
+        Routed::To(&[Rc::from(gone.as_str())]),
     );
     assert_eq!(state(&w, &gone), HostState::Healthy);
 }
@@ -654,8 +654,8 @@ fn a_departure_one_worker_saw_reaches_the_others() {
     b.tick(now);
     let mut named = 0;
     for _ in 0..900 {
-        if let Some(Steer::To { address, .. }) = b.steer(CLUSTER, "") {
-            named += usize::from(**address == *gone);
+        if let Some(Steer::To { hosts, .. }) = b.steer(CLUSTER, "") {
+            named += usize::from(*hosts[0] == *gone);
         }
     }
     assert_eq!(named, 0, "b still steers to the host that left");

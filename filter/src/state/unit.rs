@@ -63,6 +63,18 @@ pub struct Unit {
     /// Hosts whose `host_state` gauge was last set to a state other than
     /// Healthy: set back when they stop being watched.
     pub graded_gauges: Vec<String>,
+    /// Until then steered requests name their retries' hosts too, because
+    /// retried requests were seen (see `Worker::observe_at`); and whether
+    /// the plan in force was built for it.
+    pub attribute_until_ms: u64,
+    pub attributing: bool,
+    /// Requests not steered since `upstream.request_attempt_count` was
+    /// last read (it is read on one in `ATTEMPT_SAMPLE`).
+    pub unsampled: u16,
+    /// The last steering header value written, `first,second,third`, and
+    /// the hosts after the first: reused, so steering allocates nothing.
+    pub steer_value: Vec<u8>,
+    pub alternates: Vec<Rc<str>>,
 }
 
 /// Per-unit counters kept on the request path (no host call) and added to
@@ -74,6 +86,8 @@ pub struct Counts {
     pub steered: u64,
     pub local_replies: u64,
     pub not_tracked: u64,
+    pub inferred_attempts: u64,
+    pub unattributed_retries: u64,
 }
 
 impl Counts {
@@ -82,6 +96,8 @@ impl Counts {
             && self.steered == 0
             && self.local_replies == 0
             && self.not_tracked == 0
+            && self.inferred_attempts == 0
+            && self.unattributed_retries == 0
             && self.failures.iter().all(|n| *n == 0)
     }
 }
@@ -123,6 +139,11 @@ impl Unit {
             last_used_ms: now,
             counts: Counts::default(),
             graded_gauges: Vec::new(),
+            attribute_until_ms: 0,
+            attributing: false,
+            unsampled: 0,
+            steer_value: Vec::new(),
+            alternates: Vec::new(),
         }
     }
 

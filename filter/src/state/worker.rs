@@ -16,7 +16,7 @@ use super::store::{Store, StoreError};
 use super::unit::{parse_key, unit_key, Unit};
 use crate::address_clusters::{AddressClusters, Lookup};
 use crate::breaker::{Admission, BreakerState};
-use crate::config::Config;
+use crate::config::{Config, Encoding, Mode};
 use crate::health::HostState;
 use crate::metrics as names;
 use crate::service::{Event, Observation, Pending, ServiceHealth};
@@ -59,8 +59,9 @@ pub struct Route {
 pub enum Routed<'a> {
     /// Not steered: nothing was steering this service.
     Envoy,
-    /// Steered to this host.
-    To(&'a str),
+    /// Steered to the first of these hosts; the others were named for its
+    /// retries, in order.
+    To(&'a [Rc<str>]),
     /// Left to Envoy's load balancer by discovery.
     Discovery,
 }
@@ -84,14 +85,35 @@ const RELIST_WITHIN_MS: u64 = 5_000;
 /// estimated; the counts are halved past it, so the estimate follows.
 const DISCOVERY_SAMPLE: u16 = 64;
 
+/// A downstream instance sees a request's last attempt only. Of the
+/// requests it does not steer it reads `upstream.request_attempt_count`
+/// on one in this many (a property read costs about 6 % of the filter's
+/// work): a retried one means earlier attempts failed on hosts it cannot
+/// name, so it starts steering with the retries' hosts named (see
+/// `Plan::alternates`) for `ATTRIBUTE_FOR_MS`, renewed by every retried
+/// request, and each retried request then says whose attempts failed.
+const ATTEMPT_SAMPLE: u16 = 16;
+const ATTRIBUTE_FOR_MS: u64 = 30_000;
+/// Hosts a steered request names: its own and two for retries (Istio's
+/// default route retries twice).
+const NAMED_HOSTS: usize = 3;
+
+/// An upstream instance marks the records it feeds as fed for this long,
+/// renewed once less than `ATTEMPTS_RENEW_MS` is left, so downstream
+/// instances stop grading hosts themselves while it runs, and start again
+/// within this time if it is removed.
+const ATTEMPTS_FEED_MS: u64 = 30_000;
+const ATTEMPTS_RENEW_MS: u64 = 20_000;
+
 /// What steering does with one request.
 #[derive(Debug, Clone, Copy)]
 pub enum Steer<'a> {
-    /// Send it to this host: the header value, the host's address, and
-    /// the retry policy to ask for (maybe empty; see `Discover`).
+    /// Send it to the first of `hosts` (the others are named for its
+    /// retries): the header value, and the retry policy to ask for (maybe
+    /// empty; see `Discover`).
     To {
         value: &'a [u8],
-        address: &'a Rc<str>,
+        hosts: &'a [Rc<str>],
         retry_on: &'a str,
     },
     /// Leave it to Envoy's load balancer; `retry_on` (maybe empty) is the
@@ -361,6 +383,7 @@ impl<H: Host> Worker<H> {
     /// hosts are below full weight.
     pub fn steer(&mut self, cluster: &str, scope: &str) -> Option<Steer<'_>> {
         let position = self.find(cluster, scope)?;
+        let now = self.clock_ms;
         let Unit {
             plan,
             config,
@@ -368,6 +391,9 @@ impl<H: Host> Worker<H> {
             unknown_percent,
             discovery_per_mille,
             discovery_paused,
+            snapshot,
+            steer_value,
+            alternates,
             ..
         } = &mut self.units[position];
         let plan = plan.as_mut()?;
@@ -394,12 +420,29 @@ impl<H: Host> Worker<H> {
             ""
         };
         let steered_retry_on = if plan.mostly_healthy { retry_on } else { "" };
+        // Name the hosts of its retries too, so that a retried request says
+        // whose attempts failed; not when an upstream instance sees every
+        // attempt, nor in base64 (a session header holds one host).
+        let name_retries =
+            steering.encoding == Encoding::Plain && snapshot.attempts_until_ms <= now;
         match plan.pick(per_mille)? {
             Choice::Host(target) => {
                 counts.steered += 1;
+                alternates.clear();
+                alternates.push(Rc::clone(&target.address));
+                steer_value.clear();
+                steer_value.extend_from_slice(target.value());
+                if name_retries {
+                    let first = Rc::clone(&target.address);
+                    plan.alternates(&first, NAMED_HOSTS, alternates);
+                    for host in &alternates[1..] {
+                        steer_value.push(b',');
+                        steer_value.extend_from_slice(host.as_bytes());
+                    }
+                }
                 Some(Steer::To {
-                    value: target.value(),
-                    address: &target.address,
+                    value: steer_value,
+                    hosts: alternates,
                     retry_on: steered_retry_on,
                 })
             }
@@ -496,7 +539,11 @@ impl<H: Host> Worker<H> {
     ) {
         let now = self.clock_ms;
         let limits = &config.limits;
+        let upstream = self.config.mode == Mode::Upstream;
         let unit = &mut self.units[position];
+        // An upstream instance grades this service's hosts from every
+        // attempt: a downstream one leaves them to it.
+        let fed = !upstream && unit.snapshot.attempts_until_ms > now;
         unit.counts.requests += 1;
         if let Some(kind) = observation.outcome.failure {
             unit.counts.failures[names::failure_index(kind)] += 1;
@@ -535,38 +582,73 @@ impl<H: Host> Worker<H> {
                     .min(u16::from(crate::config::MAX_DISCOVERY_PERCENT) * 10)
             };
         }
-        // Steered elsewhere: either Envoy no longer has the host we chose
-        // (its override_host policy falls back), or the first attempt
-        // failed there and a retry moved the request; the last attempt is
-        // all a downstream filter sees, so that failure is inferred here.
-        let mut retried_from = None;
-        if let Routed::To(steered) = routed {
-            if steered != address {
-                if self.host.attempt_count().is_some_and(|n| n > 1) {
-                    retried_from = Some(steered);
-                } else {
-                    unit.members.left(steered, now);
-                    if unit.members_left.len() < capacity {
-                        unit.members_left.push(Rc::from(steered));
-                        unit.members_gone.push(Rc::from(steered));
+        // Answered elsewhere than steered: either Envoy no longer has the
+        // host we chose (its override_host policy falls back), or attempts
+        // failed and retries moved the request on, to the hosts named for
+        // them; the last attempt is all a downstream filter sees, so those
+        // failures are inferred here.
+        let mut failed_attempts: Vec<Rc<str>> = Vec::new();
+        let mut attribute = false;
+        match routed {
+            Routed::To(hosts) => {
+                let steered = hosts.first().map_or("", |h| &**h);
+                if !steered.is_empty() && steered != address {
+                    match self.host.attempt_count() {
+                        Some(n) if n > 1 => {
+                            attribute = !fed;
+                            let failed = usize::try_from(n - 1).unwrap_or(usize::MAX);
+                            for host in hosts.iter().take(failed) {
+                                if !fed && **host != *address {
+                                    failed_attempts.push(Rc::clone(host));
+                                }
+                            }
+                        }
+                        _ => {
+                            unit.members.left(steered, now);
+                            if unit.members_left.len() < capacity {
+                                unit.members_left.push(Rc::from(steered));
+                                unit.members_gone.push(Rc::from(steered));
+                            }
+                        }
                     }
                 }
             }
+            Routed::Envoy | Routed::Discovery if !fed && !upstream => {
+                unit.unsampled += 1;
+                if unit.unsampled >= ATTEMPT_SAMPLE {
+                    unit.unsampled = 0;
+                    if self.host.attempt_count().is_some_and(|n| n > 1) {
+                        unit.counts.unattributed_retries += 1;
+                        attribute = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+        // Retries are hiding failures: name the hosts of retries while
+        // they go on (a plan over the service even if all are Healthy).
+        let start_naming = attribute && !unit.attributing && config.steering.enabled;
+        if attribute {
+            unit.attribute_until_ms = now.saturating_add(ATTRIBUTE_FOR_MS);
         }
         if config.circuit_breaker.enabled {
             unit.breaker_pending.add(observation);
         }
-        let quiet = unit
-            .snapshot
-            .host(address)
-            .is_none_or(|h| h.health.is_quiet());
-        unit.record_outcome(address, observation, config);
-        if let Some(steered) = retried_from {
-            unit.record_outcome(steered, Observation::plain(RETRIED_ATTEMPT), config);
+        let quiet = fed
+            || unit
+                .snapshot
+                .host(address)
+                .is_none_or(|h| h.health.is_quiet());
+        if !fed {
+            unit.record_outcome(address, observation, config);
+        }
+        for host in &failed_attempts {
+            unit.counts.inferred_attempts += 1;
+            unit.record_outcome(host, Observation::plain(RETRIED_ATTEMPT), config);
         }
         // Write at once whatever could change a grade or the breaker; let a
         // quiet host's successes wait for the tick.
-        let prompt = retried_from.is_some()
+        let prompt = !failed_attempts.is_empty()
             || observation.outcome.failed()
             || observation.probe
             || !quiet
@@ -576,6 +658,8 @@ impl<H: Host> Worker<H> {
                 self.clock_ms = now;
                 self.flush(position, now);
             }
+        } else if start_naming {
+            self.after_sync(position, now);
         }
     }
 
@@ -608,10 +692,20 @@ impl<H: Host> Worker<H> {
             }
             busy |= unit.counts.requests > 0 || unit.has_pending();
             let due = unit.next_change_ms.is_some_and(|t| now >= t);
-            let kept = if unit.has_pending() || due {
+            // An upstream instance with traffic keeps its records marked
+            // as fed by it.
+            let renew = unit.config.mode == Mode::Upstream
+                && unit.counts.requests > 0
+                && unit.snapshot.attempts_until_ms < now.saturating_add(ATTEMPTS_RENEW_MS);
+            // Retries stopped: steering that only named their hosts ends.
+            let naming_over = unit.attributing && now >= unit.attribute_until_ms;
+            let kept = if unit.has_pending() || due || renew {
                 self.flush(position, now)
             } else if changed {
                 self.refresh(position, now)
+            } else if naming_over {
+                self.after_sync(position, now);
+                true
             } else {
                 if unit.members.take_changed() {
                     self.replan(position, now);
@@ -693,6 +787,7 @@ impl<H: Host> Worker<H> {
         }
         let members = unit.members.len();
         let shrank = unit.members.take_shrank();
+        let feeds = config.mode == Mode::Upstream;
         let (pending, breaker_pending) = (&unit.pending, &unit.breaker_pending);
         let result = self
             .store
@@ -714,7 +809,14 @@ impl<H: Host> Worker<H> {
                 for (address, outcomes) in pending {
                     record.apply(address, outcomes, now, &config, &mut next, &mut events);
                 }
-                (events, record.roster != roster || listed)
+                // Downstream instances must see at once that this one now
+                // grades the hosts (and stop doing it themselves).
+                let mut began_feeding = false;
+                if feeds && record.attempts_until_ms < now.saturating_add(ATTEMPTS_RENEW_MS) {
+                    began_feeding = record.attempts_until_ms <= now;
+                    record.attempts_until_ms = now.saturating_add(ATTEMPTS_FEED_MS);
+                }
+                (events, record.roster != roster || listed || began_feeding)
             });
         match result {
             Ok(((events, roster_changed), record)) => {
@@ -781,11 +883,17 @@ impl<H: Host> Worker<H> {
             unit.last_touch_ms = now;
         }
         unit.next_change_ms = unit.snapshot.next_change_ms(now, &unit.config);
+        // Hosts of retries are named while retries hide failures, unless
+        // an upstream instance sees every attempt.
+        unit.attributing = unit.attribute_until_ms > now
+            && unit.config.steering.encoding == Encoding::Plain
+            && unit.snapshot.attempts_until_ms <= now;
         // Watched hosts steering showed gone do not keep steering on.
-        unit.steers = unit.snapshot.hosts.iter().any(|h| {
-            h.health.weight_percent(now, &unit.config) < 100
-                && !unit.members.is_gone(&h.address, now)
-        });
+        unit.steers = unit.attributing
+            || unit.snapshot.hosts.iter().any(|h| {
+                h.health.weight_percent(now, &unit.config) < 100
+                    && !unit.members.is_gone(&h.address, now)
+            });
         unit.discovery_paused = unit
             .snapshot
             .hosts
@@ -793,7 +901,8 @@ impl<H: Host> Worker<H> {
             .any(|h| h.health.ejected_costly_to_reach(now));
         // Rebuilding a plan costs as much as the service has hosts: only
         // when a weight or the set of hosts changed.
-        let basis = plan_basis(&unit.snapshot, now, &unit.config);
+        let mut basis = plan_basis(&unit.snapshot, now, &unit.config);
+        basis.push(u8::from(unit.attributing));
         if unit.members.take_changed() || basis != unit.plan_basis {
             unit.plan_basis = basis;
             self.replan(position, now);
@@ -901,7 +1010,7 @@ impl<H: Host> Worker<H> {
             .iter()
             .chain(others.iter())
             .map(|address| (address, weight(address)));
-        let plan = Plan::build(hosts, &first, steering.encoding, seed);
+        let plan = Plan::build(hosts, &first, steering.encoding, seed, unit.attributing);
         if unit.plan.is_none() && plan.is_some() {
             unit.discovery_per_mille = u16::from(steering.discovery_percent) * 10;
         }
