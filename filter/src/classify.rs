@@ -155,6 +155,50 @@ pub fn classify(facts: &ResponseFacts, detection: &Detection) -> Result<Outcome,
     })
 }
 
+/// What an upstream instance knows of an attempt that ended without
+/// response headers (Envoy gives an upstream filter no response flags of
+/// the attempt's own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unanswered {
+    /// The attempt had a connection (`upstream.local_address` is set).
+    pub connected: bool,
+    /// Envoy gave a transport failure reason (a refused connection).
+    pub refused: bool,
+    /// From the attempt's request headers to its end.
+    pub elapsed_ms: u64,
+    /// The downstream stream's flags say the client went away.
+    pub client_gone: bool,
+}
+
+/// An unanswered attempt this long was a timeout (connect, per-try or
+/// route), not a refusal or a reset.
+pub const TIMEOUT_HINT_MS: u64 = 500;
+
+/// An attempt that got no response headers: a connect failure, a reset or
+/// a timeout, unless the client going away cut it short.
+pub fn classify_unanswered(a: &Unanswered, detection: &Detection) -> Result<Outcome, Ignored> {
+    if a.client_gone {
+        return if detection.count_client_cancellations {
+            Ok(Outcome {
+                failure: Some(FailureKind::ClientCancelled),
+                slow: false,
+            })
+        } else {
+            Err(Ignored::ClientCancelled)
+        };
+    }
+    let slow = a.elapsed_ms >= TIMEOUT_HINT_MS;
+    let origin = match (a.connected, a.refused || !slow) {
+        (false, true) => LocalOrigin::ConnectFailure,
+        (true, true) => LocalOrigin::Reset,
+        (_, false) => LocalOrigin::Timeout,
+    };
+    Ok(Outcome {
+        failure: Some(FailureKind::LocalOrigin(origin)),
+        slow: false,
+    })
+}
+
 fn local_origin(bits: u64) -> Option<LocalOrigin> {
     use flags::*;
     if bits & UPSTREAM_CONNECTION_FAILURE != 0 {
@@ -185,6 +229,51 @@ pub fn needs_flags(status: u16, detection: &Detection) -> bool {
 mod tests {
     use super::*;
     use crate::config::Config;
+
+    #[test]
+    fn unanswered_attempts_are_told_apart_as_envoy_shows_them() {
+        let d = detection("");
+        let kind = |connected, refused, elapsed_ms, client_gone| {
+            let a = Unanswered {
+                connected,
+                refused,
+                elapsed_ms,
+                client_gone,
+            };
+            classify_unanswered(&a, &d).map(|o| o.failure)
+        };
+        let origin = |o| Ok(Some(FailureKind::LocalOrigin(o)));
+        // Measured in Envoy 1.40: refused = no local address and a reason;
+        // connect timeout = no local address, no reason, after the timeout;
+        // reset before the response = a local address; per-try timeout = a
+        // local address, after the timeout.
+        assert_eq!(
+            kind(false, true, 2, false),
+            origin(LocalOrigin::ConnectFailure)
+        );
+        assert_eq!(
+            kind(false, true, 900, false),
+            origin(LocalOrigin::ConnectFailure)
+        );
+        assert_eq!(kind(false, false, 500, false), origin(LocalOrigin::Timeout));
+        assert_eq!(kind(true, false, 3, false), origin(LocalOrigin::Reset));
+        assert_eq!(
+            kind(true, false, 300_000, false),
+            origin(LocalOrigin::Timeout)
+        );
+        assert_eq!(kind(true, false, 3, true), Err(Ignored::ClientCancelled));
+        let counting = detection(r#"{"detection":{"countClientCancellations":true}}"#);
+        let a = Unanswered {
+            connected: true,
+            refused: false,
+            elapsed_ms: 3,
+            client_gone: true,
+        };
+        assert_eq!(
+            classify_unanswered(&a, &counting).map(|o| o.failure),
+            Ok(Some(FailureKind::ClientCancelled))
+        );
+    }
 
     fn detection(json: &str) -> Detection {
         Config::parse(json.as_bytes()).unwrap().detection

@@ -80,6 +80,11 @@ impl<T: Default> InFlight<T> {
         )
     }
 
+    /// The state of stream `id`, if it has any (never creates it).
+    pub fn get(&self, id: u32) -> Option<&T> {
+        self.map.get(&id).map(|(_, state)| state)
+    }
+
     /// Ends stream `id`, returning its state if it had any.
     pub fn remove(&mut self, id: u32) -> Option<T> {
         self.map.remove(&id).map(|(_, state)| state)

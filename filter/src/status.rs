@@ -42,9 +42,16 @@ pub fn render(
         let breaker = &record.breaker;
         let _ = write!(
             out,
-            ",\"members\":{},\"watchedHosts\":{},\"breaker\":{{\"state\":\"{}\",\"openUntilMs\":{}}},\"hosts\":[",
+            ",\"members\":{},\"watchedHosts\":{},\"gradedFrom\":\"{}\",\"breaker\":{{\"state\":\"{}\",\"openUntilMs\":{}}},\"hosts\":[",
             members(record),
             record.hosts.len(),
+            // Every attempt (an upstream instance feeds the record), or
+            // each request's last attempt and what its retries reveal.
+            if record.attempts_until_ms > now {
+                "attempts"
+            } else {
+                "requests"
+            },
             breaker.effective_state(now),
             breaker.open_until_ms()
         );

@@ -443,3 +443,41 @@ fn large_service_limits_and_discovery_settings_parse() {
     assert!(defaults.limits.max_hosts_per_service >= 2048);
     assert_eq!(defaults.steering.discovery_percent, 5);
 }
+
+#[test]
+fn an_upstream_instance_takes_detection_ejection_and_limits_only() {
+    let config = Config::parse(
+        br#"{"mode":"upstream","detection":{"windowSize":50},"ejection":{"baseEjectionTime":"10s"},"limits":{"maxServices":8}}"#,
+    )
+    .expect("upstream configuration");
+    assert_eq!(config.mode, super::Mode::Upstream);
+    assert_eq!(config.detection.window_size, 50);
+    assert!(!config.steering.enabled, "an attempt cannot be steered");
+    assert!(
+        !config.circuit_breaker.enabled,
+        "the breaker is the downstream instance's"
+    );
+    assert_eq!(Config::parse(b"{}").unwrap().mode, super::Mode::Downstream);
+    assert_eq!(
+        Config::parse(br#"{"mode":"downstream"}"#).unwrap().mode,
+        super::Mode::Downstream
+    );
+    for section in [
+        "steering",
+        "circuitBreaker",
+        "headers",
+        "overrides",
+        "status",
+    ] {
+        let text = format!(r#"{{"mode":"upstream","{section}":{{}}}}"#);
+        let text = text.replace(r#""overrides":{}"#, r#""overrides":[]"#);
+        let error = Config::parse(text.as_bytes()).expect_err(section);
+        assert_eq!(error.field, section);
+        assert!(error.reason.contains("downstream instance"), "{error}");
+    }
+    let error = Config::parse(br#"{"mode":"sideways"}"#).expect_err("unknown mode");
+    assert_eq!(error.field, "mode");
+    assert!(error.reason.contains("downstream, upstream"), "{error}");
+    let error = Config::parse(br#"{"mode":1}"#).expect_err("not a string");
+    assert_eq!(error.field, "mode");
+}

@@ -3,8 +3,10 @@
 //! export, and each entry into the VM costs about as much as the rest of
 //! the filter's work per request (`make bench`). The SDK exports them all,
 //! so a do-nothing filter built on it enters the VM seven times per
-//! request; meshguard enters three times (request headers, response
-//! headers, log), plus response trailers when there are any.
+//! request; meshguard enters four times (request headers, response
+//! headers, done, log), plus response trailers when there are any. `done`
+//! is for upstream instances (`mode: upstream`), whose attempts Envoy
+//! never logs; a request's stream returns from it at once.
 //!
 //! Every entry point catches a busy state (re-entry) and an unconfigured
 //! plugin by passing the request through untouched.
@@ -125,6 +127,9 @@ pub extern "C" fn proxy_on_tick(root_context_id: u32) {
 pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, _end: u32) -> u32 {
     with_filter(|filter| {
         let (stream, worker) = filter.stream(context_id)?;
+        if worker.sees_attempts() {
+            return Some(stream.on_attempt_request_headers(worker));
+        }
         Some(stream.on_request_headers(worker))
     })
     .flatten()
@@ -135,6 +140,9 @@ pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, _en
 pub extern "C" fn proxy_on_response_headers(context_id: u32, _headers: usize, end: u32) -> u32 {
     with_filter(|filter| {
         let (stream, worker) = filter.stream(context_id)?;
+        if stream.attempt {
+            return Some(stream.on_attempt_response_headers(end != 0));
+        }
         Some(stream.on_response_headers(worker, end != 0))
     })
     .flatten()
@@ -157,8 +165,32 @@ pub extern "C" fn proxy_on_response_trailers(context_id: u32, _trailers: usize) 
 pub extern "C" fn proxy_on_log(context_id: u32) {
     with_filter(|filter| {
         let mut stream = filter.streams.remove(context_id).unwrap_or_default();
+        if stream.attempt {
+            return;
+        }
         if let Some(worker) = filter.roots.for_stream(&mut stream) {
-            stream.on_log(worker);
+            if !worker.sees_attempts() {
+                stream.on_log(worker);
+            }
         }
     });
+}
+
+/// A stream's end. Envoy never logs an upstream filter's streams (the
+/// attempts an upstream instance sees), so theirs are recorded here; a
+/// request's stream waits for its log, which comes later.
+#[no_mangle]
+pub extern "C" fn proxy_on_done(context_id: u32) -> u32 {
+    with_filter(|filter| {
+        if !filter.streams.get(context_id).is_some_and(|s| s.attempt) {
+            return;
+        }
+        let Some(mut stream) = filter.streams.remove(context_id) else {
+            return;
+        };
+        if let Some(worker) = filter.roots.for_stream(&mut stream) {
+            stream.on_attempt_done(worker);
+        }
+    });
+    1
 }

@@ -3,6 +3,7 @@
 //! error is handled, nothing here may panic.
 
 mod abi;
+mod attempt;
 mod envoy_host;
 mod host;
 mod props;
@@ -90,6 +91,18 @@ fn configure(root: &mut Root, size: usize) -> bool {
             return false;
         }
     };
+    if let Some(worker) = &root.worker {
+        if worker.config_base().mode != config.mode {
+            // Two filters with one root_id share one root context in a VM:
+            // an upstream instance's configuration would turn the
+            // downstream one into an attempt counter.
+            log::error!(
+                "meshguard: invalid plugin configuration, keeping the previous configuration: mode: this plugin instance (root_id `{}`) runs in the other mode; give the upstream instance its own root_id",
+                props::plugin_root_id().unwrap_or_default()
+            );
+            return false;
+        }
+    }
     match &mut root.worker {
         Some(worker) => worker.reconfigure(config),
         None => {

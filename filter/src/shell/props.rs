@@ -15,6 +15,8 @@ const ROUTE_NAME: &[u8] = b"xds\0route_name";
 const VIRTUAL_HOST_NAME: &[u8] = b"xds\0virtual_host_name";
 const ROUTE_METADATA: &[u8] = b"xds\0route_metadata";
 const REQUEST_ATTEMPT_COUNT: &[u8] = b"upstream\0request_attempt_count";
+const UPSTREAM_LOCAL_ADDRESS: &[u8] = b"upstream\0local_address";
+const TRANSPORT_FAILURE_REASON: &[u8] = b"upstream\0transport_failure_reason";
 
 fn string(path: &[u8]) -> Option<String> {
     let bytes = host::property(path).ok()??;
@@ -76,6 +78,18 @@ pub fn response_code() -> Option<u16> {
 /// Upstream attempts the request took (1 without retries).
 pub fn request_attempt_count() -> Option<u64> {
     integer(REQUEST_ATTEMPT_COUNT).and_then(|n| u64::try_from(n).ok())
+}
+
+/// Our end of the connection to the upstream host: none while (or
+/// because) the attempt never connected.
+pub fn upstream_connected() -> bool {
+    string(UPSTREAM_LOCAL_ADDRESS).is_some()
+}
+
+/// Why the connection to the upstream host failed, when Envoy knows
+/// (a refused connection says so; a connect timeout leaves it empty).
+pub fn transport_failure_reason() -> Option<String> {
+    string(TRANSPORT_FAILURE_REASON)
 }
 
 pub fn response_flags() -> Option<u64> {

@@ -19,9 +19,6 @@ use crate::service::Observation;
 use crate::state::worker::{Route, Routed, Steer};
 use crate::template::Values;
 
-/// A connect failure that took this long was a timeout, not a refusal.
-const CONNECT_TIMEOUT_HINT_MS: u64 = 500;
-
 /// What a callback tells Envoy (the ABI's `FilterHeadersStatus`).
 pub const CONTINUE: u32 = 0;
 pub const PAUSE: u32 = 1;
@@ -32,6 +29,9 @@ pub struct Stream {
     /// The plugin instance (root context) the request belongs to, when the
     /// VM runs several (see `super::roots`).
     pub root: Option<u32>,
+    /// An attempt seen by an upstream instance (see `super::attempt`),
+    /// not a request.
+    pub attempt: bool,
     /// The configuration governing this request (an override's, or the
     /// top-level one) and the scope of its state.
     config: Option<Rc<Config>>,
@@ -45,13 +45,13 @@ pub struct Stream {
     probe: bool,
     local_reply: bool,
     request_id: Option<String>,
-    request_at_ms: Option<u64>,
+    pub(super) request_at_ms: Option<u64>,
     /// The worker's clock when the request came in (tick-precise, no host
     /// call), to tell a refused connection from a connect timeout.
-    started_ms: u64,
-    response_at_ms: Option<u64>,
-    grpc_status: Option<u32>,
-    status: Option<u16>,
+    pub(super) started_ms: u64,
+    pub(super) response_at_ms: Option<u64>,
+    pub(super) grpc_status: Option<u32>,
+    pub(super) status: Option<u16>,
 }
 
 impl Stream {
@@ -245,7 +245,7 @@ impl Stream {
             // Envoy flags a refused connection and a connect timeout alike
             // (UF); they differ in what a retry elsewhere costs.
             let took = host::now_ms().map_or(0, |now| now.saturating_sub(self.started_ms));
-            if took >= CONNECT_TIMEOUT_HINT_MS {
+            if took >= classify::TIMEOUT_HINT_MS {
                 outcome.failure = Some(FailureKind::LocalOrigin(LocalOrigin::Timeout));
             }
         }

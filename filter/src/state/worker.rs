@@ -190,6 +190,11 @@ impl<H: Host> Worker<H> {
         &self.config
     }
 
+    /// An upstream instance sees attempts, not requests.
+    pub fn sees_attempts(&self) -> bool {
+        self.config.mode == Mode::Upstream
+    }
+
     /// A new configuration. Units whose scope it still has keep their
     /// members and pending outcomes (written first under the old settings);
     /// routes are resolved again.
