@@ -15,6 +15,13 @@
 //! - the manifests agree with each other (overrides name existing
 //!   VirtualServices, the steering header is the Service's
 //!   persistent-session header);
+//! - each EnvoyFilter that adds meshguard's upstream instance
+//!   (`istio/envoyfilter-upstream*.yaml`) pairs with the WasmPlugin: same
+//!   plugin name `<namespace>.<name>`, empty vm_id, another root_id, the same
+//!   module and workloads, a configuration meshguard parses as `mode:
+//!   upstream` with the WasmPlugin's detection and ejection, placed in the
+//!   router's upstream filters (never a cluster patch, which would replace
+//!   istiod's HttpProtocolOptions);
 //! - and the checks have teeth: known-bad variants fail them.
 
 use std::collections::BTreeMap;
@@ -34,13 +41,25 @@ type Crds = BTreeMap<(String, String), BTreeMap<String, CrdVersion>>;
 fn load_crds() -> Crds {
     let dir = istio::crds_dir().unwrap_or_else(|e| panic!("{e}"));
     let mut crds = Crds::new();
-    for file in [
+    let mut files: Vec<std::path::PathBuf> = [
         "wasmplugins.yaml",
         "virtualservices.yaml",
         "destinationrules.yaml",
         "trafficextensions.yaml",
-    ] {
-        for doc in istio::yaml_documents(&dir.join(file)).unwrap_or_else(|e| panic!("{e}")) {
+    ]
+    .iter()
+    .map(|f| dir.join(f))
+    .collect();
+    // EnvoyFilter (the upstream instance's manifests): the shared directory's
+    // copy if it has one, else the one kept in istio/crds/.
+    let envoy_filters = dir.join("envoyfilters.yaml");
+    files.push(if envoy_filters.is_file() {
+        envoy_filters
+    } else {
+        istio::istio_dir().join("crds").join("envoyfilters.yaml")
+    });
+    for file in &files {
+        for doc in istio::yaml_documents(file).unwrap_or_else(|e| panic!("{e}")) {
             let spec = &doc["spec"];
             let key = (
                 spec["group"].as_str().unwrap_or_default().to_string(),
@@ -182,6 +201,25 @@ fn cel(rule: &str, value: &Value) -> Result<(), String> {
         r if r.starts_with("(has(self.selector) ? 1 : 0) + (has(self.targetRefs) ? 1 : 0)") => {
             ["selector", "targetRefs"].iter().filter(|k| has(k)).count() <= 1
         }
+        r if r.starts_with(
+            "(has(self.workloadSelector) ? 1 : 0) + (has(self.targetRefs) ? 1 : 0) <= 1",
+        ) =>
+        {
+            ["workloadSelector", "targetRefs"]
+                .iter()
+                .filter(|k| has(k))
+                .count()
+                <= 1
+        }
+        // EnvoyFilter: the `waypoint` match goes with context WAYPOINT only.
+        "has(self.context) ? ((self.context == \"WAYPOINT\") ? has(self.waypoint) : !has(self.waypoint)) : !has(self.waypoint)" => {
+            if value.get("context") == Some(&json!("WAYPOINT")) {
+                has("waypoint")
+            } else {
+                !has("waypoint")
+            }
+        }
+        "0 < self && self <= 65535" => value.as_u64().is_some_and(|p| (1..=65535).contains(&p)),
         r if r.starts_with("isURL(self) ? (url(self).getScheme() in") => {
             // Scheme one of http, https, oci, file (or none, read as http).
             let url = value.as_str().unwrap_or("");
@@ -377,6 +415,8 @@ fn every_istio_manifest_is_valid_against_istios_crds() {
         ("WasmPlugin", 1),
         ("VirtualService", 2),
         ("DestinationRule", 1),
+        // The upstream instance: sidecar and waypoint.
+        ("EnvoyFilter", 2),
     ] {
         assert!(
             checked.get(kind).copied().unwrap_or(0) >= at_least,
@@ -587,4 +627,509 @@ fn istio_bootstrap_override_has_the_same_stats_tags() {
         plugin.namespace(),
         "the ConfigMap must be in the workloads' namespace"
     );
+}
+
+const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+const ROUTER: &str = "envoy.filters.http.router";
+const UPSTREAM_CODEC: &str = "envoy.filters.http.upstream_codec";
+
+/// `value` with every number as a double, as the WasmPlugin's `Struct`
+/// hands it over, so that `30` and `30.0` compare equal.
+fn as_doubles(v: &Value) -> Value {
+    match v {
+        Value::Number(n) => n
+            .as_f64()
+            .and_then(serde_json::Number::from_f64)
+            .map_or(Value::Null, Value::Number),
+        Value::Array(a) => Value::Array(a.iter().map(as_doubles).collect()),
+        Value::Object(m) => {
+            Value::Object(m.iter().map(|(k, v)| (k.clone(), as_doubles(v))).collect())
+        }
+        other => other.clone(),
+    }
+}
+
+/// The config patches of an EnvoyFilter with this `applyTo`.
+fn patches<'a>(ef: &'a Manifest, apply_to: &str) -> Vec<&'a Value> {
+    ef.spec()["configPatches"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["applyTo"] == json!(apply_to))
+        .collect()
+}
+
+/// Everything that keeps an EnvoyFilter's upstream instance from pairing
+/// with the WasmPlugin's instance (in the same proxies, on the same records),
+/// or from leaving istiod's own configuration alone. `services` are the
+/// Services in istio/ (a waypoint's filter chain names one).
+fn upstream_problems(ef: &Manifest, plugin: &Manifest, services: &[&Manifest]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut p = |m: String| problems.push(m);
+    let wp = plugin.spec();
+    let plugin_name = format!("{}.{}", plugin.namespace(), plugin.name());
+    if ef.namespace() != plugin.namespace() {
+        p(format!(
+            "namespace {} is not the WasmPlugin's {}",
+            ef.namespace(),
+            plugin.namespace()
+        ));
+    }
+    for c in patches(ef, "CLUSTER") {
+        if c["patch"]["value"]
+            .get("typed_extension_protocol_options")
+            .is_some()
+        {
+            p(
+                "a CLUSTER patch of typed_extension_protocol_options replaces the \
+               HttpProtocolOptions istiod writes (map entries are replaced, not merged): \
+               put the upstream filters on the router"
+                    .into(),
+            );
+        }
+    }
+
+    // Patch 1: the ECDS resource with the module.
+    let ext = patches(ef, "EXTENSION_CONFIG");
+    let [ext] = ext.as_slice() else {
+        p(format!(
+            "expected one EXTENSION_CONFIG patch, found {}",
+            ext.len()
+        ));
+        return problems;
+    };
+    if ext["patch"]["operation"] != json!("ADD") {
+        p("the EXTENSION_CONFIG patch must ADD the resource".into());
+    }
+    let resource = &ext["patch"]["value"];
+    let resource_name = resource["name"].as_str().unwrap_or_default().to_string();
+    if resource_name.is_empty() || resource_name == plugin_name {
+        p(format!(
+            "ECDS resource name `{resource_name}` must be set and differ from the WasmPlugin's resource `{plugin_name}`"
+        ));
+    }
+    let typed = &resource["typed_config"];
+    if typed["@type"] != json!(WASM_TYPE) {
+        p(format!(
+            "ECDS resource is not a Wasm filter: {}",
+            typed["@type"]
+        ));
+    }
+    let cfg = &typed["config"];
+    if cfg["name"].as_str() != Some(plugin_name.as_str()) {
+        p(format!(
+            "plugin name {} must be the WasmPlugin's Envoy name {plugin_name:?} (<namespace>.<name>): \
+             both instances find the shared records by it",
+            cfg["name"]
+        ));
+    }
+    let vm = &cfg["vm_config"];
+    if vm["vm_id"].as_str().unwrap_or_default() != "" {
+        p(format!(
+            "vm_id {} must be empty, as Istio leaves the WasmPlugin's",
+            vm["vm_id"]
+        ));
+    }
+    if vm["runtime"] != json!("envoy.wasm.runtime.v8") {
+        p(format!("runtime {} is not Istio's v8", vm["runtime"]));
+    }
+    let root_id = cfg["root_id"].as_str().unwrap_or_default();
+    if root_id.is_empty() || Some(root_id) == wp["pluginName"].as_str() {
+        p(format!(
+            "root_id `{root_id}` must be set and differ from the WasmPlugin's pluginName {} \
+             (two plugins with one root_id share one root context)",
+            wp["pluginName"]
+        ));
+    }
+    let remote = &vm["code"]["remote"];
+    if remote["http_uri"]["uri"] != wp["url"] || remote["sha256"] != wp["sha256"] {
+        p(format!(
+            "module {} ({}) is not the WasmPlugin's {} ({})",
+            remote["http_uri"]["uri"], remote["sha256"], wp["url"], wp["sha256"]
+        ));
+    }
+    if remote["http_uri"]["cluster"]
+        .as_str()
+        .is_none_or(str::is_empty)
+    {
+        p("http_uri.cluster is required by Envoy's schema (istiod writes \"_\")".into());
+    }
+    let policy = cfg["failure_policy"].as_str().unwrap_or("FAIL_CLOSED");
+    if policy != istio::failure_policy(wp["failStrategy"].as_str()) {
+        p(format!(
+            "failure_policy {policy} differs from the WasmPlugin's failStrategy {}",
+            wp["failStrategy"]
+        ));
+    }
+    let conf = &cfg["configuration"];
+    if conf["@type"] != json!("type.googleapis.com/google.protobuf.StringValue") {
+        p(format!(
+            "configuration must be a StringValue, is {}",
+            conf["@type"]
+        ));
+    }
+    let text = conf["value"].as_str().unwrap_or_default();
+    match meshguard::config::Config::parse(text.as_bytes()) {
+        Err(e) => p(format!("meshguard refuses the upstream configuration: {e}")),
+        Ok(c) if c.mode != meshguard::config::Mode::Upstream => {
+            p(format!("configuration has mode {:?}, not upstream", c.mode))
+        }
+        Ok(_) => {}
+    }
+    let parsed: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    for section in ["detection", "ejection"] {
+        let mine = as_doubles(&parsed[section]);
+        let theirs = as_doubles(&wp["pluginConfig"][section]);
+        if mine != theirs {
+            p(format!(
+                "{section} differs from the WasmPlugin's: {mine} vs {theirs}"
+            ));
+        }
+    }
+
+    // Patch 2: the router's upstream filters.
+    let routers: Vec<&Value> = patches(ef, "HTTP_FILTER")
+        .into_iter()
+        .filter(|h| {
+            h["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == json!(ROUTER)
+        })
+        .collect();
+    let [router] = routers.as_slice() else {
+        p(format!(
+            "expected one HTTP_FILTER patch of {ROUTER}, found {}",
+            routers.len()
+        ));
+        return problems;
+    };
+    if router["patch"]["operation"] != json!("MERGE") {
+        p(format!(
+            "the router patch must MERGE (keep istiod's router), is {}",
+            router["patch"]["operation"]
+        ));
+    }
+    if router["match"]["listener"]["filterChain"]["filter"]["name"]
+        != json!("envoy.filters.network.http_connection_manager")
+    {
+        p("the router patch must match the HTTP connection manager".into());
+    }
+    let value = &router["patch"]["value"];
+    if value["typed_config"]["@type"]
+        != json!("type.googleapis.com/envoy.extensions.filters.http.router.v3.Router")
+    {
+        p(format!(
+            "router typed_config is {}",
+            value["typed_config"]["@type"]
+        ));
+    }
+    let filters = value["typed_config"]["upstream_http_filters"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let names: Vec<&str> = filters
+        .iter()
+        .map(|f| f["name"].as_str().unwrap_or_default())
+        .collect();
+    if names != [resource_name.as_str(), UPSTREAM_CODEC] {
+        p(format!(
+            "upstream_http_filters must be [{resource_name}, {UPSTREAM_CODEC}] (the codec last), are {names:?}"
+        ));
+    }
+    if let Some(f) = filters.first() {
+        let cd = &f["config_discovery"];
+        let types: Vec<&str> = cd["type_urls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if cd["config_source"]["ads"].is_null() || !types.contains(&WASM_TYPE) {
+            p(format!(
+                "{resource_name} must come by ADS as a Wasm filter (config_discovery), is {f}"
+            ));
+        }
+        if !types.contains(&"type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC") {
+            p(
+                "type_urls must allow RBAC: istio-agent sends an RBAC filter when the pull fails"
+                    .into(),
+            );
+        }
+    }
+
+    // Where: the WasmPlugin's workloads (sidecar) or a waypoint.
+    let m = &router["match"];
+    let selector = &ef.spec()["workloadSelector"];
+    if !selector.is_null() {
+        if selector["labels"] != wp["selector"]["matchLabels"] {
+            p(format!(
+                "workloadSelector {} is not the WasmPlugin's selector {}",
+                selector["labels"], wp["selector"]["matchLabels"]
+            ));
+        }
+        if m["context"] != json!("SIDECAR_OUTBOUND") {
+            p(format!(
+                "in a sidecar the client's routes are SIDECAR_OUTBOUND, not {}",
+                m["context"]
+            ));
+        }
+        let port = m["listener"]["portNumber"].as_u64();
+        let service_ports: Vec<u64> = services
+            .iter()
+            .flat_map(|s| s.spec()["ports"].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| p["port"].as_u64())
+            .collect();
+        if !port.is_some_and(|p| service_ports.contains(&p)) {
+            p(format!(
+                "listener portNumber {port:?} is no Service port of istio/ ({service_ports:?})"
+            ));
+        }
+    } else {
+        let refs = ef.spec()["targetRefs"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if refs.is_empty()
+            || refs.iter().any(|r| {
+                r["kind"] != json!("Gateway") || r["group"] != json!("gateway.networking.k8s.io")
+            })
+        {
+            p(format!(
+                "a waypoint EnvoyFilter targets the waypoint's Gateway, not {refs:?}"
+            ));
+        }
+        // istiod patches a waypoint's main_internal listener in the
+        // SIDECAR_INBOUND context (WAYPOINT is not implemented yet).
+        if m["context"] != json!("SIDECAR_INBOUND")
+            || m["listener"]["name"] != json!("main_internal")
+        {
+            p(format!(
+                "a waypoint's routes are on listener main_internal in context SIDECAR_INBOUND, not {m}"
+            ));
+        }
+        let chain = m["listener"]["filterChain"]["name"].as_str();
+        let chains: Vec<String> = services
+            .iter()
+            .flat_map(|s| {
+                let fqdn = istio::fqdn(s.name(), s.namespace());
+                s.spec()["ports"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(move |p| {
+                        p["port"]
+                            .as_u64()
+                            .map(|port| format!("inbound-vip|{port}|http|{fqdn}"))
+                    })
+            })
+            .collect();
+        if chain.is_some_and(|c| !chains.iter().any(|x| x == c)) {
+            p(format!(
+                "filter chain {chain:?} is no Service's waypoint chain ({chains:?})"
+            ));
+        }
+    }
+    problems
+}
+
+#[test]
+fn upstream_instances_pair_with_the_wasmplugin() {
+    let all = manifests();
+    let plugin = istio::of_kind(&all, "WasmPlugin")[0];
+    let services = istio::of_kind(&all, "Service");
+    let filters = istio::of_kind(&all, "EnvoyFilter");
+    let files: Vec<&str> = filters.iter().map(|f| f.file.as_str()).collect();
+    for f in [
+        "envoyfilter-upstream.yaml",
+        "envoyfilter-upstream-waypoint.yaml",
+    ] {
+        assert!(files.contains(&f), "istio/{f} is missing: {files:?}");
+    }
+    let mut problems = Vec::new();
+    for ef in &filters {
+        for p in upstream_problems(ef, plugin, &services) {
+            problems.push(format!("{}: {p}", ef.label()));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // One sidecar and one waypoint variant.
+    assert!(filters
+        .iter()
+        .any(|f| !f.spec()["workloadSelector"].is_null()));
+    assert!(filters.iter().any(|f| !f.spec()["targetRefs"].is_null()));
+}
+
+/// The EnvoyFilter checks fail on the mistakes they exist for.
+#[test]
+fn the_upstream_checks_catch_known_mistakes() {
+    let crds = load_crds();
+    let all = manifests();
+    let plugin = istio::of_kind(&all, "WasmPlugin")[0];
+    let services = istio::of_kind(&all, "Service");
+    let find = |file: &str| {
+        all.iter()
+            .find(|m| m.file == file)
+            .unwrap_or_else(|| panic!("istio/{file}"))
+            .clone()
+    };
+    let sidecar = find("envoyfilter-upstream.yaml");
+    let waypoint = find("envoyfilter-upstream-waypoint.yaml");
+    let mutate = |m: &Manifest, f: &dyn Fn(&mut Value)| {
+        let mut m = m.clone();
+        f(&mut m.doc);
+        m
+    };
+    fn wasm(d: &mut Value) -> &mut Value {
+        &mut d["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["config"]
+    }
+    let set_config = |text: &str| {
+        let text = text.to_string();
+        move |d: &mut Value| wasm(d)["configuration"]["value"] = json!(text.clone())
+    };
+    // Against the CRD.
+    let crd_bad: Vec<(&str, Manifest)> = vec![
+        (
+            "misspelt field",
+            mutate(&sidecar, &|d| {
+                d["spec"]["configPatch"] = d["spec"]["configPatches"].clone()
+            }),
+        ),
+        (
+            "applyTo",
+            mutate(&sidecar, &|d| {
+                d["spec"]["configPatches"][1]["applyTo"] = json!("UPSTREAM_HTTP_FILTER")
+            }),
+        ),
+        (
+            "workloadSelector and targetRefs",
+            mutate(&waypoint, &|d| {
+                d["spec"]["workloadSelector"] = json!({"labels": {"app": "frontend"}})
+            }),
+        ),
+        (
+            "WAYPOINT context without a waypoint match",
+            mutate(&waypoint, &|d| {
+                d["spec"]["configPatches"][1]["match"]["context"] = json!("WAYPOINT")
+            }),
+        ),
+        (
+            "waypoint match outside WAYPOINT",
+            mutate(&waypoint, &|d| {
+                d["spec"]["configPatches"][1]["match"]["waypoint"] = json!({"portNumber": 9080})
+            }),
+        ),
+        (
+            "cross-namespace targetRef",
+            mutate(&waypoint, &|d| {
+                d["spec"]["targetRefs"][0]["namespace"] = json!("istio-system")
+            }),
+        ),
+    ];
+    for (what, m) in &crd_bad {
+        assert!(
+            !crd_problems(&crds, m).is_empty(),
+            "the CRD check misses: {what}"
+        );
+    }
+    // Against the pairing rules.
+    let pairing_bad: Vec<(&str, Manifest)> = vec![
+        (
+            "plugin name without the namespace",
+            mutate(&sidecar, &|d| {
+                wasm(d)["name"] = json!("meshguard");
+            }),
+        ),
+        (
+            "own vm_id",
+            mutate(&sidecar, &|d| {
+                wasm(d)["vm_config"]["vm_id"] = json!("meshguard");
+            }),
+        ),
+        (
+            "the WasmPlugin's root_id",
+            mutate(&sidecar, &|d| {
+                wasm(d)["root_id"] = json!("meshguard");
+            }),
+        ),
+        (
+            "another module",
+            mutate(&sidecar, &|d| {
+                wasm(d)["vm_config"]["code"]["remote"]["http_uri"]["uri"] =
+                    json!("oci://registry.example.com/shop/meshguard:0.0.9");
+            }),
+        ),
+        (
+            "downstream mode",
+            mutate(
+                &sidecar,
+                &set_config(r#"{"detection": {"windowSize": 100}}"#),
+            ),
+        ),
+        (
+            "steering in the upstream instance",
+            mutate(
+                &sidecar,
+                &set_config(r#"{"mode": "upstream", "steering": {"header": "x"}}"#),
+            ),
+        ),
+        (
+            "other thresholds",
+            mutate(
+                &waypoint,
+                &set_config(r#"{"mode": "upstream", "detection": {"windowSize": 50}}"#),
+            ),
+        ),
+        (
+            "codec not last",
+            mutate(&sidecar, &|d| {
+                let v = &mut d["spec"]["configPatches"][1]["patch"]["value"]["typed_config"]
+                    ["upstream_http_filters"];
+                let a = v.as_array_mut().expect("list");
+                a.reverse();
+            }),
+        ),
+        (
+            "router replaced",
+            mutate(&sidecar, &|d| {
+                d["spec"]["configPatches"][1]["patch"]["operation"] = json!("REPLACE")
+            }),
+        ),
+        (
+            "other workloads",
+            mutate(&sidecar, &|d| {
+                d["spec"]["workloadSelector"]["labels"] = json!({"app": "reviews"})
+            }),
+        ),
+        (
+            "inbound context in a sidecar",
+            mutate(&sidecar, &|d| {
+                d["spec"]["configPatches"][1]["match"]["context"] = json!("SIDECAR_INBOUND")
+            }),
+        ),
+        (
+            "waypoint chain of an unknown Service",
+            mutate(&waypoint, &|d| {
+                d["spec"]["configPatches"][1]["match"]["listener"]["filterChain"]["name"] =
+                    json!("inbound-vip|9080|http|ratings.shop.svc.cluster.local")
+            }),
+        ),
+        (
+            "a cluster patch of the protocol options",
+            mutate(&sidecar, &|d| {
+                d["spec"]["configPatches"]
+                    .as_array_mut()
+                    .expect("list")
+                    .push(json!({
+                        "applyTo": "CLUSTER",
+                        "match": {"context": "SIDECAR_OUTBOUND"},
+                        "patch": {"operation": "MERGE", "value": {"typed_extension_protocol_options": {}}},
+                    }))
+            }),
+        ),
+    ];
+    for (what, m) in &pairing_bad {
+        assert!(
+            !upstream_problems(m, plugin, &services).is_empty(),
+            "the pairing check misses: {what}"
+        );
+    }
 }
