@@ -58,6 +58,11 @@ pub struct FleetOptions {
     pub plugin_config: Option<String>,
     /// Istio's default retry policy on the routes ([`ISTIO_RETRY_POLICY`]).
     pub istio_retries: bool,
+    /// meshguard's configuration for a second instance of the module in the
+    /// `demo` cluster's upstream filter chain (`{"mode":"upstream",...}`),
+    /// which sees every attempt; None: no upstream instance. See
+    /// [`add_upstream_instance`].
+    pub upstream_config: Option<String>,
 }
 
 impl FleetOptions {
@@ -68,6 +73,7 @@ impl FleetOptions {
             members: (0..hosts).collect(),
             plugin_config: None,
             istio_retries: false,
+            upstream_config: None,
         }
     }
 
@@ -85,6 +91,41 @@ impl FleetOptions {
         self.istio_retries = on;
         self
     }
+
+    /// Loads meshguard a second time as an upstream HTTP filter of the
+    /// `demo` cluster with this configuration (None: not at all).
+    pub fn upstream_instance(mut self, config: Option<&str>) -> Self {
+        self.upstream_config = config.map(str::to_string);
+        self
+    }
+}
+
+/// Plugin name, VM id and root id of the downstream instance in
+/// `envoy/demo.yaml.tmpl`; the upstream instance shares the first two (so
+/// it writes into the same records) and has a root id of its own.
+pub const PLUGIN_NAME: &str = "meshguard";
+pub const VM_ID: &str = "meshguard";
+pub const UPSTREAM_ROOT_ID: &str = "meshguard-upstream";
+
+/// Adds meshguard as an upstream HTTP filter of cluster `demo` (the
+/// template's only cluster with `HttpProtocolOptions`): a wasm filter just
+/// before `envoy.filters.http.upstream_codec`, with the downstream
+/// instance's plugin name and VM id, root id [`UPSTREAM_ROOT_ID`] and
+/// `plugin.config` as its configuration. Envoy then runs it once per
+/// attempt, retries included.
+pub fn add_upstream_instance(yaml: &str, plugin: &WasmPlugin) -> Result<String, String> {
+    const CODEC: &str = "        - name: envoy.filters.http.upstream_codec\n";
+    if yaml.matches(CODEC).count() != 1 {
+        return Err(format!(
+            "envoy/demo.yaml.tmpl changed: want exactly one {CODEC:?} (cluster demo's upstream filters)"
+        ));
+    }
+    let wasm = format!(
+        "        - name: envoy.filters.http.wasm\n          typed_config:\n            \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n            config:\n              name: {PLUGIN_NAME}\n              root_id: {UPSTREAM_ROOT_ID}\n              failure_policy: FAIL_OPEN\n              configuration:\n                \"@type\": type.googleapis.com/google.protobuf.StringValue\n                value: '{}'\n              vm_config:\n                vm_id: {VM_ID}\n                runtime: envoy.wasm.runtime.v8\n                code:\n                  local: {{ filename: \"{}\" }}\n",
+        plugin.config.replace('\'', "''"),
+        plugin.wasm_path.display()
+    );
+    Ok(yaml.replace(CODEC, &format!("{wasm}{CODEC}")))
 }
 
 /// Renders the template for an EDS `demo` cluster fed from `eds_file`
@@ -236,12 +277,19 @@ impl EdsFleet {
             "the Envoy 1.40 binary",
             "export MESHGUARD_ENVOY=$(scripts/ensure-envoy.sh)",
         );
-        let wasm = opts.plugin_config.as_ref().map(|config| WasmPlugin {
-            wasm_path: required_env_file(
+        let wasm_path = || {
+            required_env_file(
                 "MESHGUARD_WASM",
                 "the meshguard module (meshguard.wasm)",
                 "`make build` and export MESHGUARD_WASM=$PWD/target/wasm32-wasip1/release/meshguard.wasm",
-            ),
+            )
+        };
+        let wasm = opts.plugin_config.as_ref().map(|config| WasmPlugin {
+            wasm_path: wasm_path(),
+            config: config.clone(),
+        });
+        let upstream = opts.upstream_config.as_ref().map(|config| WasmPlugin {
+            wasm_path: wasm_path(),
             config: config.clone(),
         });
         let dir = paths.tmp_dir.join(test_name);
@@ -258,11 +306,15 @@ impl EdsFleet {
         let meshguard = wasm.is_some();
         let retries = opts.istio_retries;
         let envoy = Envoy::start_with_config(&envoy_bin, &dir, |admin, listen| {
-            render_eds_config(admin, listen, port, &eds_file, wasm, retries)
+            let yaml = render_eds_config(admin, listen, port, &eds_file, wasm, retries)?;
+            match &upstream {
+                Some(u) => add_upstream_instance(&yaml, u),
+                None => Ok(yaml),
+            }
         })
         .unwrap_or_else(|e| panic!("{e}"));
         println!(
-            "envoy pid {} listener {} admin {}; fleet of {} hosts {}..{} (admin {}); {} members; meshguard {}; istio retries {}; logs in {}",
+            "envoy pid {} listener {} admin {}; fleet of {} hosts {}..{} (admin {}); {} members; meshguard {}; upstream instance {}; istio retries {}; logs in {}",
             envoy.pid(),
             envoy.listener,
             envoy.admin,
@@ -272,6 +324,7 @@ impl EdsFleet {
             fleet.admin.admin,
             opts.members.len(),
             if meshguard { "on" } else { "off" },
+            if opts.upstream_config.is_some() { "on" } else { "off" },
             if retries { "on" } else { "off" },
             dir.display()
         );
@@ -621,5 +674,31 @@ mod tests {
         let doc = eds_document(3, &["127.0.1.1:4000".parse().expect("addr")]);
         assert!(doc.contains(r#""port_value":4000"#), "{doc}");
         assert!(doc.contains(r#""version_info":"3""#), "{doc}");
+    }
+
+    #[test]
+    fn upstream_instance_goes_before_the_codec_of_demo() {
+        let yaml = render_eds_config(1, 2, 4000, Path::new("/w/eds/demo.json"), None, true)
+            .expect("render");
+        let plugin = WasmPlugin {
+            wasm_path: PathBuf::from("/m/meshguard.wasm"),
+            config: r#"{"mode":"upstream","x":'y'}"#.to_string(),
+        };
+        let out = add_upstream_instance(&yaml, &plugin).expect("add");
+        let wasm = out
+            .find("root_id: meshguard-upstream")
+            .expect("upstream instance");
+        let codec = out
+            .find("- name: envoy.filters.http.upstream_codec")
+            .expect("codec");
+        let demo = out.find("\n  - name: demo\n").expect("demo");
+        let fallback = out.find("\n  - name: fallback\n").expect("fallback");
+        assert!(demo < wasm && wasm < codec && codec < fallback, "{out}");
+        assert!(
+            out.contains(r#"value: '{"mode":"upstream","x":''y''}'"#),
+            "{out}"
+        );
+        assert!(out.contains("filename: \"/m/meshguard.wasm\""), "{out}");
+        assert!(out[wasm..codec].contains("vm_id: meshguard\n"), "{out}");
     }
 }

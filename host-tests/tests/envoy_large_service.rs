@@ -29,6 +29,9 @@ const RATE: u32 = 300;
 /// ejection would bring it back into warm-up every few seconds, each return
 /// costing a request or two by design, which is not what they measure.
 const CONFIG: &str = r#"{"detection":{"windowSize":20,"minRequests":10},"ejection":{"baseEjectionTime":"30s","maxEjectionTime":"60s","warmupDuration":"4s"},"status":{"enabled":true}}"#;
+/// The upstream instance's configuration for [`CONFIG`]'s downstream one:
+/// the same detection and ejection (an upstream instance takes nothing else).
+const UPSTREAM_CONFIG: &str = r#"{"mode":"upstream","detection":{"windowSize":20,"minRequests":10},"ejection":{"baseEjectionTime":"30s","maxEjectionTime":"60s","warmupDuration":"4s"}}"#;
 /// `host_tests::TEST_PLUGIN_CONFIG` (3 s ejections) and the status endpoint:
 /// for the scale-down test, where the ejection should end while the test
 /// watches steering settle.
@@ -722,30 +725,44 @@ fn e_rolling_replacement_of_100_hosts_with_one_bad() {
 
 /// f. Istio's default retry policy on the route (503 retried on another
 /// host): clients never see the bad host's 503s, and meshguard must still
-/// find it from the retried attempts and keep it out.
-///
-/// Ignored: meshguard runs before the router and sees only the attempt that
-/// answered the client (DESIGN.md, "A downstream filter sees only the last
-/// attempt"), so behind these retries the host looks healthy and keeps 1/N
-/// of the attempts. Run with `-- --ignored` to measure it.
+/// find it and keep it out. Here meshguard runs downstream only and infers
+/// the failed attempts (`upstream.request_attempt_count` and the hosts its
+/// steering list named for the retries).
 #[test]
-#[ignore = "meshguard sees only the last attempt: Istio's retries hide a 503 host from it"]
 fn f_hard_failing_host_among_100_behind_istio_retries() {
+    behind_istio_retries("large_f_istio_retries", "f.", None);
+}
+
+/// f2. The same with a second meshguard instance in the cluster's upstream
+/// filter chain, which sees every attempt.
+#[test]
+fn f2_hard_failing_host_among_100_behind_istio_retries_per_attempt() {
+    behind_istio_retries(
+        "large_f2_istio_retries_per_attempt",
+        "f2.",
+        Some(UPSTREAM_CONFIG),
+    );
+}
+
+/// Host 37 of 100 answers 503 to everything behind Istio's retries; with an
+/// upstream instance configured by `upstream` when Some.
+fn behind_istio_retries(test_name: &str, label: &str, upstream: Option<&str>) {
     let _g = serial();
     const BAD: usize = 37;
     let s = EdsFleet::start(
         host_tests::test_paths!(),
-        "large_f_istio_retries",
+        test_name,
         FleetOptions::new(100)
             .istio_retries(true)
-            .plugin(&plugin_config(CONFIG)),
+            .plugin(&plugin_config(CONFIG))
+            .upstream_instance(upstream),
     );
     let mut d = Driver::new(&s);
-    d.run("f. baseline", 1, None);
+    d.run(&format!("{label} baseline"), 1, None);
     s.set_behaviour(BAD, &Behaviour::status(503));
     // Clients see nothing either way: detection is done when the bad host
     // received at most one attempt over 2 s.
-    let det = d.run_until("f. detection", 15, Some(BAD), |v| {
+    let det = d.run_until(&format!("{label} detection"), 15, Some(BAD), |v| {
         v.len() >= 2 && v[v.len() - 2..].iter().map(|x| x.got(BAD)).sum::<u64>() <= 1
     });
     let det_all = total(&det);
@@ -760,8 +777,12 @@ fn f_hard_failing_host_among_100_behind_istio_retries() {
             det_all.tally
         )
     });
-    println!("f. out after {} s; state {}", det.len(), s.host_state(BAD));
-    let m = total(&d.run("f. measured", 10, Some(BAD)));
+    println!(
+        "{label} out after {} s; state {}",
+        det.len(),
+        s.host_state(BAD)
+    );
+    let m = total(&d.run(&format!("{label} measured"), 10, Some(BAD)));
     let all_not_ok = det_all.tally.not_ok() + m.tally.not_ok();
     s.check(all_not_ok == 0, || {
         format!(
@@ -780,5 +801,12 @@ fn f_hard_failing_host_among_100_behind_istio_retries() {
         )
     });
     let healthy: Vec<usize> = (0..100).filter(|&i| i != BAD).collect();
-    check_fair(&s, "f. healthy hosts", &m.tally, &healthy, 0.5, 1.6);
+    check_fair(
+        &s,
+        &format!("{label} healthy hosts"),
+        &m.tally,
+        &healthy,
+        0.5,
+        1.6,
+    );
 }
