@@ -174,8 +174,12 @@ impl Service {
         let steering = state
             .header(MapType::RequestHeaders, STEER)
             .map(<[u8]>::to_vec);
+        // override_host takes `ip:port` or a list, whose first entry is for
+        // the first attempt (the others for retries, which this simulated
+        // service does not make).
         let chosen = steering
             .as_deref()
+            .and_then(|v| v.split(|b| *b == b',').next())
             .and_then(|v| self.hosts.iter().position(|h| h.as_bytes() == v));
         let (host, steered) = match chosen {
             Some(host) => (host, true),
