@@ -23,6 +23,8 @@ pub enum Kind {
 pub const CATALOGUE: &[(&str, Kind, &str, &str)] = &[
     ("requests", Kind::Counter, "service", "requests whose outcome meshguard recorded"),
     ("failures", Kind::Counter, "service, kind", "failed requests by kind: server_error, gateway, status, grpc, local_origin, client_cancelled"),
+    ("attempts", Kind::Counter, "service", "attempts an upstream instance (mode upstream) recorded, retried ones included"),
+    ("attempt_failures", Kind::Counter, "service, kind", "failed attempts an upstream instance recorded, by kind as failures"),
     ("transitions", Kind::Counter, "service, from, to", "host grade changes"),
     ("ejections", Kind::Counter, "service, reason", "ejections by reason: failure_rate, consecutive, warmup_failure"),
     ("host_ejections", Kind::Counter, "service, host", "ejections of one host"),

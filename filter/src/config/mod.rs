@@ -299,8 +299,10 @@ impl Config {
             ConfigError::new("(configuration)", format!("is not valid JSON: {err}"))
         })?;
         let root = Object::root(&value)?;
-        let mut config = Config::default();
-        config.mode = mode(&root)?;
+        let mut config = Config {
+            mode: mode(&root)?,
+            ..Config::default()
+        };
         if config.mode == Mode::Upstream {
             // An upstream instance sees one attempt, not the request: it
             // cannot steer, answer, or rewrite what the client gets.

@@ -207,7 +207,7 @@ impl Plan {
             }
             let target = &group.targets[self.alternate_next % len];
             self.alternate_next = self.alternate_next.wrapping_add(1);
-            if *target.address != *first && !out.iter().any(|a| *a == target.address) {
+            if *target.address != *first && !out.contains(&target.address) {
                 out.push(Rc::clone(&target.address));
             }
         }

@@ -6,6 +6,7 @@ use super::host::Host;
 use super::metrics::Metrics;
 use super::unit::Unit;
 use crate::breaker::BreakerState;
+use crate::config::Mode;
 use crate::health::HostState;
 use crate::metrics::{self as names, FAILURE_KINDS};
 use crate::service::Event;
@@ -69,13 +70,15 @@ impl Reporter {
         let counts = std::mem::take(&mut unit.counts);
         let key = unit.key.as_str();
         let metrics = &mut self.metrics;
-        metrics.add(
-            host,
-            names::service_metric("requests", key),
-            counts.requests,
-        );
+        // An upstream instance counts attempts, not the requests the
+        // downstream instance counts already.
+        let (requests, failures) = match unit.config.mode {
+            Mode::Downstream => ("requests", "failures"),
+            Mode::Upstream => ("attempts", "attempt_failures"),
+        };
+        metrics.add(host, names::service_metric(requests, key), counts.requests);
         for (kind, count) in FAILURE_KINDS.iter().zip(counts.failures) {
-            metrics.add(host, names::labelled("failures", key, "kind", kind), count);
+            metrics.add(host, names::labelled(failures, key, "kind", kind), count);
         }
         metrics.add(host, names::service_metric("steered", key), counts.steered);
         metrics.add(
