@@ -54,15 +54,11 @@ impl Stream {
         let detection = &config.detection;
         let outcome = match self.status {
             Some(status) => {
-                let duration_ms = self
-                    .request_at_ms
-                    .zip(self.response_at_ms)
-                    .map(|(start, end)| end.saturating_sub(start));
                 let facts = ResponseFacts {
                     status,
                     flags: 0,
                     grpc_status: self.grpc_status,
-                    duration_ms,
+                    duration_ms: self.duration_ms(),
                     from_this_filter: false,
                 };
                 classify::classify(&facts, detection)

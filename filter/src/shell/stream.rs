@@ -55,6 +55,13 @@ pub struct Stream {
 }
 
 impl Stream {
+    /// Request headers to response headers, when both were timed.
+    pub(super) fn duration_ms(&self) -> Option<u64> {
+        self.request_at_ms
+            .zip(self.response_at_ms)
+            .map(|(start, end)| end.saturating_sub(start))
+    }
+
     fn cluster(&mut self) -> Option<&str> {
         if self.cluster.is_none() {
             self.cluster = props::cluster_name();
@@ -227,10 +234,7 @@ impl Stream {
         } else {
             0
         };
-        let duration_ms = self
-            .request_at_ms
-            .zip(self.response_at_ms)
-            .map(|(start, end)| end.saturating_sub(start));
+        let duration_ms = self.duration_ms();
         let facts = ResponseFacts {
             status,
             flags,
