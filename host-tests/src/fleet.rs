@@ -58,11 +58,26 @@ pub struct FleetOptions {
     pub plugin_config: Option<String>,
     /// Istio's default retry policy on the routes ([`ISTIO_RETRY_POLICY`]).
     pub istio_retries: bool,
-    /// meshguard's configuration for a second instance of the module in the
-    /// `demo` cluster's upstream filter chain (`{"mode":"upstream",...}`),
-    /// which sees every attempt; None: no upstream instance. See
-    /// [`add_upstream_instance`].
+    /// meshguard's configuration for a second instance of the module as an
+    /// upstream HTTP filter (`{"mode":"upstream",...}`), which sees every
+    /// attempt; None: no upstream instance. See [`add_upstream_instance`].
     pub upstream_config: Option<String>,
+    /// Where that upstream instance goes.
+    pub upstream_placement: UpstreamPlacement,
+}
+
+/// Where [`FleetOptions::upstream_config`]'s instance is placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamPlacement {
+    /// In cluster `demo`'s `HttpProtocolOptions.http_filters`, before its
+    /// upstream codec (and after the template's header_mutation).
+    #[default]
+    Cluster,
+    /// In the listener router's `upstream_http_filters` (wasm filter, then
+    /// `envoy.filters.http.upstream_codec`), the cluster left without
+    /// upstream filters of its own: what `istio/envoyfilter-upstream.yaml`
+    /// does.
+    Router,
 }
 
 impl FleetOptions {
@@ -74,6 +89,7 @@ impl FleetOptions {
             plugin_config: None,
             istio_retries: false,
             upstream_config: None,
+            upstream_placement: UpstreamPlacement::Cluster,
         }
     }
 
@@ -96,6 +112,17 @@ impl FleetOptions {
     /// `demo` cluster with this configuration (None: not at all).
     pub fn upstream_instance(mut self, config: Option<&str>) -> Self {
         self.upstream_config = config.map(str::to_string);
+        self.upstream_placement = UpstreamPlacement::Cluster;
+        self
+    }
+
+    /// Loads meshguard a second time as an upstream HTTP filter of the
+    /// listener's router, Istio's way (None: not at all); cluster `demo`
+    /// then has no upstream filters of its own. See
+    /// [`add_upstream_instance_on_router`].
+    pub fn upstream_instance_on_router(mut self, config: Option<&str>) -> Self {
+        self.upstream_config = config.map(str::to_string);
+        self.upstream_placement = UpstreamPlacement::Router;
         self
     }
 }
@@ -120,12 +147,72 @@ pub fn add_upstream_instance(yaml: &str, plugin: &WasmPlugin) -> Result<String, 
             "envoy/demo.yaml.tmpl changed: want exactly one {CODEC:?} (cluster demo's upstream filters)"
         ));
     }
-    let wasm = format!(
-        "        - name: envoy.filters.http.wasm\n          typed_config:\n            \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n            config:\n              name: {PLUGIN_NAME}\n              root_id: {UPSTREAM_ROOT_ID}\n              failure_policy: FAIL_OPEN\n              configuration:\n                \"@type\": type.googleapis.com/google.protobuf.StringValue\n                value: '{}'\n              vm_config:\n                vm_id: {VM_ID}\n                runtime: envoy.wasm.runtime.v8\n                code:\n                  local: {{ filename: \"{}\" }}\n",
+    let wasm = upstream_wasm_filter(plugin, 8);
+    Ok(yaml.replace(CODEC, &format!("{wasm}{CODEC}")))
+}
+
+/// Adds meshguard's upstream instance (as [`add_upstream_instance`]
+/// renders it) the way `istio/envoyfilter-upstream.yaml` does: the
+/// listener's router gets `upstream_http_filters: [wasm,
+/// envoy.filters.http.upstream_codec]`, and cluster `demo` loses its own
+/// `http_filters` (Envoy uses the router's list only for clusters without
+/// one), keeping the rest of its `HttpProtocolOptions`. The template's
+/// cluster filter that strips the steering header goes with them, as under
+/// Istio.
+pub fn add_upstream_instance_on_router(yaml: &str, plugin: &WasmPlugin) -> Result<String, String> {
+    const ROUTER: &str = "          - name: envoy.filters.http.router\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router\n";
+    const CLUSTER_FILTERS: &str = "\n        http_filters:\n";
+    let anchor = |what: &str| format!("envoy/demo.yaml.tmpl changed: want exactly one {what:?}");
+    if yaml.matches(ROUTER).count() != 1 {
+        return Err(anchor(ROUTER));
+    }
+    if yaml.matches(CLUSTER_FILTERS).count() != 1 {
+        return Err(anchor(CLUSTER_FILTERS));
+    }
+    // Cluster demo's filters: the key and every line indented deeper.
+    let start = yaml
+        .find(CLUSTER_FILTERS)
+        .map(|i| i + 1)
+        .unwrap_or_default();
+    let body = start + CLUSTER_FILTERS.len() - 1;
+    let end = yaml[body..]
+        .match_indices('\n')
+        .map(|(i, _)| body + i + 1)
+        .find(|&i| {
+            let line = &yaml[i..];
+            let indent = line.len() - line.trim_start_matches(' ').len();
+            let item = indent == 8 && line[8..].starts_with("- ");
+            indent <= 8 && !item && !line.starts_with('\n')
+        })
+        .ok_or_else(|| anchor("the end of cluster demo's http_filters"))?;
+    // And the comment above them, which is about them.
+    let mut start = start;
+    while let Some(prev) = yaml[..start.saturating_sub(1)].rfind('\n') {
+        if !yaml[prev + 1..start].starts_with("        #") {
+            break;
+        }
+        start = prev + 1;
+    }
+    let mut out = String::with_capacity(yaml.len() + 1024);
+    out.push_str(&yaml[..start]);
+    out.push_str(&yaml[end..]);
+    let filters = format!(
+        "              upstream_http_filters:\n{}              - name: envoy.filters.http.upstream_codec\n                typed_config:\n                  \"@type\": type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec\n",
+        upstream_wasm_filter(plugin, 14)
+    );
+    Ok(out.replace(ROUTER, &format!("{ROUTER}{filters}")))
+}
+
+/// The upstream instance's wasm filter as a YAML list item, every line
+/// indented by `indent` spaces.
+fn upstream_wasm_filter(plugin: &WasmPlugin, indent: usize) -> String {
+    let item = format!(
+        "- name: envoy.filters.http.wasm\n  typed_config:\n    \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n    config:\n      name: {PLUGIN_NAME}\n      root_id: {UPSTREAM_ROOT_ID}\n      failure_policy: FAIL_OPEN\n      configuration:\n        \"@type\": type.googleapis.com/google.protobuf.StringValue\n        value: '{}'\n      vm_config:\n        vm_id: {VM_ID}\n        runtime: envoy.wasm.runtime.v8\n        code:\n          local: {{ filename: \"{}\" }}\n",
         plugin.config.replace('\'', "''"),
         plugin.wasm_path.display()
     );
-    Ok(yaml.replace(CODEC, &format!("{wasm}{CODEC}")))
+    let pad = " ".repeat(indent);
+    item.lines().map(|l| format!("{pad}{l}\n")).collect()
 }
 
 /// Renders the template for an EDS `demo` cluster fed from `eds_file`
@@ -305,11 +392,13 @@ impl EdsFleet {
             .unwrap_or_else(|e| panic!("write {}: {e}", eds_file.display()));
         let meshguard = wasm.is_some();
         let retries = opts.istio_retries;
+        let placement = opts.upstream_placement;
         let envoy = Envoy::start_with_config(&envoy_bin, &dir, |admin, listen| {
             let yaml = render_eds_config(admin, listen, port, &eds_file, wasm, retries)?;
-            match &upstream {
-                Some(u) => add_upstream_instance(&yaml, u),
-                None => Ok(yaml),
+            match (&upstream, placement) {
+                (Some(u), UpstreamPlacement::Cluster) => add_upstream_instance(&yaml, u),
+                (Some(u), UpstreamPlacement::Router) => add_upstream_instance_on_router(&yaml, u),
+                (None, _) => Ok(yaml),
             }
         })
         .unwrap_or_else(|e| panic!("{e}"));
@@ -324,7 +413,11 @@ impl EdsFleet {
             fleet.admin.admin,
             opts.members.len(),
             if meshguard { "on" } else { "off" },
-            if opts.upstream_config.is_some() { "on" } else { "off" },
+            match (&opts.upstream_config, placement) {
+                (None, _) => "off",
+                (Some(_), UpstreamPlacement::Cluster) => "on (cluster)",
+                (Some(_), UpstreamPlacement::Router) => "on (router)",
+            },
             if retries { "on" } else { "off" },
             dir.display()
         );
@@ -700,5 +793,51 @@ mod tests {
         );
         assert!(out.contains("filename: \"/m/meshguard.wasm\""), "{out}");
         assert!(out[wasm..codec].contains("vm_id: meshguard\n"), "{out}");
+    }
+
+    #[test]
+    fn upstream_instance_on_router_replaces_demo_filters() {
+        let yaml = render_eds_config(1, 2, 4000, Path::new("/w/eds/demo.json"), None, true)
+            .expect("render");
+        let plugin = WasmPlugin {
+            wasm_path: PathBuf::from("/m/meshguard.wasm"),
+            config: r#"{"mode":"upstream","x":'y'}"#.to_string(),
+        };
+        let cluster = add_upstream_instance(&yaml, &plugin).expect("cluster");
+        let out = add_upstream_instance_on_router(&yaml, &plugin).expect("router");
+        let router = out.find("router.v3.Router\n").expect("router");
+        let demo = out.find("\n  - name: demo\n").expect("demo");
+        let fallback = out.find("\n  - name: fallback\n").expect("fallback");
+        let cluster_demo = &out[demo..fallback];
+        assert!(!cluster_demo.contains("http_filters"), "{cluster_demo}");
+        assert!(!cluster_demo.contains("upstream_codec"), "{cluster_demo}");
+        assert!(
+            cluster_demo.contains("use_downstream_protocol_config:"),
+            "{cluster_demo}"
+        );
+        assert!(
+            cluster_demo.contains("    load_balancing_policy:\n"),
+            "{cluster_demo}"
+        );
+        let list = out[router..]
+            .find("\n              upstream_http_filters:\n              - name: envoy.filters.http.wasm\n")
+            .map(|i| router + i)
+            .expect("upstream_http_filters right after the router's type");
+        let wasm = out.find("root_id: meshguard-upstream").expect("wasm");
+        let codec = out
+            .find("              - name: envoy.filters.http.upstream_codec\n")
+            .expect("codec");
+        assert!(list < wasm && wasm < codec && codec < demo, "{out}");
+        assert_eq!(
+            out.matches("- name: envoy.filters.http.upstream_codec")
+                .count(),
+            1,
+            "{out}"
+        );
+        // The same filter as on the cluster, 6 spaces deeper.
+        let on_cluster = upstream_wasm_filter(&plugin, 8);
+        assert!(cluster.contains(&on_cluster), "{cluster}");
+        let deeper: String = on_cluster.lines().map(|l| format!("      {l}\n")).collect();
+        assert!(out.contains(&deeper), "{out}");
     }
 }

@@ -12,7 +12,10 @@
 //!   hosts its steering list named for the retries;
 //! - **per-attempt**: the same plus a second instance of the module in the
 //!   cluster's upstream filter chain (`"mode":"upstream"`), which sees every
-//!   attempt and grades into the downstream instance's records.
+//!   attempt and grades into the downstream instance's records;
+//! - **per-attempt (router)**: the same second instance placed as
+//!   `istio/envoyfilter-upstream.yaml` places it, in the router's
+//!   `upstream_http_filters`, the cluster without upstream filters.
 //!
 //! and prints a side-by-side table of the three (attempts the bad host gets
 //! per second before and after detection, upstream attempts per client
@@ -80,6 +83,7 @@ enum Mode {
     RetriesOnly,
     DownstreamOnly,
     PerAttempt,
+    PerAttemptRouter,
 }
 
 impl Mode {
@@ -88,6 +92,7 @@ impl Mode {
             Mode::RetriesOnly => "retries only",
             Mode::DownstreamOnly => "downstream-only",
             Mode::PerAttempt => "per-attempt",
+            Mode::PerAttemptRouter => "per-attempt (router)",
         }
     }
 
@@ -96,6 +101,7 @@ impl Mode {
             Mode::RetriesOnly => "baseline",
             Mode::DownstreamOnly => "downstream",
             Mode::PerAttempt => "upstream",
+            Mode::PerAttemptRouter => "upstream_router",
         }
     }
 
@@ -114,6 +120,24 @@ impl Mode {
             Mode::RetriesOnly => opts,
             Mode::DownstreamOnly => opts.plugin(&downstream),
             Mode::PerAttempt => opts.plugin(&downstream).upstream_instance(Some(&upstream)),
+            Mode::PerAttemptRouter => opts
+                .plugin(&downstream)
+                .upstream_instance_on_router(Some(&upstream)),
+        }
+    }
+
+    /// An upstream instance feeds the records: the status endpoint must say
+    /// the service is graded from attempts.
+    fn per_attempt(self) -> bool {
+        matches!(self, Mode::PerAttempt | Mode::PerAttemptRouter)
+    }
+
+    /// Client errors this mode may add over the retries-only baseline. The
+    /// router placement is held to what Istio's retries promise: none.
+    fn error_slack(self) -> u64 {
+        match self {
+            Mode::PerAttemptRouter => 0,
+            _ => ERROR_SLACK,
         }
     }
 }
@@ -316,6 +340,8 @@ struct Row {
     /// meshguard's `inferred_attempts` and `unattributed_retries` of `demo`.
     inferred: u64,
     unattributed: u64,
+    /// The status endpoint's `gradedFrom` for `demo` at the end.
+    graded_from: String,
 }
 
 fn per_second(n: u64, secs: usize) -> f64 {
@@ -393,8 +419,19 @@ fn measure(fault: Fault, mode: Mode, hosts: usize) -> (Row, Vec<String>) {
         },
         inferred: s.meshguard_counter("inferred_attempts"),
         unattributed: s.meshguard_counter("unattributed_retries"),
+        graded_from: if meshguard {
+            graded_from(&s)
+        } else {
+            "-".to_string()
+        },
     };
     println!("{label}: {row:?}");
+    if mode.per_attempt() && row.graded_from != "attempts" {
+        problems.push(format!(
+            "{label}: with an upstream instance, service demo should be graded from attempts; gradedFrom is {:?}",
+            row.graded_from
+        ));
+    }
     if detected {
         match fault {
             Fault::Grey => {
@@ -423,6 +460,20 @@ fn measure(fault: Fault, mode: Mode, hosts: usize) -> (Row, Vec<String>) {
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.fail(&msg)));
     }
     (row, problems)
+}
+
+/// The status endpoint's `gradedFrom` of service `demo` ("?" when absent).
+fn graded_from(s: &EdsFleet) -> String {
+    s.status()
+        .ok()
+        .and_then(|st| {
+            st["services"].as_array()?.iter().find_map(|v| {
+                (v["service"] == "demo")
+                    .then(|| v["gradedFrom"].as_str().map(str::to_string))
+                    .flatten()
+            })
+        })
+        .unwrap_or_else(|| "?".to_string())
 }
 
 /// The table for one fault, as Markdown.
@@ -467,9 +518,10 @@ fn compare(fault: Fault, hosts: usize, modes: &[Mode]) {
     for &mode in modes {
         let (row, p) = measure(fault, mode, hosts);
         problems.extend(p);
-        if row.client_errors > base.client_errors + ERROR_SLACK {
+        let slack = mode.error_slack();
+        if row.client_errors > base.client_errors + slack {
             problems.push(format!(
-                "{} / {}: clients saw {} errors, retries alone {} (want at most {ERROR_SLACK} more)",
+                "{} / {}: clients saw {} errors, retries alone {} (want at most {slack} more)",
                 fault.slug(),
                 mode.name(),
                 row.client_errors,
@@ -515,4 +567,14 @@ fn refusing_host_is_ejected_behind_istio_retries() {
         HOSTS,
         &[Mode::DownstreamOnly, Mode::PerAttempt],
     );
+}
+
+/// A host answering 503 to everything, with the upstream instance where
+/// `istio/envoyfilter-upstream.yaml` puts it (the router's
+/// `upstream_http_filters`, no cluster filters): graded Unhealthy from
+/// attempts, then no attempts, and no client error the retries alone do
+/// not show.
+#[test]
+fn hard_503_host_is_ejected_with_upstream_instance_on_router() {
+    compare(Fault::Hard, HOSTS, &[Mode::PerAttemptRouter]);
 }
