@@ -142,13 +142,11 @@ fn a_grade_reaches_the_other_vm_on_its_tick_and_steers() {
             .header(MapType::RequestHeaders, STEER)
             .expect("steered")
             .to_vec();
-        // `first,second`: the host, then one for a retry (override_host
-        // takes a list); neither is the ejected one.
+        // The host (and, while retries hide failures, hosts for its
+        // retries: override_host takes a list); never the ejected one.
         let value = String::from_utf8(value).unwrap();
         let named: Vec<&str> = value.split(',').collect();
-        assert_eq!(named.len(), 2, "{value}");
         assert!(named.iter().all(|h| *h != B), "{value}");
-        assert_ne!(named[0], named[1], "{value}");
         chosen.push(named[0].to_string());
         // Clients never see the steering header.
         assert_eq!(stream.header(MapType::ResponseHeaders, STEER), None);

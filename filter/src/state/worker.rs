@@ -388,7 +388,6 @@ impl<H: Host> Worker<H> {
     /// hosts are below full weight.
     pub fn steer(&mut self, cluster: &str, scope: &str) -> Option<Steer<'_>> {
         let position = self.find(cluster, scope)?;
-        let now = self.clock_ms;
         let Unit {
             plan,
             config,
@@ -396,9 +395,9 @@ impl<H: Host> Worker<H> {
             unknown_percent,
             discovery_per_mille,
             discovery_paused,
-            snapshot,
             steer_value,
             alternates,
+            attributing,
             ..
         } = &mut self.units[position];
         let plan = plan.as_mut()?;
@@ -425,11 +424,13 @@ impl<H: Host> Worker<H> {
             ""
         };
         let steered_retry_on = if plan.mostly_healthy { retry_on } else { "" };
-        // Name the hosts of its retries too, so that a retried request says
-        // whose attempts failed; not when an upstream instance sees every
-        // attempt, nor in base64 (a session header holds one host).
-        let name_retries =
-            steering.encoding == Encoding::Plain && snapshot.attempts_until_ms <= now;
+        // While retries hide failures, name the hosts of its retries too,
+        // so that a retried request says whose attempts failed (never when
+        // an upstream instance sees every attempt, nor in base64: a session
+        // header holds one host; see `after_sync`). Not otherwise: a named
+        // host takes over from a steered host that has left, where Envoy's
+        // balancer would spread those requests over new hosts too.
+        let name_retries = *attributing;
         match plan.pick(per_mille)? {
             Choice::Host(target) => {
                 counts.steered += 1;
