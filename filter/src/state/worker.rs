@@ -86,7 +86,8 @@ const RELIST_WITHIN_MS: u64 = 5_000;
 const DISCOVERY_SAMPLE: u16 = 64;
 
 /// A downstream instance sees a request's last attempt only. Of the
-/// requests it does not steer it reads `upstream.request_attempt_count`
+/// requests it does not steer (nothing is steering the service) it reads
+/// `upstream.request_attempt_count`
 /// on one in this many (a property read costs about 6 % of the filter's
 /// work): a retried one means earlier attempts failed on hosts it cannot
 /// name, so it starts steering with the retries' hosts named (see
@@ -619,7 +620,10 @@ impl<H: Host> Worker<H> {
                     }
                 }
             }
-            Routed::Envoy | Routed::Discovery if !fed && !upstream => {
+            // Not a request left to Envoy by discovery: while a host is
+            // ejected those carry meshguard's own retry policy, and one
+            // retried is most likely explained by that host.
+            Routed::Envoy if !fed && !upstream => {
                 unit.unsampled += 1;
                 if unit.unsampled >= ATTEMPT_SAMPLE {
                     unit.unsampled = 0;
