@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # `make bench`: builds what the benchmark needs and runs it (bench/runner).
 #   1. instructions: Envoy instructions per request under callgrind (plain
-#      Envoy, a do-nothing Rust wasm filter, meshguard healthy, steering
-#      around an ejected host, one host failing 40 %) at 3, 100 and 1,000
-#      upstream hosts, 2 repeats; idle instructions/s; wasm memory per VM
-#      (about 30 minutes);
+#      Envoy, a do-nothing Rust wasm filter, meshguard healthy, healthy
+#      with the upstream instance on the router, steering around an ejected
+#      host, one host failing 40 %) at 3, 100 and 1,000 upstream hosts, 2
+#      repeats; idle instructions/s; wasm memory per VM (about 36 minutes);
 #   2. overhead: wrk through Envoy (1 worker) for plain Envoy, a do-nothing
 #      Rust wasm filter, meshguard healthy, meshguard steering; 5 rounds
 #      interleaved (wall clock);
@@ -16,7 +16,7 @@
 # Knobs (see bench/runner/src/main.rs): BENCH_QUICK=1 (smoke run, results in
 # target/bench-quick), BENCH_ONLY=instructions|overhead|incidents (comma
 # list; the other parts' results already in BENCH_OUT are kept),
-# BENCH_INSTR_SIZES=3,100,1000, BENCH_INSTR_ROWS=Plain,Noop,Healthy,Steering,Failure,
+# BENCH_INSTR_SIZES=3,100,1000, BENCH_INSTR_ROWS=Plain,Noop,Healthy,Upstream,Steering,Failure,
 # BENCH_INSTR_REPEATS, BENCH_INSTR_REQUESTS, BENCH_INSTR_WARMUP, BENCH_INSTR_IDLE_S,
 # BENCH_SCENARIOS=a,b, BENCH_ROUNDS, BENCH_SECONDS, BENCH_RATE, BENCH_PIN=0, BENCH_OUT.
 set -euo pipefail

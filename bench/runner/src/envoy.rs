@@ -38,11 +38,17 @@ pub struct Spec {
     pub access_log: bool,
     pub concurrency: u32,
     pub upstream_ports: [u16; 3],
+    /// meshguard's upstream instance (the module of `filter`) in the
+    /// listener's router with this configuration, Istio's placement (see
+    /// [`host_tests::fleet::add_upstream_instance_on_router`]; cluster
+    /// `demo` then loses its own upstream filters).
+    pub upstream_instance: Option<String>,
 }
 
 /// Renders the template for `spec` with Envoy on `admin`/`listen`: the
 /// tests' renderer (meshguard block, variables), then what only the bench
-/// varies: the access log, outlier detection, Envoy's outlier event log.
+/// varies: the access log, outlier detection, Envoy's outlier event log,
+/// the upstream instance (the tests' renderer too).
 pub fn render(spec: &Spec, admin: u16, listen: u16) -> Result<String, String> {
     let vars = TemplateVars {
         admin_port: admin,
@@ -57,7 +63,17 @@ pub fn render(spec: &Spec, admin: u16, listen: u16) -> Result<String, String> {
             }),
         },
     };
-    let rendered = host_tests::envoy::render(TEMPLATE, &vars)?;
+    let mut rendered = host_tests::envoy::render(TEMPLATE, &vars)?;
+    if let Some(config) = &spec.upstream_instance {
+        let Filter::Wasm { path, .. } = &spec.filter else {
+            return Err("an upstream instance needs meshguard as the filter".into());
+        };
+        let plugin = WasmPlugin {
+            wasm_path: path.clone(),
+            config: config.clone(),
+        };
+        rendered = host_tests::fleet::add_upstream_instance_on_router(&rendered, &plugin)?;
+    }
     let mut out = if spec.access_log {
         rendered
     } else {
@@ -306,6 +322,7 @@ mod tests {
             access_log: false,
             concurrency: 1,
             upstream_ports: [11, 12, 13],
+            upstream_instance: None,
         };
         let y = render(&spec, 1, 2).expect("render");
         assert!(!y.contains("envoy.filters.http.wasm"));
@@ -328,6 +345,35 @@ mod tests {
         let y = render(&spec, 1, 2).expect("render");
         assert!(y.contains("/x.wasm") && y.contains("access_log:"));
         assert!(!y.contains("outlier_detection:"));
+        assert!(!y.contains("root_id: meshguard-upstream") && !y.contains("upstream_http_filters"));
+        let both = render(
+            &Spec {
+                upstream_instance: Some(r#"{"mode":"upstream"}"#.into()),
+                ..spec.clone()
+            },
+            1,
+            2,
+        )
+        .expect("render");
+        let router = both.find("router.v3.Router\n").expect("router");
+        let up = both.find("root_id: meshguard-upstream").expect("upstream");
+        let codec = both
+            .find("- name: envoy.filters.http.upstream_codec")
+            .expect("codec");
+        let demo = both.find("\n  - name: demo\n").expect("demo");
+        assert!(router < up && up < codec && codec < demo, "{both}");
+        assert!(both[up..codec].contains(r#"value: '{"mode":"upstream"}'"#));
+        assert!(both[up..codec].contains("filename: \"/x.wasm\""));
+        assert!(render(
+            &Spec {
+                filter: Filter::None,
+                upstream_instance: Some("{}".into()),
+                ..spec.clone()
+            },
+            1,
+            2
+        )
+        .is_err());
         let addrs: Vec<SocketAddr> = (1..=5)
             .map(|i| SocketAddr::from(([127, 0, 1, i], 9000)))
             .collect();

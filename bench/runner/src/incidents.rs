@@ -452,6 +452,7 @@ fn start_variant(s: &Settings, sc: &Scenario, def: &VariantDef) -> Result<Live, 
         access_log: false,
         concurrency: 2,
         upstream_ports: [ups[0].data.port(), ups[1].data.port(), ups[2].data.port()],
+        upstream_instance: None,
     };
     let envoy = Envoy::start(&s.envoy, &dir, &spec, None)
         .map_err(|e| format!("{} ({}): {e}", def.id, dir.display()))?;

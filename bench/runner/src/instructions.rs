@@ -49,6 +49,8 @@ pub enum Row {
     Plain,
     Noop,
     Healthy,
+    /// Healthy plus meshguard's upstream instance on the router.
+    Upstream,
     Steering,
     Failure,
 }
@@ -62,11 +64,15 @@ pub const BAD_HOST: usize = 1;
 pub const STEERING_CONFIG: &str =
     r#"{"ejection":{"baseEjectionTime":"300s","maxEjectionTime":"300s"}}"#;
 
+/// The Upstream row's upstream instance: defaults but the mode.
+pub const UPSTREAM_CONFIG: &str = r#"{"mode":"upstream"}"#;
+
 impl Row {
-    pub const ALL: [Row; 5] = [
+    pub const ALL: [Row; 6] = [
         Row::Plain,
         Row::Noop,
         Row::Healthy,
+        Row::Upstream,
         Row::Steering,
         Row::Failure,
     ];
@@ -76,13 +82,23 @@ impl Row {
             Row::Plain => "plain Envoy",
             Row::Noop => "do-nothing Rust wasm filter",
             Row::Healthy => "meshguard, defaults, all hosts healthy",
+            Row::Upstream => "meshguard with the upstream instance, all hosts healthy",
             Row::Steering => "meshguard steering (one host answering 503, ejected)",
             Row::Failure => "meshguard failure path (one host failing 40 %)",
         }
     }
 
     fn meshguard(self) -> bool {
-        matches!(self, Row::Healthy | Row::Steering | Row::Failure)
+        matches!(
+            self,
+            Row::Healthy | Row::Upstream | Row::Steering | Row::Failure
+        )
+    }
+
+    /// The upstream instance's configuration (the router's
+    /// `upstream_http_filters`, Istio's placement), if the row has one.
+    fn upstream_instance(self) -> Option<String> {
+        (self == Row::Upstream).then(|| UPSTREAM_CONFIG.to_string())
     }
 
     fn filter(self, s: &Settings) -> Filter {
@@ -92,7 +108,7 @@ impl Row {
                 path: s.noop.clone(),
                 config: "{}".into(),
             },
-            Row::Healthy | Row::Failure => Filter::Wasm {
+            Row::Healthy | Row::Upstream | Row::Failure => Filter::Wasm {
                 path: s.meshguard.clone(),
                 config: "{}".into(),
             },
@@ -121,7 +137,8 @@ impl Row {
                     .into_iter()
                     .find(|r| format!("{r:?}").eq_ignore_ascii_case(w))
                     .ok_or_else(|| {
-                        format!("BENCH_INSTR_ROWS: unknown row {w} (Plain, Noop, Healthy, Steering, Failure)")
+                        let all: Vec<String> = Row::ALL.iter().map(|r| format!("{r:?}")).collect();
+                        format!("BENCH_INSTR_ROWS: unknown row {w} ({})", all.join(", "))
                     })
             })
             .collect()
@@ -564,6 +581,7 @@ fn run_one(s: &Settings, row: Row, hosts: usize, repeat: usize) -> Result<Measur
         access_log: false,
         concurrency: 1,
         upstream_ports: [port; 3],
+        upstream_instance: row.upstream_instance(),
     };
     let out = dir.join("callgrind.out");
     let launch = Launch {
@@ -963,6 +981,14 @@ pub fn request_table(sum: &[Summary], sizes: &[usize], rows: &[Row]) -> Table {
                         ));
                     }
                 }
+                if row == Row::Upstream {
+                    if let Some(h) = find(sum, Row::Healthy, n) {
+                        c.push_str(&format!(
+                            ", {:.3}x healthy",
+                            s.per_request.median / h.per_request.median
+                        ));
+                    }
+                }
                 if !s.path_ok {
                     c.push_str(", **bad host not graded**");
                 }
@@ -1102,7 +1128,7 @@ pub fn targets(sum: &[Summary], sizes: &[usize]) -> Vec<String> {
         }
     }
     let base = sizes.first().copied().unwrap_or(0);
-    for row in [Row::Healthy, Row::Steering, Row::Failure] {
+    for row in [Row::Healthy, Row::Upstream, Row::Steering, Row::Failure] {
         for &n in sizes.iter().skip(1) {
             if let (Some(a), Some(b)) = (find(sum, row, n), find(sum, row, base)) {
                 let r = a.per_request.median / b.per_request.median;
@@ -1170,8 +1196,11 @@ pub fn section(meta: &Meta, runs: &[Measurement]) -> (String, serde_json::Value)
          --smc-check=all-non-file` (instrumentation switched on after startup), the demo template's config with the \
          `demo` cluster listing N hosts (STATIC, round robin), all served by one `mg-upstream --hosts N` on 127.0.1.x. \
          Per run: a warm-up of max({warmup}, 2N) sequential keep-alive requests (Steering and Failure: first until \
-         meshguard has graded the bad host: ejected, resp. Degraded); then counted stretches of {requests} sequential \
-         keep-alive requests each (`callgrind_control -z` .. `-d`), alternately back to back (F) and paced to take about \
+         meshguard has graded the bad host: ejected, resp. Degraded; Upstream: meshguard at defaults plus its upstream \
+         instance, configuration `{upstream}`, in the router's `upstream_http_filters` before `upstream_codec`, \
+         Istio's placement: same plugin name and VM id, root id `meshguard-upstream`; cluster `demo` then has no \
+         upstream filters of its own, so the one removing the steering header goes, as under Istio); then counted \
+         stretches of {requests} sequential keep-alive requests each (`callgrind_control -z` .. `-d`), alternately back to back (F) and paced to take about \
          twice as long (P): F P F P F ..., until two F P F triples in a row agree within {steady} % on the per-request \
          part (at most {max_triples} triples); then {idle} s idle (from 3 s after the last request) measured the same \
          way. Under callgrind a request takes ~50x longer than natively, so work done per second while serving \
@@ -1188,6 +1217,7 @@ pub fn section(meta: &Meta, runs: &[Measurement]) -> (String, serde_json::Value)
         steady = STEADY * 100.0,
         idle = meta.idle_s,
         repeats = meta.repeats,
+        upstream = UPSTREAM_CONFIG,
     );
     md.push_str(&request_table(&sum, sizes, rows).markdown());
     let _ = writeln!(
@@ -1252,7 +1282,18 @@ mod tests {
             Row::parse_list("plain, Healthy").expect("rows"),
             vec![Row::Plain, Row::Healthy]
         );
+        assert_eq!(
+            Row::parse_list("Healthy,upstream").expect("rows"),
+            vec![Row::Healthy, Row::Upstream]
+        );
         assert!(Row::parse_list("x").is_err());
+        assert_eq!(
+            Row::Upstream.upstream_instance().as_deref(),
+            Some(UPSTREAM_CONFIG)
+        );
+        assert!(Row::ALL
+            .iter()
+            .all(|&r| (r == Row::Upstream) == r.upstream_instance().is_some()));
     }
 
     #[test]

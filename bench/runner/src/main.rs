@@ -80,7 +80,7 @@ impl Config {
     /// BENCH_ROUNDS, BENCH_SECONDS (per wrk run), BENCH_CONNECTIONS,
     /// BENCH_RATE (req/s of the incidents), BENCH_PIN=0 (no CPU pinning),
     /// BENCH_OUT, BENCH_WORK. Instructions (callgrind): BENCH_INSTR_SIZES=3,100,1000,
-    /// BENCH_INSTR_ROWS=Plain,Noop,Healthy,Steering,Failure, BENCH_INSTR_REPEATS (2),
+    /// BENCH_INSTR_ROWS=Plain,Noop,Healthy,Upstream,Steering,Failure, BENCH_INSTR_REPEATS (2),
     /// BENCH_INSTR_WARMUP (1000), BENCH_INSTR_REQUESTS (2000), BENCH_INSTR_IDLE_S (10).
     fn from_env() -> Result<Self, String> {
         let quick = env("BENCH_QUICK").is_some_and(|v| v != "0");

@@ -203,6 +203,7 @@ fn run_one(s: &Settings, v: Variant, round: usize) -> Result<Run, String> {
         access_log: false,
         concurrency: 1,
         upstream_ports: [ups[0].data.port(), ups[1].data.port(), ups[2].data.port()],
+        upstream_instance: None,
     };
     let dir = s.work.join(format!("overhead-{v:?}-{round}"));
     let mut envoy = Envoy::start(&s.envoy, &dir, &spec, envoy_cpu).map_err(|e| e.to_string())?;
