@@ -67,6 +67,10 @@ const VALID_CONFIGS: &[&str] = &[
         "response":[{"op":"append","name":"via","value":"{service}","when":{"status":["5xx"]}}]}}"#,
     r#"{"overrides":[{"virtualService":"ns/*","detection":{"consecutive5xxErrors":1},
         "circuitBreaker":{"minRequests":1,"failurePercent":1}},{"route":"r*","headers":{"response":[{"op":"remove","name":"server"}]}}]}"#,
+    // An upstream instance: every stream is an attempt, recorded at done.
+    r#"{"mode":"upstream"}"#,
+    r#"{"mode":"upstream","detection":{"windowSize":5,"minRequests":1,"slowCallThreshold":"1ms",
+        "consecutiveLocalOriginFailures":1},"ejection":{"baseEjectionTime":"1ms","maxEjectionPercent":100}}"#,
 ];
 
 const INVALID_CONFIGS: &[&str] = &[
@@ -79,6 +83,8 @@ const INVALID_CONFIGS: &[&str] = &[
     r#"{"unknown":1}"#,
     r#"{"steering":{"header":":path"}}"#,
     r#"{"detection":{"windowSize":1e400}}"#,
+    r#"{"mode":"upstream","steering":{"enabled":false}}"#,
+    r#"{"mode":"sideways"}"#,
 ];
 
 fn config(rng: &mut Rng) -> Vec<u8> {
