@@ -602,7 +602,10 @@ impl<H: Host> Worker<H> {
                 if !steered.is_empty() && steered != address {
                     match self.host.attempt_count() {
                         Some(n) if n > 1 => {
-                            attribute = !fed;
+                            // Renews naming, never starts it: a steered
+                            // host that has left sends its request to
+                            // Envoy's balancer, whose pick may have failed.
+                            attribute = !fed && unit.attributing;
                             let failed = usize::try_from(n - 1).unwrap_or(usize::MAX);
                             for host in hosts.iter().take(failed) {
                                 if !fed && **host != *address {
