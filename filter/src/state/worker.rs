@@ -93,7 +93,7 @@ const DISCOVERY_SAMPLE: u16 = 64;
 /// name, so it starts steering with the retries' hosts named (see
 /// `Plan::alternates`) for `ATTRIBUTE_FOR_MS`, renewed by every retried
 /// request, and each retried request then says whose attempts failed.
-const ATTEMPT_SAMPLE: u16 = 16;
+const ATTEMPT_SAMPLE: u16 = 8;
 const ATTRIBUTE_FOR_MS: u64 = 30_000;
 /// Hosts a steered request names: its own and two for retries (Istio's
 /// default route retries twice).
