@@ -25,6 +25,7 @@ pub mod http;
 #[cfg(feature = "containers")]
 pub mod istio;
 pub mod process;
+pub mod seconds;
 pub mod traffic;
 pub mod upstream;
 #[cfg(feature = "wasm-host")]

@@ -17,7 +17,8 @@
 use std::sync::{Mutex, MutexGuard};
 
 use host_tests::fleet::{EdsFleet, FleetOptions};
-use host_tests::traffic::{paced_second, Tally};
+use host_tests::seconds::{total, Second, Seconds};
+use host_tests::traffic::Tally;
 use host_tests::Behaviour;
 
 /// Client requests per second (sequential, one connection each).
@@ -79,88 +80,18 @@ fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
     }
 }
 
-/// One second of client traffic and what the hosts and meshguard saw.
-#[derive(Debug, Clone, Default)]
-struct Second {
-    /// Client view: statuses and which host answered.
-    tally: Tally,
-    /// Requests each host received (attempts), by host index.
-    got: Vec<u64>,
-    /// meshguard's `steered` and `requests` counters (deltas).
-    steered: u64,
-    seen: u64,
-}
-
-impl Second {
-    fn merge(&mut self, o: &Second) {
-        self.tally.merge(&o.tally);
-        if self.got.len() < o.got.len() {
-            self.got.resize(o.got.len(), 0);
-        }
-        for (a, b) in self.got.iter_mut().zip(&o.got) {
-            *a += b;
-        }
-        self.steered += o.steered;
-        self.seen += o.seen;
-    }
-
-    fn got(&self, i: usize) -> u64 {
-        self.got.get(i).copied().unwrap_or(0)
-    }
-
-    fn steered_share(&self) -> f64 {
-        if self.seen == 0 {
-            0.0
-        } else {
-            self.steered as f64 / self.seen as f64
-        }
-    }
-}
-
-fn total(seconds: &[Second]) -> Second {
-    seconds.iter().fold(Second::default(), |mut acc, s| {
-        acc.merge(s);
-        acc
-    })
-}
-
 /// Sends [`RATE`] req/s one second at a time and measures each second.
 struct Driver<'a> {
     s: &'a EdsFleet,
-    got: Vec<u64>,
-    steered: u64,
-    seen: u64,
+    seconds: Seconds<'a>,
 }
 
 impl<'a> Driver<'a> {
     fn new(s: &'a EdsFleet) -> Self {
         Self {
             s,
-            got: s.requests(),
-            steered: s.meshguard_counter("steered"),
-            seen: s.meshguard_counter("requests"),
+            seconds: Seconds::new(s, RATE),
         }
-    }
-
-    fn second(&mut self) -> Second {
-        let tally = paced_second(self.s.listener(), RATE);
-        let got = self.s.requests();
-        let steered = self.s.meshguard_counter("steered");
-        let seen = self.s.meshguard_counter("requests");
-        let sec = Second {
-            tally,
-            got: got
-                .iter()
-                .zip(self.got.iter().chain(std::iter::repeat(&0)))
-                .map(|(now, before)| now.saturating_sub(*before))
-                .collect(),
-            steered: steered.saturating_sub(self.steered),
-            seen: seen.saturating_sub(self.seen),
-        };
-        self.got = got;
-        self.steered = steered;
-        self.seen = seen;
-        sec
     }
 
     /// Runs seconds until `done(seconds so far)` or `max` seconds, printing
@@ -174,7 +105,7 @@ impl<'a> Driver<'a> {
     ) -> Vec<Second> {
         let mut out = Vec::new();
         while out.len() < max {
-            let sec = self.second();
+            let sec = self.seconds.next_second();
             println!("{label} {:2}: {}", out.len(), self.line(&sec, bad));
             out.push(sec);
             if done(&out) {

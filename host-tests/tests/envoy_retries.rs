@@ -33,7 +33,7 @@
 use std::sync::{Mutex, MutexGuard};
 
 use host_tests::fleet::{EdsFleet, FleetOptions};
-use host_tests::traffic::{paced_second, Tally};
+use host_tests::seconds::{total, Second, Seconds};
 use host_tests::Behaviour;
 
 /// Hosts in the service: enough for least request to spread evenly, few
@@ -191,93 +191,28 @@ impl Fault {
     }
 }
 
-/// One second of traffic: the clients' view and the attempts hosts got.
-#[derive(Debug, Clone, Default)]
-struct Second {
-    tally: Tally,
-    /// Requests each host received (attempts), by host index.
-    got: Vec<u64>,
-    /// Envoy's connect failures to `demo` (attempts on a refusing host).
-    connect_fail: u64,
-    /// meshguard's `steered` and `requests` counters of `demo` (deltas).
-    steered: u64,
-    seen: u64,
+/// Attempts on host `i` in `sec`; connect failures count as the bad
+/// host's (the only one that refuses).
+fn attempts_on(sec: &Second, i: usize) -> u64 {
+    sec.got(i) + if i == BAD { sec.connect_fail } else { 0 }
 }
 
-impl Second {
-    fn merge(&mut self, o: &Second) {
-        self.tally.merge(&o.tally);
-        if self.got.len() < o.got.len() {
-            self.got.resize(o.got.len(), 0);
-        }
-        for (a, b) in self.got.iter_mut().zip(&o.got) {
-            *a += b;
-        }
-        self.connect_fail += o.connect_fail;
-        self.steered += o.steered;
-        self.seen += o.seen;
-    }
-
-    /// Attempts on host `i`; connect failures count as the bad host's (the
-    /// only one that refuses).
-    fn attempts_on(&self, i: usize) -> u64 {
-        self.got.get(i).copied().unwrap_or(0) + if i == BAD { self.connect_fail } else { 0 }
-    }
-
-    fn attempts(&self) -> u64 {
-        self.got.iter().sum::<u64>() + self.connect_fail
-    }
-}
-
-fn total(seconds: &[Second]) -> Second {
-    seconds.iter().fold(Second::default(), |mut acc, s| {
-        acc.merge(s);
-        acc
-    })
+fn attempts(sec: &Second) -> u64 {
+    sec.got.iter().sum::<u64>() + sec.connect_fail
 }
 
 /// Sends [`RATE`] req/s one second at a time and measures each second.
 struct Driver<'a> {
     s: &'a EdsFleet,
-    got: Vec<u64>,
-    connect_fail: u64,
-    steered: u64,
-    seen: u64,
+    seconds: Seconds<'a>,
 }
 
 impl<'a> Driver<'a> {
     fn new(s: &'a EdsFleet) -> Self {
         Self {
             s,
-            got: s.requests(),
-            connect_fail: s.envoy_stat("cluster.demo.upstream_cx_connect_fail"),
-            steered: s.meshguard_counter("steered"),
-            seen: s.meshguard_counter("requests"),
+            seconds: Seconds::new(s, RATE),
         }
-    }
-
-    fn second(&mut self) -> Second {
-        let tally = paced_second(self.s.listener(), RATE);
-        let got = self.s.requests();
-        let connect_fail = self.s.envoy_stat("cluster.demo.upstream_cx_connect_fail");
-        let steered = self.s.meshguard_counter("steered");
-        let seen = self.s.meshguard_counter("requests");
-        let sec = Second {
-            tally,
-            got: got
-                .iter()
-                .zip(self.got.iter().chain(std::iter::repeat(&0)))
-                .map(|(now, before)| now.saturating_sub(*before))
-                .collect(),
-            connect_fail: connect_fail.saturating_sub(self.connect_fail),
-            steered: steered.saturating_sub(self.steered),
-            seen: seen.saturating_sub(self.seen),
-        };
-        self.got = got;
-        self.connect_fail = connect_fail;
-        self.steered = steered;
-        self.seen = seen;
-        sec
     }
 
     /// Runs seconds until `done()` after one or `max` seconds, printing each.
@@ -289,15 +224,15 @@ impl<'a> Driver<'a> {
     ) -> Vec<Second> {
         let mut out = Vec::new();
         while out.len() < max {
-            let sec = self.second();
+            let sec = self.seconds.next_second();
             println!(
                 "{label} {:2}: {} req, {} not 200; bad {} attempts {}; all attempts {}; meshguard steered {} of {} it counted",
                 out.len(),
                 sec.tally.total,
                 sec.tally.not_ok(),
                 self.s.name(BAD),
-                sec.attempts_on(BAD),
-                sec.attempts(),
+                attempts_on(&sec, BAD),
+                attempts(&sec),
                 sec.steered,
                 sec.seen
             );
@@ -404,11 +339,11 @@ fn measure(fault: Fault, mode: Mode, hosts: usize) -> (Row, Vec<String>) {
     let row = Row {
         mode,
         detected_after: detected.then_some(before.len()),
-        bad_before: per_second(b.attempts_on(BAD), before.len()),
-        bad_after: per_second(a.attempts_on(BAD), after.len()),
-        fair_after: per_second(a.attempts(), after.len()) / hosts as f64,
-        per_request_before: ratio(b.attempts(), b.tally.total),
-        per_request_after: ratio(a.attempts(), a.tally.total),
+        bad_before: per_second(attempts_on(&b, BAD), before.len()),
+        bad_after: per_second(attempts_on(&a, BAD), after.len()),
+        fair_after: per_second(attempts(&a), after.len()) / hosts as f64,
+        per_request_before: ratio(attempts(&b), b.tally.total),
+        per_request_after: ratio(attempts(&a), a.tally.total),
         client_errors: b.tally.not_ok() + a.tally.not_ok(),
         steered_after: ratio(a.steered, a.tally.total),
         grade_at_detection,
@@ -443,7 +378,7 @@ fn measure(fault: Fault, mode: Mode, hosts: usize) -> (Row, Vec<String>) {
                 }
             }
             Fault::Hard | Fault::Refuse => {
-                let n = a.attempts_on(BAD);
+                let n = attempts_on(&a, BAD);
                 if n > EJECTED_MAX_ATTEMPTS {
                     problems.push(format!(
                         "{label}: after ejection the host still got {n} attempts in {AFTER_SECS} s (want <= {EJECTED_MAX_ATTEMPTS}; discovery is pinned to 0)"
