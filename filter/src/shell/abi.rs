@@ -164,14 +164,13 @@ pub extern "C" fn proxy_on_response_trailers(context_id: u32, _trailers: usize) 
 #[no_mangle]
 pub extern "C" fn proxy_on_log(context_id: u32) {
     with_filter(|filter| {
-        // An attempt (upstream instance) is recorded at its done, should a
-        // host ever log it too.
-        if filter.streams.get(context_id).is_some_and(|s| s.attempt) {
-            return;
-        }
         let mut stream = filter.streams.remove(context_id).unwrap_or_default();
         if let Some(worker) = filter.roots.for_stream(&mut stream) {
-            if !worker.sees_attempts() {
+            // An attempt (upstream instance) ends at its log, should a host
+            // ever log one, or else at its done.
+            if stream.attempt {
+                stream.on_attempt_done(worker);
+            } else if !worker.sees_attempts() {
                 stream.on_log(worker);
             }
         }

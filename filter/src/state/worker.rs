@@ -106,6 +106,12 @@ const NAMED_HOSTS: usize = 3;
 const ATTEMPTS_FEED_MS: u64 = 30_000;
 const ATTEMPTS_RENEW_MS: u64 = 20_000;
 
+/// Whether an upstream instance's mark on a record, fed until `until`, is
+/// due for renewal at `now`.
+fn feed_renewal_due(until: u64, now: u64) -> bool {
+    until < now.saturating_add(ATTEMPTS_RENEW_MS)
+}
+
 /// What steering does with one request.
 #[derive(Debug, Clone, Copy)]
 pub enum Steer<'a> {
@@ -546,7 +552,7 @@ impl<H: Host> Worker<H> {
     ) {
         let now = self.clock_ms;
         let limits = &config.limits;
-        let upstream = self.config.mode == Mode::Upstream;
+        let upstream = self.sees_attempts();
         let unit = &mut self.units[position];
         // An upstream instance grades this service's hosts from every
         // attempt: a downstream one leaves them to it.
@@ -601,14 +607,16 @@ impl<H: Host> Worker<H> {
                 let steered = hosts.first().map_or("", |h| &**h);
                 if !steered.is_empty() && steered != address {
                     match self.host.attempt_count() {
+                        // Counted by the upstream instance already when fed.
+                        Some(n) if n > 1 && fed => {}
                         Some(n) if n > 1 => {
                             // Renews naming, never starts it: a steered
                             // host that has left sends its request to
                             // Envoy's balancer, whose pick may have failed.
-                            attribute = !fed && unit.attributing;
+                            attribute = unit.attributing;
                             let failed = usize::try_from(n - 1).unwrap_or(usize::MAX);
                             for host in hosts.iter().take(failed) {
-                                if !fed && **host != *address {
+                                if **host != *address {
                                     failed_attempts.push(Rc::clone(host));
                                 }
                             }
@@ -687,6 +695,7 @@ impl<H: Host> Worker<H> {
         if changed {
             self.adopt_known_services(now);
         }
+        let upstream = self.sees_attempts();
         let mut busy = false;
         let mut position = 0;
         while position < self.units.len() {
@@ -707,9 +716,9 @@ impl<H: Host> Worker<H> {
             let due = unit.next_change_ms.is_some_and(|t| now >= t);
             // An upstream instance with traffic keeps its records marked
             // as fed by it.
-            let renew = unit.config.mode == Mode::Upstream
+            let renew = upstream
                 && unit.counts.requests > 0
-                && unit.snapshot.attempts_until_ms < now.saturating_add(ATTEMPTS_RENEW_MS);
+                && feed_renewal_due(unit.snapshot.attempts_until_ms, now);
             // Retries stopped: steering that only named their hosts ends.
             let naming_over = unit.attributing && now >= unit.attribute_until_ms;
             let kept = if unit.has_pending() || due || renew {
@@ -767,6 +776,7 @@ impl<H: Host> Worker<H> {
     /// Returns false when the unit was dropped from this worker's cache.
     fn flush(&mut self, position: usize, now: u64) -> bool {
         let mut random = self.random();
+        let feeds = self.sees_attempts();
         let unit = &mut self.units[position];
         let config = Rc::clone(&unit.config);
         let seen_writes = unit.snapshot.writes;
@@ -800,7 +810,6 @@ impl<H: Host> Worker<H> {
         }
         let members = unit.members.len();
         let shrank = unit.members.take_shrank();
-        let feeds = config.mode == Mode::Upstream;
         let (pending, breaker_pending) = (&unit.pending, &unit.breaker_pending);
         let result = self
             .store
@@ -825,7 +834,7 @@ impl<H: Host> Worker<H> {
                 // Downstream instances must see at once that this one now
                 // grades the hosts (and stop doing it themselves).
                 let mut began_feeding = false;
-                if feeds && record.attempts_until_ms < now.saturating_add(ATTEMPTS_RENEW_MS) {
+                if feeds && feed_renewal_due(record.attempts_until_ms, now) {
                     began_feeding = record.attempts_until_ms <= now;
                     record.attempts_until_ms = now.saturating_add(ATTEMPTS_FEED_MS);
                 }
