@@ -13,6 +13,7 @@ pub mod glob;
 pub mod guard;
 pub mod headers;
 pub mod health;
+pub mod ids;
 pub mod in_flight;
 pub mod metrics;
 pub mod route_metadata;

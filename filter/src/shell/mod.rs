@@ -62,6 +62,15 @@ fn sync_log_level() {
     log::set_max_level(filter);
 }
 
+/// 256 bits of the host's randomness (WASI `random_get`).
+fn id_key() -> Option<[u64; 4]> {
+    let mut key = [0u64; 4];
+    for word in &mut key {
+        *word = host::random_u64().ok()?;
+    }
+    Some(key)
+}
+
 /// A plugin instance's (new) configuration: parsed, and either put in
 /// force or refused with the previous one kept.
 fn configure(root: &mut Root, size: usize) -> bool {
@@ -110,7 +119,16 @@ fn configure(root: &mut Root, size: usize) -> bool {
             // Workers start within the same millisecond: seed each from
             // the host's entropy, or request ids would repeat across them.
             let seed = host::random_u64().unwrap_or(0) ^ now;
-            root.worker = Some(Worker::new(EnvoyHost, config, &root.name, now, seed));
+            let mut worker = Worker::new(EnvoyHost, config, &root.name, now, seed);
+            // Request ids are keyed with 256 bits of the host's entropy,
+            // so that seeing ids does not reveal the next ones.
+            match id_key() {
+                Some(key) => worker.key_request_ids(key),
+                None => log::warn!(
+                    "meshguard: no randomness from the host: generated request ids are guessable"
+                ),
+            }
+            root.worker = Some(worker);
         }
     }
     if let Err(status) = host::set_tick_period_ms(TICK_MS) {

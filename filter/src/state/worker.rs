@@ -18,6 +18,7 @@ use crate::address_clusters::{AddressClusters, Lookup};
 use crate::breaker::{Admission, BreakerState};
 use crate::config::{Config, Encoding, Mode};
 use crate::health::HostState;
+use crate::ids::Unpredictable;
 use crate::metrics as names;
 use crate::service::{Event, Observation, Pending, ServiceHealth};
 use crate::steering;
@@ -136,7 +137,9 @@ pub struct Worker<H: Host> {
     store: Store,
     units: Vec<Unit>,
     routes: Vec<Route>,
+    /// xorshift state for [`Worker::jitter_seed`].
     random: u64,
+    ids: Unpredictable,
     reporter: Reporter,
     /// Time of the last tick: precise enough for bookkeeping, and saves a
     /// host call per request.
@@ -177,6 +180,7 @@ impl<H: Host> Worker<H> {
             units: Vec::new(),
             routes: Vec::new(),
             random: seed | 1,
+            ids: Unpredictable::from_seed(seed),
             reporter: Reporter::default(),
             clock_ms: now,
             clusters: AddressClusters::new(MAX_ADDRESSES),
@@ -237,7 +241,21 @@ impl<H: Host> Worker<H> {
         self.update_active();
     }
 
+    /// Bits that cannot be predicted from earlier ones (ChaCha12, see
+    /// [`crate::ids`]): for request ids, which leave the process.
     pub fn random(&mut self) -> u64 {
+        self.ids.next_u64()
+    }
+
+    /// Keys [`Worker::random`] with 256 bits of the host's randomness
+    /// (until then it is keyed from the seed given to [`Worker::new`]).
+    pub fn key_request_ids(&mut self, key: [u64; 4]) {
+        self.ids = Unpredictable::from_key(key);
+    }
+
+    /// Cheap bits for steering's jitter and pick order, which only spread
+    /// load and never leave the process: predictability costs nothing.
+    fn jitter_seed(&mut self) -> u64 {
         self.random = steering::xorshift(self.random);
         self.random
     }
@@ -775,7 +793,7 @@ impl<H: Host> Worker<H> {
 
     /// Returns false when the unit was dropped from this worker's cache.
     fn flush(&mut self, position: usize, now: u64) -> bool {
-        let mut random = self.random();
+        let mut random = self.jitter_seed();
         let feeds = self.sees_attempts();
         let unit = &mut self.units[position];
         let config = Rc::clone(&unit.config);
@@ -978,7 +996,7 @@ impl<H: Host> Worker<H> {
     /// Builds the unit's steering plan over every host this worker knows
     /// (members, and watched hosts other workers saw), at their weights.
     fn replan(&mut self, position: usize, now: u64) {
-        let seed = self.random();
+        let seed = self.jitter_seed();
         let unit = &mut self.units[position];
         let steering = &unit.config.steering;
         if !steering.enabled || !unit.steers {
