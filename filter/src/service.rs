@@ -56,6 +56,11 @@ pub struct ServiceHealth {
 /// How long a reported member count stands before a smaller one replaces it.
 const MEMBERS_STAND_MS: u64 = 30_000;
 
+/// A Degraded or warming-up host no outcome was recorded for this long
+/// (though it gets traffic) most likely left the cluster: when the table
+/// of watched hosts is full, it makes room for a host with new failures.
+const STALE_GRADED_MS: u64 = 30_000;
+
 /// One request's outcome, as the host's grade and the breaker see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Observation {
@@ -232,6 +237,24 @@ impl ServiceHealth {
         released
     }
 
+    /// Forgets hosts that left the cluster (steering showed them gone),
+    /// whatever their grade: a host that is no longer there must not keep
+    /// a grade that steers traffic or holds a place in the table. Returns
+    /// whether any was watched.
+    pub fn forget<'a>(&mut self, departed: impl IntoIterator<Item = &'a str>) -> bool {
+        let mut forgotten = false;
+        for address in departed {
+            if let Ok(index) = self.position(address) {
+                self.hosts.remove(index);
+                forgotten = true;
+            }
+        }
+        if forgotten {
+            self.roster = self.roster.wrapping_add(1);
+        }
+        forgotten
+    }
+
     /// The earliest time at which time alone changes this record or its
     /// weights (an ejection ending, a warm-up step, an idle host forgotten,
     /// the breaker's open time ending).
@@ -239,8 +262,7 @@ impl ServiceHealth {
         let idle = config.limits.host_idle_timeout.0;
         let hosts = self.hosts.iter().filter_map(|h| {
             let change = h.health.next_change_ms(now, config);
-            let forget = (idle > 0 && h.health.state() == HostState::Healthy)
-                .then(|| h.health.last_active_ms().saturating_add(idle));
+            let forget = (idle > 0).then(|| idle_since_ms(h).saturating_add(idle));
             change.into_iter().chain(forget).min()
         });
         hosts.chain(self.breaker.next_change_ms()).min()
@@ -453,15 +475,33 @@ impl ServiceHealth {
             // in its window, then least recently active) makes room, if it
             // has no more than this one is about to record. Hosts in any
             // other state carry a grade or an ejection that must not be lost.
+            // Failing that, a Degraded or warming-up host nothing was heard
+            // from lately (it gets traffic, so it has most likely left):
+            // a table full of those must not keep out a host failing now.
             let failures = u16::try_from(pending.failures()).unwrap_or(u16::MAX);
-            let victim = self
+            let healthy = self
                 .hosts
                 .iter()
                 .enumerate()
                 .filter(|(_, h)| h.health.state() == HostState::Healthy)
                 .filter(|(_, h)| h.health.window().failures() <= failures)
                 .min_by_key(|(_, h)| (h.health.window().failures(), h.health.last_active_ms()))
-                .map(|(index, _)| index)?;
+                .map(|(index, _)| index);
+            let stale = || {
+                self.hosts
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, h)| {
+                        matches!(h.health.state(), HostState::Degraded | HostState::WarmingUp)
+                    })
+                    .filter(|(_, h)| {
+                        failures > 0
+                            && now.saturating_sub(h.health.last_active_ms()) >= STALE_GRADED_MS
+                    })
+                    .min_by_key(|(_, h)| h.health.last_active_ms())
+                    .map(|(index, _)| index)
+            };
+            let victim = healthy.or_else(stale)?;
             self.hosts.remove(victim);
         }
         self.roster = self.roster.wrapping_add(1);
@@ -481,10 +521,21 @@ fn signals_overload(transition: &Transition) -> bool {
     was_fine && now_bad && !transition.reason.is_unreachable()
 }
 
+/// Since when a host has been idle: its last traffic or grade change, or,
+/// while ejected, the end of its ejection (it gets no traffic until then).
+fn idle_since_ms(entry: &HostEntry) -> u64 {
+    let health = &entry.health;
+    match health.state() {
+        HostState::Unhealthy => health.last_active_ms().max(health.ejected_until_ms()),
+        _ => health.last_active_ms(),
+    }
+}
+
+/// Idle past `hostIdleTimeout`, whatever its grade: a host that left the
+/// cluster while Degraded (or ejected) is forgotten too, or it would hold
+/// its place in the table, and keep steering on, for good.
 fn forgettable(entry: &HostEntry, now: u64, idle_ms: u64) -> bool {
-    idle_ms > 0
-        && entry.health.state() == HostState::Healthy
-        && now.saturating_sub(entry.health.last_active_ms()) >= idle_ms
+    idle_ms > 0 && now.saturating_sub(idle_since_ms(entry)) >= idle_ms
 }
 
 /// Shared-data encoding of a service record. A record that does not decode

@@ -804,6 +804,14 @@ impl<H: Host> Worker<H> {
         // Hosts found or gone go to the shared member list first, so the
         // record's version of it never names a list not written yet.
         let mut member_list = None;
+        // Hosts steering showed gone leave the record too (unless they
+        // answered since), whatever their grade.
+        let departed: Vec<Rc<str>> = unit
+            .members_gone
+            .iter()
+            .filter(|a| !unit.pending.contains_key(&***a))
+            .cloned()
+            .collect();
         if !unit.members_found.is_empty() || !unit.members_left.is_empty() {
             let cap = usize::from(config.limits.max_hosts_per_service);
             let changes = super::store::MemberChanges {
@@ -840,6 +848,7 @@ impl<H: Host> Worker<H> {
                     random
                 };
                 record.advance(now, &config, &mut events);
+                record.forget(departed.iter().map(|a| &**a));
                 record.note_members(members, shrank, now);
                 let listed = member_list.is_some_and(|v| v > record.member_list);
                 if let Some(version) = member_list {
