@@ -4,9 +4,10 @@
 //! `meshguard.<metric>.service.<cluster>[.host.<address>]` and
 //! `meshguard.<metric>.service.<cluster>.<label>.<value>`, so that Envoy's
 //! `stats_tags` can turn `service`, `host` and the label into tags with one
-//! regex each (see the README's Observability section). Cardinality is
-//! bounded by `limits.maxServices` × `limits.maxWatchedHostsPerService`
-//! (per-host gauges exist only for hosts with failures on record).
+//! regex each (see the README's Observability section). Per-host names
+//! exist only for hosts that were graded (not Healthy), and each worker
+//! defines at most 2,048 of them, apart from the service-level names
+//! (see `state::metrics`).
 
 use crate::breaker::BreakerState;
 use crate::classify::FailureKind;
@@ -40,6 +41,7 @@ pub const CATALOGUE: &[(&str, Kind, &str, &str)] = &[
     ("breaker_trips", Kind::Counter, "service", "times the breaker opened"),
     ("local_replies", Kind::Counter, "service", "requests answered by the open breaker"),
     ("config_rejected", Kind::Counter, "", "plugin configurations refused"),
+    ("host_metrics_dropped", Kind::Counter, "", "per-host metric updates dropped because a worker reached its bound of 2,048 per-host names (service-level metrics have their own)"),
 ];
 
 /// Envoy's Prometheus name of a catalogue entry (`wasmcustom.` is Envoy's

@@ -3,7 +3,7 @@
 //! log line per grade or breaker change, rate-limited per host.
 
 use super::host::Host;
-use super::metrics::Metrics;
+use super::metrics::{Metrics, Scope, MAX_HOST_METRICS};
 use super::unit::Unit;
 use crate::breaker::BreakerState;
 use crate::config::Mode;
@@ -15,23 +15,45 @@ use crate::service::Event;
 /// host must not flood the log.
 const LOG_LINES_PER_WINDOW: u16 = 6;
 const LOG_WINDOW_MS: u64 = 60_000;
-const MAX_LOG_KEYS: usize = 256;
+/// Hosts (and services) whose lines are counted. Keys of hosts and of
+/// services are kept apart: thousands of hosts changing grade must not
+/// push a service's warning out of its count, which would start its
+/// window afresh.
+const MAX_HOST_LOG_KEYS: usize = 256;
+const MAX_SERVICE_LOG_KEYS: usize = 1024;
+/// The line saying per-host metrics were dropped: once, then at most this
+/// often.
+const DROPPED_LOG_MS: u64 = 600_000;
 
-#[derive(Default)]
 struct LogLimiter {
     /// (unit and host, window start, lines logged, lines suppressed)
     keys: Vec<(String, u64, u16, u32)>,
+    capacity: usize,
 }
 
 impl LogLimiter {
+    fn new(capacity: usize) -> Self {
+        LogLimiter {
+            keys: Vec::new(),
+            capacity,
+        }
+    }
+
     /// Whether a line about `key` may be logged now; reports how many were
     /// suppressed in the window that just ended.
     fn allow(&mut self, key: &str, now: u64) -> (bool, u32) {
         let index = match self.keys.iter().position(|(k, ..)| k == key) {
             Some(index) => index,
             None => {
-                if self.keys.len() >= MAX_LOG_KEYS {
-                    self.keys.remove(0);
+                if self.keys.len() >= self.capacity {
+                    // The key whose window began first (ended, if any has).
+                    let oldest = self
+                        .keys
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, (_, start, ..))| *start)
+                        .map_or(0, |(index, _)| index);
+                    self.keys.swap_remove(oldest);
                 }
                 self.keys.push((key.to_string(), now, 0, 0));
                 self.keys.len() - 1
@@ -55,13 +77,57 @@ impl LogLimiter {
     }
 }
 
-#[derive(Default)]
 pub struct Reporter {
     metrics: Metrics,
+    /// Lines about one host.
     limiter: LogLimiter,
+    /// Lines about a service as a whole (its host table, its breaker).
+    services: LogLimiter,
+    /// When the dropped per-host metrics were last logged.
+    dropped_logged_ms: Option<u64>,
+    dropped_since_log: u64,
+}
+
+impl Default for Reporter {
+    fn default() -> Self {
+        Reporter {
+            metrics: Metrics::default(),
+            limiter: LogLimiter::new(MAX_HOST_LOG_KEYS),
+            services: LogLimiter::new(MAX_SERVICE_LOG_KEYS),
+            dropped_logged_ms: None,
+            dropped_since_log: 0,
+        }
+    }
 }
 
 impl Reporter {
+    /// Counts per-host metric updates dropped at the bound, and says so
+    /// once (then at most every ten minutes).
+    fn report_dropped(&mut self, host: &impl Host, now: u64) {
+        let dropped = self.metrics.take_dropped();
+        if dropped == 0 {
+            return;
+        }
+        self.metrics.add_in(
+            host,
+            names::global("host_metrics_dropped"),
+            dropped,
+            Scope::Global,
+        );
+        self.dropped_since_log = self.dropped_since_log.saturating_add(dropped);
+        let due = self
+            .dropped_logged_ms
+            .is_none_or(|at| now.saturating_sub(at) >= DROPPED_LOG_MS);
+        if due {
+            log::warn!(
+                "meshguard: {} per-host metric updates dropped at the bound of {MAX_HOST_METRICS} per-host names; service metrics are unaffected (see host_metrics_dropped)",
+                self.dropped_since_log
+            );
+            self.dropped_logged_ms = Some(now);
+            self.dropped_since_log = 0;
+        }
+    }
+
     /// Adds the unit's batched counters to Envoy's stats.
     pub fn publish_counts(&mut self, host: &impl Host, unit: &mut Unit, now: u64) {
         if unit.counts.is_empty() {
@@ -101,7 +167,7 @@ impl Reporter {
                 counts.not_tracked,
             );
             let line = format!("{key} host table");
-            if self.limiter.allow(&line, now).0 {
+            if self.services.allow(&line, now).0 {
                 log::warn!(
                     "meshguard: {key}: {} hosts not tracked, the service has more than limits.maxHostsPerService ({}); they get only the requests left to Envoy's load balancer",
                     counts.not_tracked,
@@ -118,22 +184,37 @@ impl Reporter {
         let metrics = &mut self.metrics;
         let mut by_state = [0u64; 4];
         let mut graded = Vec::new();
+        // A host's gauge exists only once it is graded (not for every
+        // watched host, Healthy with a failure or two), and is set back
+        // to 0 when it is Healthy again or no longer watched. Both lists
+        // are in address order.
         for entry in &unit.snapshot.hosts {
             let state = entry.health.state();
             by_state[names::state_value(state) as usize] += 1;
-            metrics.set(
-                host,
-                names::host_metric("host_state", key, &entry.address),
-                names::state_value(state),
-            );
+            let was_graded = unit
+                .graded_gauges
+                .binary_search_by(|a| a.as_str().cmp(&entry.address))
+                .is_ok();
+            if state != HostState::Healthy || was_graded {
+                metrics.set_in(
+                    host,
+                    names::host_metric("host_state", key, &entry.address),
+                    names::state_value(state),
+                    Scope::Host,
+                );
+            }
             if state != HostState::Healthy {
                 graded.push(entry.address.clone());
             }
         }
-        // Hosts no longer watched are Healthy again.
         for address in &unit.graded_gauges {
             if unit.snapshot.host(address).is_none() {
-                metrics.set(host, names::host_metric("host_state", key, address), 0);
+                metrics.set_in(
+                    host,
+                    names::host_metric("host_state", key, address),
+                    0,
+                    Scope::Host,
+                );
             }
         }
         unit.graded_gauges = graded;
@@ -166,6 +247,7 @@ impl Reporter {
             names::service_metric("breaker_state", key),
             names::breaker_value(unit.snapshot.breaker.state()),
         );
+        self.report_dropped(host, now);
     }
 
     /// Counts an event in Envoy's stats and logs it (rate-limited per host).
@@ -191,7 +273,12 @@ impl Reporter {
                 if transition.to == HostState::Unhealthy {
                     let reason = names::ejection_reason(&transition.reason);
                     metrics.add(host, names::labelled("ejections", key, "reason", reason), 1);
-                    metrics.add(host, names::host_metric("host_ejections", key, address), 1);
+                    metrics.add_in(
+                        host,
+                        names::host_metric("host_ejections", key, address),
+                        1,
+                        Scope::Host,
+                    );
                 }
                 address.as_str()
             }
@@ -210,13 +297,18 @@ impl Reporter {
                 "circuit breaker"
             }
         };
-        let (allowed, suppressed) = self.limiter.allow(&format!("{key} {subject}"), now);
+        let limiter = match event {
+            Event::HostNotTracked { .. } | Event::Breaker(_) => &mut self.services,
+            _ => &mut self.limiter,
+        };
+        let (allowed, suppressed) = limiter.allow(&format!("{key} {subject}"), now);
         if suppressed > 0 {
             log::info!("meshguard: {key} {subject}: {suppressed} more lines were suppressed in the last minute");
         }
         if allowed {
             log_event(key, event);
         }
+        self.report_dropped(host, now);
     }
 }
 
@@ -261,5 +353,84 @@ fn log_event(unit: &str, event: &Event) {
             ),
             None => log::info!("meshguard: {unit} circuit breaker: {} -> {}: {}", t.from, t.to, t.reason),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::state::memory::{MemoryHost, SharedData};
+
+    #[test]
+    fn churning_hosts_do_not_reset_a_services_warning_count() {
+        let mut reporter = Reporter::default();
+        let table = "svc host table";
+        let allowed = (0..10)
+            .filter(|_| reporter.services.allow(table, 1_000).0)
+            .count();
+        assert_eq!(allowed, usize::from(LOG_LINES_PER_WINDOW));
+        // Thousands of hosts change grade within the same minute.
+        for i in 0..5_000 {
+            reporter
+                .limiter
+                .allow(&format!("svc 10.0.{}.{}:80", i / 256, i % 256), 2_000);
+        }
+        assert!(!reporter.services.allow(table, 3_000).0, "still suppressed");
+        // A host key's count survives churn of keys that began later.
+        let mut hosts = LogLimiter::new(4);
+        for _ in 0..LOG_LINES_PER_WINDOW {
+            assert!(hosts.allow("a", 0).0);
+        }
+        for (i, key) in ["b", "c", "d"].iter().enumerate() {
+            hosts.allow(key, 10 + i as u64);
+        }
+        hosts.allow("e", 20);
+        assert_eq!(hosts.keys.len(), 4);
+        assert!(
+            hosts.keys.iter().all(|(k, ..)| k != "a"),
+            "the oldest window went"
+        );
+        // After its window the line comes back, with the count suppressed.
+        assert_eq!(reporter.services.allow(table, 61_000), (true, 5));
+    }
+
+    #[test]
+    fn per_host_names_have_their_own_bound_and_drops_are_counted() {
+        let host = MemoryHost::new(Rc::new(SharedData::default()));
+        let mut metrics = Metrics::default();
+        for i in 0..MAX_HOST_METRICS + 100 {
+            let address = format!("10.0.{}.{}:80", i / 256, i % 256);
+            metrics.set_in(
+                &host,
+                names::host_metric("host_state", "svc", &address),
+                1,
+                Scope::Host,
+            );
+        }
+        assert_eq!(metrics.take_dropped(), 100);
+        assert_eq!(metrics.take_dropped(), 0);
+        // Service-level names are not starved.
+        metrics.add(&host, names::service_metric("ejections", "svc"), 1);
+        assert_eq!(host.metric("meshguard.ejections.service.svc"), Some(1));
+        // A host name defined before the bound keeps working.
+        let first = names::host_metric("host_state", "svc", "10.0.0.0:80");
+        metrics.set_in(&host, first.clone(), 2, Scope::Host);
+        assert_eq!(host.metric(&first), Some(2));
+        assert_eq!(metrics.take_dropped(), 0);
+        let mut reporter = Reporter {
+            metrics,
+            ..Reporter::default()
+        };
+        reporter.metrics.set_in(
+            &host,
+            "meshguard.x.service.s.host.new".into(),
+            1,
+            Scope::Host,
+        );
+        reporter.report_dropped(&host, 5_000);
+        assert_eq!(host.metric("meshguard.host_metrics_dropped"), Some(1));
+        assert_eq!(reporter.dropped_logged_ms, Some(5_000));
     }
 }
