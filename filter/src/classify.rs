@@ -59,7 +59,8 @@ pub enum LocalOrigin {
 pub enum FailureKind {
     /// 502, 503 or 504 from the host.
     Gateway(u16),
-    /// Another 5xx from the host.
+    /// Another 5xx from the host, or a status outside HTTP's 100-599
+    /// (Envoy passes 600-999 through).
     ServerError(u16),
     /// A status the operator listed as a failure (429, a 4xx...).
     Status(u16),
@@ -136,6 +137,9 @@ pub fn classify(facts: &ResponseFacts, detection: &Detection) -> Result<Outcome,
     let status = facts.status;
     if status == 0 {
         return Err(Ignored::NoResponse);
+    }
+    if !(100..=599).contains(&status) {
+        return failure(FailureKind::ServerError(status));
     }
     if detection.failure_statuses.contains(status) {
         return failure(match status {
@@ -219,10 +223,14 @@ fn local_origin(bits: u64) -> Option<LocalOrigin> {
 }
 
 /// Whether the shell must read the response flags to classify this status:
-/// a plain 1xx-4xx answer that is not a configured failure needs nothing
-/// more, which keeps the common path to one property read.
-pub fn needs_flags(status: u16, detection: &Detection) -> bool {
-    !(100..500).contains(&status) || detection.failure_statuses.contains(status)
+/// a plain 1xx-4xx answer that is not a configured failure and that came
+/// to its end needs nothing more, which keeps the common path to one
+/// property read. A response that did not end (no end of stream in its
+/// headers, body or trailers) was cut off: a reset, a protocol error or a
+/// timeout after the headers (Envoy's `upstream_reset_after_response_started`,
+/// flags UR/UC/UPE/UT), or the client going away (DC); only the flags tell.
+pub fn needs_flags(status: u16, response_ended: bool, detection: &Detection) -> bool {
+    !response_ended || !(100..500).contains(&status) || detection.failure_statuses.contains(status)
 }
 
 #[cfg(test)]
@@ -439,13 +447,75 @@ mod tests {
     }
 
     #[test]
-    fn only_unusual_statuses_need_the_flags() {
+    fn only_unusual_statuses_and_unfinished_responses_need_the_flags() {
         let d = Detection::default();
-        assert!(!needs_flags(200, &d));
-        assert!(!needs_flags(404, &d));
-        assert!(needs_flags(0, &d));
-        assert!(needs_flags(503, &d));
+        assert!(!needs_flags(200, true, &d));
+        assert!(!needs_flags(404, true, &d));
+        assert!(needs_flags(0, true, &d));
+        assert!(needs_flags(503, true, &d));
+        assert!(needs_flags(700, true, &d));
         let with_429 = detection(r#"{"detection":{"failureStatusCodes":["5xx",429]}}"#);
-        assert!(needs_flags(429, &with_429));
+        assert!(needs_flags(429, true, &with_429));
+        // A response whose end never came may have been cut off.
+        assert!(needs_flags(200, false, &d));
+        assert!(needs_flags(404, false, &d));
+    }
+
+    #[test]
+    fn a_response_cut_off_after_its_headers_is_the_hosts_failure() {
+        let d = Detection::default();
+        let cut = |bits| ResponseFacts {
+            status: 200,
+            flags: bits,
+            ..ResponseFacts::default()
+        };
+        // Envoy 1.40, `upstream_reset_after_response_started{...}`.
+        let cases = [
+            (flags::UPSTREAM_REMOTE_RESET, LocalOrigin::Reset),
+            (flags::UPSTREAM_CONNECTION_TERMINATION, LocalOrigin::Reset),
+            (flags::UPSTREAM_PROTOCOL_ERROR, LocalOrigin::Reset),
+            (flags::UPSTREAM_REQUEST_TIMEOUT, LocalOrigin::Timeout),
+            (
+                flags::UPSTREAM_MAX_STREAM_DURATION_REACHED,
+                LocalOrigin::Timeout,
+            ),
+        ];
+        for (bits, origin) in cases {
+            let outcome = classify(&cut(bits), &d);
+            assert_eq!(
+                outcome.map(|o| o.failure),
+                Ok(Some(FailureKind::LocalOrigin(origin))),
+                "{bits:#x}"
+            );
+            assert!(FailureKind::LocalOrigin(origin).is_local_origin());
+        }
+        // The client leaving in the middle of the body is not the host's doing.
+        assert_eq!(
+            classify(&cut(flags::DOWNSTREAM_CONNECTION_TERMINATION), &d),
+            Err(Ignored::ClientCancelled)
+        );
+        // Nothing in the flags: the answer stands.
+        assert_eq!(classify(&cut(0), &d), Ok(Outcome::SUCCESS));
+    }
+
+    #[test]
+    fn statuses_outside_http_are_failures() {
+        let d = Detection::default();
+        let only_503 = detection(r#"{"detection":{"failureStatusCodes":[503]}}"#);
+        for code in [1, 99, 600, 700, 999, 1000, u16::MAX] {
+            assert_eq!(
+                kind(status(code), &d),
+                Some(FailureKind::ServerError(code)),
+                "{code}"
+            );
+            assert_eq!(
+                kind(status(code), &only_503),
+                Some(FailureKind::ServerError(code)),
+                "{code}, whatever the configured statuses"
+            );
+        }
+        for code in [100, 101, 599] {
+            assert!(classify(&status(code), &only_503).is_ok_and(|o| !o.failed()));
+        }
     }
 }

@@ -85,6 +85,11 @@ impl<T: Default> InFlight<T> {
         self.map.get(&id).map(|(_, state)| state)
     }
 
+    /// The state of stream `id` to change, if it has any (never creates it).
+    pub fn get_mut(&mut self, id: u32) -> Option<&mut T> {
+        self.map.get_mut(&id).map(|(_, state)| state)
+    }
+
     /// Ends stream `id`, returning its state if it had any.
     pub fn remove(&mut self, id: u32) -> Option<T> {
         self.map.remove(&id).map(|(_, state)| state)

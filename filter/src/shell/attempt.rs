@@ -5,7 +5,11 @@
 //! Measured in Envoy 1.40: every attempt gets its request headers, even
 //! one whose connection then fails; only answered ones get response
 //! headers; `response.code` and `response.flags` there are the downstream
-//! stream's, not the attempt's.
+//! stream's, not the attempt's. An answered attempt whose response never
+//! reached its end (no end of stream in its headers, body or trailers)
+//! was cut off after its headers and counts as a reset of its host,
+//! unless the client went away (or its answer was a failure already, as
+//! a 503 the router resets to retry it).
 //!
 //! The outcome is recorded at the end, against the attempt's host, into
 //! the same records the downstream instance steers from.
@@ -14,7 +18,7 @@ use super::envoy_host::Worker;
 use super::host::{self, Map};
 use super::props;
 use super::stream::{Stream, CONTINUE};
-use crate::classify::{self, flags, ResponseFacts, Unanswered};
+use crate::classify::{self, flags, FailureKind, LocalOrigin, ResponseFacts, Unanswered};
 use crate::service::Observation;
 use crate::state::worker::Routed;
 
@@ -39,6 +43,7 @@ impl Stream {
         if self.request_at_ms.is_some() {
             self.response_at_ms = host::now_ms().ok();
         }
+        self.response_ended = end_of_stream;
         if end_of_stream {
             self.grpc_status = props::grpc_status(Map::ResponseHeaders);
         }
@@ -54,14 +59,31 @@ impl Stream {
         let detection = &config.detection;
         let outcome = match self.status {
             Some(status) => {
+                // Answered, but never to the end: the host reset the
+                // attempt (or broke the protocol) after its headers, or a
+                // timeout or the client going away cut it off. The flags
+                // are the downstream stream's: they tell the client's
+                // leaving and the route's timeout apart, not always the
+                // attempt's own reset (which may not be written yet).
+                let cut_off = !self.response_ended;
+                let flags = if cut_off {
+                    props::response_flags().unwrap_or(0)
+                } else {
+                    0
+                };
                 let facts = ResponseFacts {
                     status,
-                    flags: 0,
+                    flags,
                     grpc_status: self.grpc_status,
                     duration_ms: self.duration_ms(),
                     from_this_filter: false,
                 };
-                classify::classify(&facts, detection)
+                classify::classify(&facts, detection).map(|mut outcome| {
+                    if cut_off && outcome.failure.is_none() {
+                        outcome.failure = Some(FailureKind::LocalOrigin(LocalOrigin::Reset));
+                    }
+                    outcome
+                })
             }
             None => {
                 let now = host::now_ms().unwrap_or(self.started_ms);

@@ -52,6 +52,9 @@ pub struct Stream {
     pub(super) response_at_ms: Option<u64>,
     pub(super) grpc_status: Option<u32>,
     pub(super) status: Option<u16>,
+    /// The response came to its end (end of stream in its headers, body
+    /// or trailers); one that started and did not was cut off.
+    pub(super) response_ended: bool,
 }
 
 impl Stream {
@@ -174,6 +177,7 @@ impl Stream {
         // as the `response.code` property at log time, which costs more.
         self.status =
             props::header_text(Map::ResponseHeaders, ":status").and_then(|s| s.parse().ok());
+        self.response_ended = end_of_stream;
         let Some(config) = self.config.clone() else {
             return CONTINUE;
         };
@@ -183,8 +187,13 @@ impl Stream {
         let steering = &config.steering;
         // The stateful-session filter writes the chosen host into the
         // response; clients should not see (or pin) upstream addresses.
-        // Envoy's override_host policy (plain encoding) writes nothing back.
-        if steering.enabled && steering.encoding == Encoding::Base64 {
+        // Envoy's override_host policy (plain encoding) writes nothing back,
+        // but an upstream may send the header: an Envoy filter removes it
+        // for free (envoy/demo.yaml.tmpl), or the filter does when it is
+        // asked to keep clients off the header (one more call).
+        if steering.enabled
+            && (steering.encoding == Encoding::Base64 || steering.strip_client_header)
+        {
             let _ = host::remove_header(Map::ResponseHeaders, &steering.header);
         }
         if end_of_stream {
@@ -209,8 +218,15 @@ impl Stream {
         CONTINUE
     }
 
+    /// The response's last body frame passed (see `abi::proxy_on_response_body`).
+    pub fn on_response_end(&mut self) {
+        self.response_ended = true;
+    }
+
     pub fn on_response_trailers(&mut self) -> u32 {
         self.grpc_status = props::grpc_status(Map::ResponseTrailers);
+        // Trailers end a response.
+        self.response_ended = true;
         CONTINUE
     }
 
@@ -229,7 +245,7 @@ impl Stream {
             None => worker.config_for(None).0,
         };
         let status = self.status.or_else(props::response_code).unwrap_or(0);
-        let flags = if classify::needs_flags(status, &config.detection) {
+        let flags = if classify::needs_flags(status, self.response_ended, &config.detection) {
             props::response_flags().unwrap_or(0)
         } else {
             0
