@@ -6,12 +6,13 @@ use serde::{Deserialize, Serialize};
 ///
 /// Every field is optional on the wire and a missing one means its default,
 /// so `{}` makes the server healthy again. A *fault* is one of `reset`,
-/// `grpcStatus` or `status` (checked in that order); `errorPercent` of the
+/// `cutOff`, `grpcStatus` or `status` (checked in that order); `errorPercent` of the
 /// requests get the fault, spread evenly (see [`ErrorSpreader`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Behaviour {
-    /// HTTP status of faulty answers.
+    /// HTTP status of faulty answers: 100-999, which is what an HTTP/1 status
+    /// line can carry (Envoy passes 600-999 on to the client).
     pub status: Option<u16>,
     /// Share of requests that get the fault; defaults to 100 when a fault is
     /// configured, else 0.
@@ -20,6 +21,11 @@ pub struct Behaviour {
     pub latency_ms: u64,
     /// Faulty requests get their connection closed without an answer.
     pub reset: bool,
+    /// Faulty requests get a 200 and the start of its body, then their
+    /// connection is dropped (HTTP/2: the stream reset): a failure after the
+    /// response started, which Envoy logs as `upstream_reset_after_response_started`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cut_off: bool,
     /// Stop listening on the data port and drop open connections, as if the
     /// host had crashed; connections are refused until this is false again.
     pub refuse: bool,
@@ -40,6 +46,10 @@ pub struct Behaviour {
     /// Share of requests that fail while over capacity (default 100).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub overload_error_percent: Option<u8>,
+    /// Headers added to every answer (faulty or not), for example a
+    /// steering header an application should never send.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 impl Behaviour {
@@ -74,7 +84,7 @@ impl Behaviour {
     }
 
     pub fn has_fault(&self) -> bool {
-        self.reset || self.grpc_status.is_some() || self.status.is_some()
+        self.reset || self.cut_off || self.grpc_status.is_some() || self.status.is_some()
     }
 
     /// The share of requests that get the fault, after defaults.
@@ -89,8 +99,8 @@ impl Behaviour {
     /// Checks values a server cannot honour; the message is shown to the caller.
     pub fn validate(&self) -> Result<(), String> {
         if let Some(s) = self.status {
-            if !(100..=599).contains(&s) {
-                return Err(format!("status {s} is not an HTTP status (100-599)"));
+            if !(100..=999).contains(&s) {
+                return Err(format!("status {s} is not a 3-digit HTTP status (100-999)"));
             }
         }
         if let Some(p) = self.error_percent {
@@ -261,6 +271,8 @@ mod tests {
             serde_json::from_str::<Behaviour>(r#"{"statu":503}"#).is_err(),
             "typos must be rejected"
         );
-        assert!(Behaviour::status(700).validate().is_err());
+        assert!(Behaviour::status(700).validate().is_ok());
+        assert!(Behaviour::status(1000).validate().is_err());
+        assert!(Behaviour::status(99).validate().is_err());
     }
 }

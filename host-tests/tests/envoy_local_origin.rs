@@ -142,3 +142,17 @@ fn reset_connections_eject_the_host() {
         },
     );
 }
+
+/// A 200 whose body the host cuts off (Envoy has sent the client the
+/// headers, logs UC/UR and `upstream_reset_after_response_started`) is a
+/// local-origin failure of the host, not a success.
+#[test]
+fn responses_cut_off_after_their_headers_eject_the_host() {
+    ejected_for_local_origin_failures(
+        "envoy_local_origin_cut_off",
+        Behaviour {
+            cut_off: true,
+            ..Behaviour::default()
+        },
+    );
+}

@@ -50,7 +50,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 
-type Body = BoxBody<Bytes, Infallible>;
+/// Bodies fail only with [`InjectedReset`] (`cutOff`), which makes hyper
+/// drop the connection in the middle of the answer.
+type Body = BoxBody<Bytes, InjectedReset>;
 
 const STEERING_HEADER: &str = "x-meshguard-upstream";
 const SAW_STEERING_HEADER: &str = "x-upstream-saw-meshguard-upstream";
@@ -225,7 +227,9 @@ impl Server {
 }
 
 fn full(body: impl Into<Bytes>) -> Body {
-    Full::new(body.into()).boxed()
+    Full::new(body.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
 }
 
 fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
@@ -289,7 +293,9 @@ async fn handle_data(
         return Err(InjectedReset);
     }
     let name = shared.name.as_str();
-    let mut resp = if let Some(code) = b.grpc_status {
+    let mut resp = if fault && b.cut_off {
+        cut_off_response(name)
+    } else if let Some(code) = b.grpc_status {
         grpc_response(if fault { code } else { 0 })
     } else {
         let status = match (fault, overloaded, b.status) {
@@ -309,6 +315,14 @@ async fn handle_data(
     if let Ok(v) = HeaderValue::from_str(name) {
         resp.headers_mut().insert("x-upstream-name", v);
     }
+    for (k, v) in &b.headers {
+        if let (Ok(k), Ok(v)) = (
+            hyper::header::HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            resp.headers_mut().insert(k, v);
+        }
+    }
     // Lets tests check that Envoy strips meshguard's steering header before
     // the request reaches the application.
     if let Some(v) = req.headers().get(STEERING_HEADER) {
@@ -320,6 +334,49 @@ async fn handle_data(
         resp.headers_mut().insert(SAW_REQUEST_ID_HEADER, v.clone());
     }
     Ok(resp)
+}
+
+/// 200 and the start of a JSON body, then the connection is dropped (HTTP/1:
+/// the chunked body never ends) or the stream reset (HTTP/2): Envoy has sent
+/// the client the headers already and logs `upstream_reset_after_response_started`.
+fn cut_off_response(name: &str) -> Response<Body> {
+    let body = CutOffBody {
+        start: Some(Bytes::from(format!("{{\"upstream\":\"{name}\""))),
+        pause: Box::pin(tokio::time::sleep(CUT_OFF_AFTER)),
+    };
+    let mut r = Response::new(body.boxed());
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+/// How long a cut-off answer waits after its first bytes: hyper sends the
+/// headers with them, and an error before they are flushed would drop them
+/// too (a reset *before* the response started).
+const CUT_OFF_AFTER: Duration = Duration::from_millis(20);
+
+/// One data frame, a pause, then the error that makes hyper abort the answer.
+struct CutOffBody {
+    start: Option<Bytes>,
+    pause: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl hyper::body::Body for CutOffBody {
+    type Data = Bytes;
+    type Error = InjectedReset;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, InjectedReset>>> {
+        if let Some(data) = self.start.take() {
+            return std::task::Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        match std::future::Future::poll(self.pause.as_mut(), cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Some(Err(InjectedReset))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
 }
 
 /// 200 + `application/grpc` + one empty message + `grpc-status` trailer: what a
@@ -359,12 +416,12 @@ struct GrpcBody {
 
 impl hyper::body::Body for GrpcBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = InjectedReset;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, InjectedReset>>> {
         let frame = match self.data.take() {
             Some(d) => Some(Frame::data(d)),
             None => self.trailers.take().map(Frame::trailers),
