@@ -21,7 +21,7 @@ RATE=50
 # Like the tests' configuration, but the ejection outlasts the "u2 is broken"
 # scene so the story is not interrupted by u2's (failing) return.
 # The status endpoint (loopback only, by default) feeds the live table.
-PLUGIN_CONFIG='{"detection":{"windowSize":20,"minRequests":10},"ejection":{"baseEjectionTime":"10s","maxEjectionTime":"60s","warmupDuration":"5s"},"status":{"enabled":true}}'
+PLUGIN_CONFIG='{"detection":{"windowSize":20,"minRequests":10},"ejection":{"baseEjectionTime":"10s","maxEjectionTime":"60s","warmupDuration":"5s"},"status":{"enabled":true,"useRemoteAddress":true}}'
 STATUS_URL="http://127.0.0.1:$ENVOY_PORT/meshguard/status"
 
 if [[ -t 1 ]]; then

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::behaviour::{Behaviour, Stats};
-use crate::envoy::{Envoy, WasmPlugin};
+use crate::envoy::{self, Envoy, TemplateVars, WasmPlugin};
 use crate::upstream::Upstream;
 
 /// Names of the three upstreams, in template order (`UPSTREAM1_PORT`..).
@@ -70,6 +70,17 @@ impl ThreeUpstreams {
     /// Needs MESHGUARD_ENVOY and MESHGUARD_WASM; the work directory is
     /// `<tmp_dir>/<test_name>/`. Panics on any setup failure.
     pub fn start(paths: TestPaths, test_name: &str, plugin_config: &str) -> Self {
+        Self::start_edited(paths, test_name, plugin_config, Ok)
+    }
+
+    /// [`start`](Self::start) on the rendered template as `edit` changes it
+    /// (a listener setting the demo does not have, say).
+    pub fn start_edited(
+        paths: TestPaths,
+        test_name: &str,
+        plugin_config: &str,
+        edit: impl FnOnce(String) -> Result<String, String>,
+    ) -> Self {
         let envoy_bin = required_env_file(
             "MESHGUARD_ENVOY",
             "the Envoy 1.40 binary",
@@ -96,13 +107,17 @@ impl ThreeUpstreams {
             wasm_path: wasm,
             config: plugin_config.to_string(),
         };
-        let envoy = Envoy::start_with_fallback(
-            &envoy_bin,
-            &dir,
-            ports,
-            Some(fallback.data.port()),
-            Some(plugin),
-        )
+        let fallback_port = Some(fallback.data.port());
+        let envoy = Envoy::start_with_config(&envoy_bin, &dir, |admin_port, listen_port| {
+            let vars = TemplateVars {
+                admin_port,
+                listen_port,
+                upstream_ports: ports,
+                fallback_port,
+                wasm: Some(plugin),
+            };
+            edit(envoy::render(envoy::TEMPLATE, &vars)?)
+        })
         .unwrap_or_else(|e| panic!("{e}"));
         println!(
             "envoy pid {} listener {} admin {}; upstreams {}; fallback {}={}; logs in {}",

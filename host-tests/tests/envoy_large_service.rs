@@ -29,14 +29,14 @@ const RATE: u32 = 300;
 /// 30 s (the default): the bad host stays bad in these tests, and a 3 s
 /// ejection would bring it back into warm-up every few seconds, each return
 /// costing a request or two by design, which is not what they measure.
-const CONFIG: &str = r#"{"detection":{"windowSize":20,"minRequests":10},"ejection":{"baseEjectionTime":"30s","maxEjectionTime":"60s","warmupDuration":"4s"},"status":{"enabled":true}}"#;
+const CONFIG: &str = r#"{"detection":{"windowSize":20,"minRequests":10},"ejection":{"baseEjectionTime":"30s","maxEjectionTime":"60s","warmupDuration":"4s"},"status":{"enabled":true,"useRemoteAddress":true}}"#;
 /// The upstream instance's configuration for [`CONFIG`]'s downstream one:
 /// the same detection and ejection (an upstream instance takes nothing else).
 const UPSTREAM_CONFIG: &str = r#"{"mode":"upstream","detection":{"windowSize":20,"minRequests":10},"ejection":{"baseEjectionTime":"30s","maxEjectionTime":"60s","warmupDuration":"4s"}}"#;
 /// `host_tests::TEST_PLUGIN_CONFIG` (3 s ejections) and the status endpoint:
 /// for the scale-down test, where the ejection should end while the test
 /// watches steering settle.
-const SHORT_EJECTION_CONFIG: &str = r#"{"detection":{"windowSize":20,"minRequests":10},"ejection":{"baseEjectionTime":"3s","maxEjectionTime":"30s","warmupDuration":"4s"},"status":{"enabled":true}}"#;
+const SHORT_EJECTION_CONFIG: &str = r#"{"detection":{"windowSize":20,"minRequests":10},"ejection":{"baseEjectionTime":"3s","maxEjectionTime":"30s","warmupDuration":"4s"},"status":{"enabled":true,"useRemoteAddress":true}}"#;
 
 /// Share of all requests the ejected host may still receive after detection
 /// (attempts, retried ones included): a quarter of a fair share at 100

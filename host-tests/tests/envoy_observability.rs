@@ -47,7 +47,7 @@ fn metrics_and_status_tell_what_happened() {
     let s = ThreeUpstreams::start(
         host_tests::test_paths!(),
         "envoy_observability_metrics",
-        &config_with(r#"{"enabled":true}"#),
+        &config_with(r#"{"enabled":true,"useRemoteAddress":true}"#),
     );
     let listener = s.listener();
     let mut sent = Tally::default();
@@ -246,6 +246,78 @@ fn status_endpoint_is_invisible_to_other_sources() {
             },
         );
     }
+}
+
+fn get_forwarded(addr: std::net::SocketAddr, xff: &str) -> http::Response {
+    let headers = [("x-forwarded-for", xff)];
+    http::request(
+        addr,
+        "GET",
+        "/meshguard/status",
+        &headers,
+        &[],
+        Duration::from_secs(5),
+    )
+    .expect("request")
+}
+
+/// A client outside `allowedCidrs` forging an allowed address in
+/// X-Forwarded-For. On the demo listener (`use_remote_address: true`)
+/// Envoy's source.address is the connection's peer, so the forgery is
+/// ignored; on a listener with Envoy's default (as Istio's sidecars have),
+/// Envoy takes source.address from the header, and meshguard refuses any
+/// status request carrying it, saying why.
+#[test]
+fn status_endpoint_is_not_fooled_by_x_forwarded_for() {
+    let forged = ["10.1.2.3", "1.2.3.4, 10.1.2.3"];
+    let edge = ThreeUpstreams::start(
+        host_tests::test_paths!(),
+        "envoy_observability_status_xff_edge",
+        &config_with(r#"{"enabled":true,"useRemoteAddress":true,"allowedCidrs":["10.1.2.3/32"]}"#),
+    );
+    for xff in forged {
+        let reply = get_forwarded(edge.listener(), xff);
+        let body = String::from_utf8_lossy(&reply.body).to_string();
+        edge.check(
+            reply.status == 200
+                && reply.header("x-upstream-name").is_some()
+                && !body.contains("services"),
+            || format!("edge listener, X-Forwarded-For {xff:?}: the request should reach an upstream, no status document: {} {body}", reply.status),
+        );
+    }
+    drop(edge);
+
+    let inner = ThreeUpstreams::start_edited(
+        host_tests::test_paths!(),
+        "envoy_observability_status_xff_inner",
+        &config_with(r#"{"enabled":true,"allowedCidrs":["10.1.2.3/32","127.0.0.1/32"]}"#),
+        |yaml| {
+            let edge = "          use_remote_address: true\n";
+            yaml.contains(edge)
+                .then(|| yaml.replace(edge, ""))
+                .ok_or_else(|| "envoy/demo.yaml.tmpl changed: no use_remote_address line".into())
+        },
+    );
+    for xff in forged {
+        let reply = get_forwarded(inner.listener(), xff);
+        let body = String::from_utf8_lossy(&reply.body).to_string();
+        inner.check(
+            reply.status == 403
+                && body.contains("X-Forwarded-For")
+                && !body.contains("services")
+                && reply.header("x-upstream-name").is_none(),
+            || format!("inner listener, X-Forwarded-For {xff:?}: meshguard should refuse, saying why: {} {body}", reply.status),
+        );
+    }
+    // An allowed client calling without the header still gets its answer.
+    let reply = get(inner.listener(), "/meshguard/status");
+    let body = String::from_utf8_lossy(&reply.body).to_string();
+    inner.check(reply.status == 200 && body.contains("services"), || {
+        format!(
+            "inner listener, no X-Forwarded-For: the status document: {} {body}",
+            reply.status
+        )
+    });
 }
 
 /// A client cannot pin a host through meshguard's steering header: the

@@ -114,7 +114,9 @@ impl Mode {
         } else {
             ""
         };
-        let downstream = format!(r#"{{{GRADING}{steering},"status":{{"enabled":true}}}}"#);
+        let downstream = format!(
+            r#"{{{GRADING}{steering},"status":{{"enabled":true,"useRemoteAddress":true}}}}"#
+        );
         let upstream = format!(r#"{{"mode":"upstream",{GRADING}}}"#);
         match self {
             Mode::RetriesOnly => opts,

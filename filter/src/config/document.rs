@@ -639,6 +639,14 @@ pub struct Status {
     /// and IPv6. Default ["127.0.0.1/32", "::1/128"].
     #[schemars(extend("default" = ["127.0.0.1/32", "::1/128"]))]
     pub allowed_cidrs: Option<Vec<String>>,
+    /// Set it when the listener's HTTP connection manager has
+    /// `use_remote_address: true` and no trusted hops: Envoy's
+    /// `source.address` is then the connection's peer, and requests
+    /// carrying X-Forwarded-For are answered too. Default false: Envoy may
+    /// take `source.address` from X-Forwarded-For, which clients write, so
+    /// a status request carrying that header is refused (403).
+    #[schemars(extend("default" = false))]
+    pub use_remote_address: Option<bool>,
 }
 
 /// The JSON Schema of the plugin configuration (draft 2020-12), as

@@ -83,6 +83,12 @@ pub struct Status {
     pub enabled: bool,
     pub path: String,
     pub allowed_cidrs: Vec<crate::cidr::Cidr>,
+    /// The listener's connection manager sets `use_remote_address: true`
+    /// (no trusted hops), so `source.address` is the connection's peer even
+    /// when the request carries `X-Forwarded-For`. Otherwise Envoy takes
+    /// `source.address` from that header, which a client writes, and a
+    /// status request carrying it is refused.
+    pub use_remote_address: bool,
 }
 
 impl Default for Status {
@@ -94,14 +100,16 @@ impl Default for Status {
                 .iter()
                 .filter_map(|c| crate::cidr::Cidr::parse(c).ok())
                 .collect(),
+            use_remote_address: false,
         }
     }
 }
 
 impl Status {
     fn apply(&mut self, o: &Object) -> Result<(), ConfigError> {
-        o.only(&["enabled", "path", "allowedCidrs"])?;
+        o.only(&["enabled", "path", "allowedCidrs", "useRemoteAddress"])?;
         o.bool("enabled", &mut self.enabled)?;
+        o.bool("useRemoteAddress", &mut self.use_remote_address)?;
         o.string("path", &mut self.path)?;
         if !self.path.starts_with('/') || self.path.chars().any(|c| c.is_whitespace() || c == '?') {
             return Err(ConfigError::new(

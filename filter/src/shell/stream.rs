@@ -396,14 +396,36 @@ impl Stream {
         if !status.allowed_cidrs.iter().any(|c| c.contains(ip)) {
             return None;
         }
-        let now = host::now_ms().unwrap_or(0);
-        let body = worker.status_json(now);
+        // Unless the listener uses the connection's peer, Envoy took
+        // `source.address` from the last X-Forwarded-For entry, which the
+        // client may have written: no property gives the direct peer, so
+        // such a request is refused, saying why (the source looked allowed).
+        let forwarded = !status.use_remote_address
+            && matches!(
+                host::header(Map::RequestHeaders, "x-forwarded-for"),
+                Ok(Some(_))
+            );
+        let (code, details, body) = if forwarded {
+            (
+                403,
+                "meshguard_status_forwarded",
+                FORWARDED_REFUSAL.to_string(),
+            )
+        } else {
+            let now = host::now_ms().unwrap_or(0);
+            (200, "meshguard_status", worker.status_json(now))
+        };
         self.local_reply = true;
+        let content_type = if forwarded {
+            "text/plain"
+        } else {
+            "application/json"
+        };
         let headers = [
-            ("content-type", "application/json"),
+            ("content-type", content_type),
             ("cache-control", "no-store"),
         ];
-        match host::send_local_response(200, "meshguard_status", body.as_bytes(), &headers, None) {
+        match host::send_local_response(code, details, body.as_bytes(), &headers, None) {
             Ok(()) => Some(PAUSE),
             Err(_) => None,
         }
@@ -422,6 +444,9 @@ impl Stream {
         CONTINUE
     }
 }
+
+/// The status endpoint's answer to a request carrying X-Forwarded-For.
+const FORWARDED_REFUSAL: &str = "meshguard: status requests carrying X-Forwarded-For are refused: Envoy may take source.address from that header. Call the endpoint without it, or set status.useRemoteAddress when the listener has use_remote_address: true.\n";
 
 /// A request steered or left to Envoy's load balancer while some host is
 /// ejected may land there: ask Envoy to retry it elsewhere (on top of the route's own
