@@ -1,10 +1,10 @@
 //! Per-request state between Envoy's callbacks, keyed by context id.
 //!
-//! meshguard does not export `proxy_on_context_create` or
-//! `proxy_on_delete` (each exported callback is one more VM entry per
-//! request), so a request's state is created at its first callback and
-//! dropped at `proxy_on_log`, which Envoy delivers for every finished
-//! stream. The table is bounded all the same: a stream whose log never came
+//! A request's state is created at `proxy_on_context_create` (or its first
+//! callback, should a host not call that) and dropped at `proxy_on_log`,
+//! which Envoy delivers for every finished stream; meshguard does not
+//! export `proxy_on_delete` (each exported callback is one more VM entry
+//! per request). The table is bounded all the same: a stream whose log never came
 //! must not grow memory.
 
 use std::collections::HashMap;

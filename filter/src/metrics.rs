@@ -42,6 +42,7 @@ pub const CATALOGUE: &[(&str, Kind, &str, &str)] = &[
     ("local_replies", Kind::Counter, "service", "requests answered by the open breaker"),
     ("config_rejected", Kind::Counter, "", "plugin configurations refused"),
     ("host_metrics_dropped", Kind::Counter, "", "per-host metric updates dropped because a worker reached its bound of 2,048 per-host names (service-level metrics have their own)"),
+    ("plugin_instances_dropped", Kind::Counter, "", "plugin instances a VM dropped at its limit of 64 live ones (configuration pushed faster than listeners drain); their requests pass through unobserved"),
 ];
 
 /// Envoy's Prometheus name of a catalogue entry (`wasmcustom.` is Envoy's

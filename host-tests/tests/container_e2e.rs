@@ -617,3 +617,86 @@ fn listener_update_in_process_mode() {
     let _s = serial();
     dynamic_listener_update("process_listener_update", Mode::Process);
 }
+
+/// Waits up to 10 s until the background traffic is served by `generation`.
+fn until_generation(traffic: &Background, generation: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while traffic.last_generation().as_deref() != Some(generation) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// Configuration pushed as operators do, within one listener drain time
+/// (Envoy's default 600 s, so every old listener still drains): a rollback
+/// (v1, v2, then v1 again, which Envoy serves with v1's live plugin
+/// instance, no callback) takes effect, and 70 updates in a row (more than
+/// the 64 instances a VM keeps) never switch meshguard off: each one is in
+/// force in turn and the last stays.
+#[test]
+fn listener_updates_roll_back_and_never_switch_the_filter_off() {
+    let _s = serial();
+    let mut tb = start(
+        TestbedSpec::new("process_listener_rollback", Mode::Process)
+            .dynamic_listener(true)
+            .plugin_config(&generation_config("v1", "")),
+    );
+    let traffic = Background::start(&tb);
+    tb.check(until_generation(&traffic, "v1"), || {
+        format!("v1 not in effect: {:?}", traffic.last_generation())
+    });
+    for generation in ["v2", "v1"] {
+        tb.update_plugin_config(&generation_config(generation, ""));
+        tb.check(until_generation(&traffic, generation), || {
+            format!(
+                "{generation} not in force 10 s after its update (a rollback must apply): serving {:?}",
+                traffic.last_generation()
+            )
+        });
+    }
+    let updates = 70;
+    for n in 0..updates {
+        let generation = format!("u{n}");
+        tb.update_plugin_config(&generation_config(&generation, ""));
+        tb.check(until_generation(&traffic, &generation), || {
+            format!(
+                "update {n} of {updates} not in force after 10 s: serving {:?}",
+                traffic.last_generation()
+            )
+        });
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let seen = traffic.finish();
+    let last = format!("u{}", updates - 1);
+    let failed: Vec<_> = seen.iter().filter(|(s, _)| *s != 200).take(5).collect();
+    let log = tb.log();
+    let not_started = log.lines().filter(|l| l.contains("not started")).count();
+    let dropped = log
+        .lines()
+        .filter(|l| l.contains("least recently used"))
+        .count();
+    println!(
+        "{} requests, {} failed; instances dropped at the limit: {dropped} log lines; meshguard_plugin_instances_dropped {}",
+        seen.len(),
+        failed.len(),
+        tb.envoy_stat("wasmcustom.meshguard.plugin_instances_dropped")
+    );
+    tb.check(failed.is_empty(), || {
+        format!("requests failed during the updates: {failed:?}")
+    });
+    tb.check(not_started == 0, || {
+        format!("{not_started} log lines say a configuration was not started")
+    });
+    tb.check(seen.last().is_some_and(|(_, g)| *g == last), || {
+        format!(
+            "the last update {last} should stay in force: {:?}",
+            seen.last()
+        )
+    });
+    tb.check(dropped > 0, || {
+        "70 live configurations in one VM: the least recently used should have been dropped, and said so".into()
+    });
+}

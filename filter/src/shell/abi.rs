@@ -3,10 +3,13 @@
 //! export, and each entry into the VM costs about as much as the rest of
 //! the filter's work per request (`make bench`). The SDK exports them all,
 //! so a do-nothing filter built on it enters the VM seven times per
-//! request; meshguard enters four times (request headers, response
-//! headers, done, log), plus response trailers when there are any. `done`
-//! is for upstream instances (`mode: upstream`), whose attempts Envoy
-//! never logs; a request's stream returns from it at once.
+//! request; meshguard enters five times (context create, request headers,
+//! response headers, done, log), plus response trailers when there are
+//! any. `context_create` names the request's plugin instance (see
+//! `super::roots`: without it a configuration applied again is ignored
+//! while the old listener drains). `done` is for upstream instances
+//! (`mode: upstream`), whose attempts Envoy never logs, and for plugin
+//! instances Envoy shuts down; a request's stream returns from it at once.
 //!
 //! Every entry point catches a busy state (re-entry) and an unconfigured
 //! plugin by passing the request through untouched.
@@ -40,7 +43,8 @@ fn with_filter<R>(f: impl FnOnce(&mut Filter) -> R) -> Option<R> {
 
 impl Filter {
     /// The request's state and the worker that serves it, creating the
-    /// state at the request's first callback.
+    /// state at the request's first callback when the host did not create
+    /// it at `proxy_on_context_create`.
     fn stream(&mut self, context_id: u32) -> Option<(&mut Stream, &mut super::envoy_host::Worker)> {
         let roots = &self.roots;
         let Some(stream) = self.streams.get_or_create(context_id, || roots.clock_ms()) else {
@@ -94,17 +98,29 @@ pub extern "C" fn proxy_on_vm_start(_root_context_id: u32, _vm_configuration_siz
 pub extern "C" fn proxy_on_configure(root_context_id: u32, configuration_size: usize) -> u32 {
     with_filter(|filter| {
         let now = super::host::now_ms().unwrap_or(0);
-        match filter.roots.get_or_create(root_context_id, now) {
-            Some(root) => super::configure(root, configuration_size),
-            None => {
-                log::error!(
-                    "meshguard: too many plugin configurations in one VM; this one is not started"
-                );
-                false
-            }
-        }
+        super::configure(
+            filter.roots.get_or_create(root_context_id, now),
+            configuration_size,
+        )
     })
     .map_or(0, u32::from)
+}
+
+/// A context starts: a request's (or an attempt's) names its plugin
+/// instance; a root context's own creation needs nothing (it is known at
+/// its configuration).
+#[no_mangle]
+pub extern "C" fn proxy_on_context_create(context_id: u32, root_context_id: u32) {
+    if root_context_id == 0 {
+        return;
+    }
+    with_filter(|filter| {
+        let roots = &mut filter.roots;
+        let now = roots.clock_ms();
+        if let Some(stream) = filter.streams.get_or_create(context_id, || now) {
+            roots.adopt(stream, root_context_id, now);
+        }
+    });
 }
 
 #[no_mangle]
@@ -187,7 +203,7 @@ pub extern "C" fn proxy_on_response_body(context_id: u32, _body_size: usize, end
 pub extern "C" fn proxy_on_log(context_id: u32) {
     with_filter(|filter| {
         let mut stream = filter.streams.remove(context_id).unwrap_or_default();
-        if let Some(worker) = filter.roots.for_stream(&mut stream) {
+        if let Some(worker) = filter.roots.for_stream(&stream) {
             // An attempt (upstream instance) ends at its log, should a host
             // ever log one, or else at its done.
             if stream.attempt {
@@ -199,19 +215,30 @@ pub extern "C" fn proxy_on_log(context_id: u32) {
     });
 }
 
-/// A stream's end. Envoy never logs an upstream filter's streams (the
+/// A context's end. Envoy never logs an upstream filter's streams (the
 /// attempts an upstream instance sees), so theirs are recorded here; a
-/// request's stream waits for its log, which comes later.
+/// request's stream waits for its log, which comes later. A plugin
+/// instance's end frees its slot at once.
 #[no_mangle]
 pub extern "C" fn proxy_on_done(context_id: u32) -> u32 {
     with_filter(|filter| {
-        if !filter.streams.get(context_id).is_some_and(|s| s.attempt) {
+        let Some(stream) = filter.streams.get(context_id) else {
+            filter.roots.remove(context_id);
+            return;
+        };
+        if !stream.attempt {
+            // A request's stream waits for its log; but one whose instance
+            // has no configuration (dropped at the limit) has nothing to
+            // record and may be an attempt, which is never logged.
+            if !filter.roots.serves(stream) {
+                filter.streams.remove(context_id);
+            }
             return;
         }
         let Some(mut stream) = filter.streams.remove(context_id) else {
             return;
         };
-        if let Some(worker) = filter.roots.for_stream(&mut stream) {
+        if let Some(worker) = filter.roots.for_stream(&stream) {
             stream.on_attempt_done(worker);
         }
     });

@@ -2,13 +2,22 @@
 //! one a request belongs to.
 //!
 //! Usually a VM holds one. Envoy puts several in one VM when filters share
-//! the module and VM settings but not the plugin configuration (two
-//! listeners, or a configuration update while the old listener drains).
-//! Without `proxy_on_context_create` (not exported: one VM entry less per
-//! request) a request does not say which instance it belongs to, so it is
-//! asked for (`plugin_root_id`, then `plugin_name`) only when those tell
-//! the live instances apart; otherwise the newest configuration governs.
-//! An instance Envoy deleted stops ticking and is forgotten.
+//! the module and VM settings but not the plugin configuration: two
+//! listeners, an upstream instance beside the downstream one, or a
+//! configuration update while the old listener drains. Envoy identifies an
+//! instance by its whole plugin configuration, so a configuration applied
+//! again (a rollback: A, then B, then A) while the first A still drains
+//! gets A's live root context back without any callback; only
+//! `proxy_on_context_create`, which names each request's root context,
+//! tells that requests follow A again. Requests follow their own instance;
+//! one whose host does not say follows the newest.
+//!
+//! Instances end at `proxy_on_done` (Envoy's shutdown of a root context)
+//! or, should a host not say, when they stop ticking. A VM holds at most
+//! `MAX_ROOTS`: configuration pushed faster than listeners drain would
+//! otherwise grow memory, so past it the instance least recently used by a
+//! request (never the newest) is dropped, its requests pass through
+//! unobserved, and the new configuration always starts.
 
 use super::envoy_host::Worker;
 use super::host;
@@ -17,130 +26,124 @@ use super::stream::Stream;
 
 /// Ticks come every 100 ms; an instance silent this long was deleted.
 const SILENT_MS: u64 = 5_000;
-/// Plugin instances one VM keeps at most.
-const MAX_ROOTS: usize = 64;
+/// Plugin instances one VM keeps at most: each holds a worker's tables.
+pub const MAX_ROOTS: usize = 64;
 
 pub struct Root {
     pub context_id: u32,
-    root_id: String,
     /// `plugin_name`: also the prefix of the shared-data keys.
     pub name: String,
     /// `None` until a configuration was accepted.
     pub worker: Option<Worker>,
+    /// Its last tick.
     last_seen_ms: u64,
-}
-
-/// How a request's instance is found when there are several.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Tell {
-    ByRootId,
-    ByName,
-    Newest,
+    /// When a request of its own last started, or it was configured.
+    last_used_ms: u64,
 }
 
 #[derive(Default)]
 pub struct Roots {
     /// In order of their first configuration; the last is the newest.
     roots: Vec<Root>,
-    tell: Option<Tell>,
 }
 
 impl Roots {
-    /// The instance with this context id, created if new.
-    pub fn get_or_create(&mut self, context_id: u32, now: u64) -> Option<&mut Root> {
+    /// The instance with this context id, created if new (dropping the
+    /// least recently used one when the VM holds `MAX_ROOTS`).
+    pub fn get_or_create(&mut self, context_id: u32, now: u64) -> &mut Root {
         if let Some(position) = self.position(context_id) {
             let root = &mut self.roots[position];
             root.last_seen_ms = now;
-            return Some(root);
+            root.last_used_ms = now;
+            return &mut self.roots[position];
         }
         if self.roots.len() >= MAX_ROOTS {
-            return None;
+            self.drop_least_used();
+        }
+        if !self.roots.is_empty() {
+            log::info!(
+                "meshguard: {} plugin instances in this VM (a listener update while the old listener drains, or filters with their own configuration); each request follows its own",
+                self.roots.len() + 1
+            );
         }
         self.roots.push(Root {
             context_id,
-            root_id: props::plugin_root_id().unwrap_or_default(),
             name: props::plugin_name().unwrap_or_else(|| "meshguard".to_string()),
             worker: None,
             last_seen_ms: now,
+            last_used_ms: now,
         });
-        self.retell();
-        self.roots.last_mut()
+        let last = self.roots.len() - 1;
+        &mut self.roots[last]
+    }
+
+    fn drop_least_used(&mut self) {
+        // Never the newest: its configuration is the one in force.
+        let older = self.roots.len().saturating_sub(1);
+        let Some(position) = (0..older).min_by_key(|&i| self.roots[i].last_used_ms) else {
+            return;
+        };
+        let dropped = self.roots.remove(position);
+        if let Ok(id) = host::define_metric(0, &crate::metrics::global("plugin_instances_dropped"))
+        {
+            let _ = host::increment_metric(id, 1);
+        }
+        log::warn!(
+            "meshguard: {MAX_ROOTS} plugin configurations live in this VM (updates come faster than listeners drain); the one least recently used (context {}) is dropped and its requests pass through unobserved",
+            dropped.context_id
+        );
     }
 
     fn position(&self, context_id: u32) -> Option<usize> {
         self.roots.iter().position(|r| r.context_id == context_id)
     }
 
+    /// Envoy shut the instance down (its last filter is gone); any other
+    /// context id is ignored.
+    pub fn remove(&mut self, context_id: u32) {
+        self.roots.retain(|r| r.context_id != context_id);
+    }
+
+    /// A request of `root_context_id` started: it belongs there.
+    pub fn adopt(&mut self, stream: &mut Stream, root_context_id: u32, now: u64) {
+        stream.root = Some(root_context_id);
+        if let Some(position) = self.position(root_context_id) {
+            self.roots[position].last_used_ms = now;
+        }
+    }
+
     /// A tick from `context_id` at `now`: instances that stopped ticking
     /// were deleted by Envoy.
     pub fn tick(&mut self, context_id: u32, now: u64) -> Option<&mut Root> {
-        let before = self.roots.len();
         self.roots.retain(|r| {
             r.context_id == context_id || now.saturating_sub(r.last_seen_ms) < SILENT_MS
         });
-        if self.roots.len() != before {
-            self.retell();
-        }
         let position = self.position(context_id)?;
         let root = &mut self.roots[position];
         root.last_seen_ms = now;
         Some(root)
     }
 
-    fn retell(&mut self) {
-        let distinct = |key: fn(&Root) -> &str| {
-            self.roots
-                .iter()
-                .enumerate()
-                .all(|(i, a)| self.roots[i + 1..].iter().all(|b| key(a) != key(b)))
-        };
-        self.tell = if self.roots.len() <= 1 {
-            None
-        } else if distinct(|r| r.root_id.as_str()) {
-            Some(Tell::ByRootId)
-        } else if distinct(|r| r.name.as_str()) {
-            Some(Tell::ByName)
-        } else {
-            // Usually a configuration update while the old listener drains;
-            // also two filters that share root_id and name, which deserve a
-            // hint.
-            log::info!(
-                "meshguard: {} plugin configurations share this VM under the same root_id and name; requests follow the newest (filters that should keep their own configuration need their own root_id or vm_id)",
-                self.roots.len()
-            );
-            Some(Tell::Newest)
-        };
-    }
-
-    /// The configured instance a request belongs to, noting it in the
-    /// request's state when it had to be asked for.
-    pub fn for_stream(&mut self, stream: &mut Stream) -> Option<&mut Worker> {
-        let position = match (stream.root, self.tell) {
-            (Some(id), _) => self.position(id),
-            (None, None) => (!self.roots.is_empty()).then_some(0),
-            (None, Some(tell)) => {
-                let position = self.pick(tell);
-                stream.root = position.map(|p| self.roots[p].context_id);
-                position
-            }
-        }?;
+    /// The configured instance a request belongs to: its own, or the
+    /// newest when the host did not name it. A request of an instance
+    /// dropped at the limit passes through unobserved: it may be an
+    /// upstream instance's attempt, which the newest must not take for a
+    /// request.
+    pub fn for_stream(&mut self, stream: &Stream) -> Option<&mut Worker> {
+        let position = self.serving(stream)?;
         self.roots[position].worker.as_mut()
     }
 
-    fn pick(&self, tell: Tell) -> Option<usize> {
-        let newest = self.roots.iter().rposition(|r| r.worker.is_some());
-        let found = match tell {
-            Tell::ByRootId => {
-                let id = props::plugin_root_id().unwrap_or_default();
-                self.roots.iter().position(|r| r.root_id == id)
-            }
-            Tell::ByName => {
-                let name = props::plugin_name().unwrap_or_default();
-                self.roots.iter().position(|r| r.name == name)
-            }
-            Tell::Newest => None,
-        };
-        found.or(newest)
+    pub fn serves(&self, stream: &Stream) -> bool {
+        self.serving(stream)
+            .is_some_and(|p| self.roots[p].worker.is_some())
+    }
+
+    fn serving(&self, stream: &Stream) -> Option<usize> {
+        match stream.root {
+            Some(id) => self.position(id),
+            None => self.roots.iter().rposition(|r| r.worker.is_some()),
+        }
     }
 
     /// Wall-clock time for bookkeeping, without a host call when a worker
