@@ -32,6 +32,16 @@ impl Var {
     }
 }
 
+/// Longest configuration text meshguard accepts (a template, a header
+/// name, a glob...): longer is a mistake, and it would be copied per request.
+pub const MAX_TEXT: usize = 4096;
+/// Placeholders in one template.
+pub const MAX_PLACEHOLDERS: usize = 16;
+/// What one placeholder renders at most: longer values (a client's 59 KB
+/// `x-request-id`) are cut to their first bytes, so a rendered value never
+/// exceeds `MAX_TEXT + MAX_PLACEHOLDERS * MAX_VALUE_BYTES` (12 KiB).
+pub const MAX_VALUE_BYTES: usize = 512;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
     Text(String),
@@ -61,9 +71,7 @@ impl Template {
     /// so JSON bodies need no escaping. Placeholders outside `allowed` (or
     /// unknown) are refused.
     pub fn parse(text: &str, allowed: &[Var]) -> Result<Template, String> {
-        if text.chars().any(|c| c.is_control()) {
-            return Err("contains control characters (CR, LF, NUL...)".to_string());
-        }
+        checked_text(text)?;
         let mut parts = Vec::new();
         let mut literal = String::new();
         let mut rest = text;
@@ -85,14 +93,12 @@ impl Template {
                 .map(|(v, _)| *v)
                 .filter(|v| allowed.contains(v))
                 .ok_or_else(|| {
-                    let known: Vec<String> = allowed
-                        .iter()
-                        .map(|v| format!("{{{}}}", v.name()))
-                        .collect();
-                    format!(
-                        "unknown placeholder {{{name}}} here (use {})",
-                        known.join(", ")
-                    )
+                    let mut known = String::new();
+                    for v in allowed {
+                        let sep = if known.is_empty() { "" } else { ", " };
+                        let _ = write!(known, "{sep}{{{}}}", v.name());
+                    }
+                    format!("unknown placeholder {{{name}}} here (use {known})")
                 })?;
             literal.push_str(&rest[..open]);
             if !literal.is_empty() {
@@ -104,6 +110,12 @@ impl Template {
         literal.push_str(rest);
         if !literal.is_empty() {
             parts.push(Part::Text(literal));
+        }
+        let placeholders = parts.iter().filter(|p| matches!(p, Part::Var(_))).count();
+        if placeholders > MAX_PLACEHOLDERS {
+            return Err(format!(
+                "has {placeholders} placeholders (at most {MAX_PLACEHOLDERS})"
+            ));
         }
         Ok(Template { parts })
     }
@@ -132,13 +144,33 @@ impl Template {
                         Var::RetryAfterSeconds => "",
                     };
                     // Values come from traffic and cluster names: never let
-                    // one smuggle a line break into a header.
-                    out.extend(value.chars().filter(|c| !c.is_control()));
+                    // one smuggle a line break into a header, nor grow it
+                    // without bound.
+                    let mut room = MAX_VALUE_BYTES;
+                    for c in value.chars().filter(|c| !c.is_control()) {
+                        room = match room.checked_sub(c.len_utf8()) {
+                            Some(left) => left,
+                            None => break,
+                        };
+                        out.push(c);
+                    }
                 }
             }
         }
         out
     }
+}
+
+/// Configuration text must be short and free of control characters: it
+/// ends up in headers and log lines.
+pub fn checked_text(text: &str) -> Result<(), String> {
+    if text.len() > MAX_TEXT {
+        return Err(format!("is {} bytes long (at most {MAX_TEXT})", text.len()));
+    }
+    if text.chars().any(char::is_control) {
+        return Err("contains control characters (CR, LF, NUL...)".to_string());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -212,6 +244,44 @@ mod tests {
             ..Values::default()
         };
         assert_eq!(t.render(&values), "ax-evil: 1");
+    }
+
+    #[test]
+    fn absurd_templates_are_refused() {
+        let err = Template::parse(&"{requestId}".repeat(5000), EVERY).unwrap_err();
+        assert_eq!(err, "is 55000 bytes long (at most 4096)");
+        let err = Template::parse(&"{route}-".repeat(500), EVERY).unwrap_err();
+        assert_eq!(err, "has 500 placeholders (at most 16)");
+        assert!(Template::parse(&"{requestId}".repeat(MAX_PLACEHOLDERS), EVERY).is_ok());
+        let err = Template::parse(&"a".repeat(MAX_TEXT + 1), EVERY).unwrap_err();
+        assert_eq!(err, "is 4097 bytes long (at most 4096)");
+        assert!(Template::parse(&"a".repeat(MAX_TEXT), EVERY).is_ok());
+    }
+
+    #[test]
+    fn each_value_is_cut_to_a_bound_so_a_render_is_bounded() {
+        let t = Template::parse(&"{requestId}".repeat(MAX_PLACEHOLDERS), EVERY).unwrap();
+        let huge = "é".repeat(30_000);
+        let values = Values {
+            request_id: &huge,
+            ..Values::default()
+        };
+        let out = t.render(&values);
+        assert_eq!(
+            out,
+            "é".repeat(MAX_VALUE_BYTES / 2).repeat(MAX_PLACEHOLDERS)
+        );
+        assert!(out.len() <= MAX_TEXT + MAX_PLACEHOLDERS * MAX_VALUE_BYTES);
+        // Cut on a character boundary, never inside one.
+        let odd = format!("a{huge}");
+        let values = Values {
+            request_id: &odd,
+            ..Values::default()
+        };
+        let one = Template::parse("{requestId}", EVERY)
+            .unwrap()
+            .render(&values);
+        assert_eq!(one.len(), MAX_VALUE_BYTES - 1);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! failing, answer locally instead of waiting on it.
 
 use super::json::Object;
-use super::{header_name, ConfigError, Millis};
+use super::{header_name, own_header, ConfigError, Millis};
 use crate::template::{Template, Var};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,7 +153,7 @@ impl CircuitBreaker {
             fallback.only(&["header", "value"])?;
             let mut header = self.fallback.header.clone();
             fallback.string("header", &mut header)?;
-            self.fallback.header = header_name(&header)
+            self.fallback.header = own_header(&header)
                 .map_err(|reason| ConfigError::new(fallback.path("header"), reason))?;
             fallback.template("value", &mut self.fallback.value, REPLY_VARS)?;
         }

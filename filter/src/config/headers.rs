@@ -4,7 +4,7 @@ use serde_json::Value;
 
 use super::json::{whole_number, Object};
 use super::status_set::{StatusSet, StatusSpec};
-use super::ConfigError;
+use super::{ConfigError, MAX_HEADER_RULES};
 use crate::breaker::BreakerState;
 use crate::glob::Glob;
 use crate::headers::{HeaderRules, Op, Rule, When};
@@ -30,17 +30,24 @@ enum Phase {
 impl HeaderRules {
     pub(super) fn apply(&mut self, o: &Object) -> Result<(), ConfigError> {
         o.only(&["request", "response", "requestId"])?;
-        if let Some(rules) = o.objects("request")? {
-            self.request = rules
+        for (key, phase) in [("request", Phase::Request), ("response", Phase::Response)] {
+            let Some(rules) = o.objects(key)? else {
+                continue;
+            };
+            if rules.len() > MAX_HEADER_RULES {
+                return Err(ConfigError::new(
+                    o.path(key),
+                    format!("has {} rules (at most {MAX_HEADER_RULES})", rules.len()),
+                ));
+            }
+            let rules = rules
                 .iter()
-                .map(|r| rule(r, Phase::Request))
+                .map(|r| rule(r, phase))
                 .collect::<Result<_, _>>()?;
-        }
-        if let Some(rules) = o.objects("response")? {
-            self.response = rules
-                .iter()
-                .map(|r| rule(r, Phase::Response))
-                .collect::<Result<_, _>>()?;
+            match phase {
+                Phase::Request => self.request = rules,
+                Phase::Response => self.response = rules,
+            }
         }
         if let Some(id) = o.object("requestId")? {
             id.only(&["header", "generate"])?;
@@ -243,14 +250,6 @@ fn writable(text: &str, phase: Phase) -> Result<String, String> {
     }
     if name == "host" {
         return Err("`host`: Envoy carries the host as :authority; use `:authority`".to_string());
-    }
-    if matches!(
-        name.as_str(),
-        "content-length" | "transfer-encoding" | "connection" | "keep-alive" | "upgrade" | "te"
-    ) {
-        return Err(format!(
-            "`{name}` is managed by Envoy; changing it would break HTTP framing"
-        ));
     }
     super::header_name(&name)
 }

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use super::duration::{self, Millis};
 use super::ConfigError;
-use crate::template::{Template, Var};
+use crate::template::{checked_text, Template, Var};
 
 /// One JSON object of the configuration and where it sits.
 pub struct Object<'a> {
@@ -184,7 +184,10 @@ impl<'a> Object<'a> {
     pub fn string(&self, key: &str, target: &mut String) -> Result<(), ConfigError> {
         match self.get(key) {
             None => {}
-            Some(Value::String(value)) => value.clone_into(target),
+            Some(Value::String(value)) => {
+                checked_text(value).map_err(|reason| ConfigError::new(self.path(key), reason))?;
+                value.clone_into(target)
+            }
             Some(other) => return Err(self.wrong(key, "a string", other)),
         }
         Ok(())
@@ -247,8 +250,13 @@ pub fn whole_number(value: &Value) -> Option<u64> {
         // Negative: report it as out of range rather than as a non-number.
         return Some(u64::MAX);
     }
+    // Too large (or negative): out of range, not a non-number.
     let float = number.as_f64()?;
-    (float.fract() == 0.0 && (0.0..1.8e19).contains(&float)).then_some(float as u64)
+    (float.fract() == 0.0).then_some(if (0.0..1.8e19).contains(&float) {
+        float as u64
+    } else {
+        u64::MAX
+    })
 }
 
 fn display_number(value: &Value) -> String {
@@ -275,4 +283,125 @@ pub fn each<T>(
             read(item).map_err(|reason| ConfigError::new(format!("{path}[{index}]"), reason))
         })
         .collect()
+}
+
+/// Most fields one JSON object may have (the largest legitimate one is a
+/// local reply's `headers`, itself capped at `MAX_HEADER_RULES`).
+const MAX_FIELDS: usize = super::MAX_HEADER_RULES;
+/// Longest field name (header names are the longest legitimate ones).
+const MAX_KEY: usize = super::MAX_HEADER_NAME;
+
+/// What serde_json's `Value` hides, checked on the raw text: a key given
+/// twice in one object (`Value` keeps the last, so an invalid first one
+/// would vanish) and numbers a double cannot hold (`1e-400` reads as 0).
+/// Any text is walked without panicking; invalid JSON is serde's to report.
+pub fn strict(text: &str) -> Result<(), ConfigError> {
+    // Every open object's keys so far, in one list; per open object or
+    // array where its keys start, and its element index.
+    let mut keys: Vec<&str> = Vec::new();
+    let mut open: Vec<(bool, usize, usize)> = Vec::new();
+    let bytes = text.as_bytes();
+    let mut expect_key = false;
+    let mut i = 0;
+    while let Some(&byte) = bytes.get(i) {
+        let start = i;
+        let mut problem = String::new();
+        match byte {
+            b'{' | b'[' => {
+                // Deeper than serde_json's own limit: serde refuses it.
+                if open.len() == 128 {
+                    return Ok(());
+                }
+                expect_key = byte == b'{';
+                open.push((expect_key, 0, keys.len()));
+            }
+            b'}' | b']' => {
+                if let Some((_, _, from)) = open.pop() {
+                    keys.truncate(from);
+                }
+            }
+            b',' => {
+                if let Some((object, index, _)) = open.last_mut() {
+                    *index += 1;
+                    expect_key = *object;
+                }
+            }
+            b'"' => {
+                let mut escaped = false;
+                i += 1;
+                while let Some(&c) = bytes.get(i).filter(|c| **c != b'"') {
+                    escaped |= c == b'\\';
+                    i += if c == b'\\' { 2 } else { 1 };
+                }
+                let key = text.get(start + 1..i).unwrap_or_default();
+                if let (true, Some(&(_, _, from))) = (expect_key, open.last()) {
+                    let siblings = keys.get(from..).unwrap_or_default();
+                    if siblings.contains(&key) {
+                        problem = "appears twice (JSON keeps only the last)".into();
+                    }
+                    // Escapes would hide a duplicate; no field name needs one.
+                    if escaped || key.len() > MAX_KEY || siblings.len() == MAX_FIELDS {
+                        problem = format!(
+                            "is a field name with escapes, over {MAX_KEY} bytes or past {MAX_FIELDS} fields"
+                        );
+                    }
+                    keys.push(key);
+                    expect_key = false;
+                }
+            }
+            b'-' | b'0'..=b'9' => {
+                while let Some(b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-') = bytes.get(i + 1) {
+                    i += 1;
+                }
+                let token = text.get(start..=i).unwrap_or_default();
+                let nonzero = token
+                    .bytes()
+                    .take_while(|b| !matches!(b, b'e' | b'E'))
+                    .any(|b| matches!(b, b'1'..=b'9'));
+                match value(token) {
+                    Err(_) => problem = format!("`{token}` is not a number meshguard can read"),
+                    Ok(n) if nonzero && whole_number(&n) == Some(0) => {
+                        problem = format!("`{token}` is too small to tell from 0")
+                    }
+                    Ok(_) => {}
+                }
+            }
+            _ => {}
+        }
+        if !problem.is_empty() {
+            let mut field = String::new();
+            for (depth, &(object, index, _)) in open.iter().enumerate() {
+                // An object's last key is the one before the next open
+                // container's keys start.
+                let end = open.get(depth + 1).map_or(keys.len(), |next| next.2);
+                field = match object {
+                    true => join(
+                        &field,
+                        end.checked_sub(1)
+                            .and_then(|k| keys.get(k))
+                            .copied()
+                            .unwrap_or_default(),
+                    ),
+                    false => format!("{field}[{index}]"),
+                };
+            }
+            return Err(ConfigError::new(
+                if field.is_empty() {
+                    "(configuration)"
+                } else {
+                    &field
+                },
+                problem,
+            ));
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// One parser for the whole module: serde_json's is large, inlined twice
+/// it would cost kilobytes.
+#[inline(never)]
+pub fn value(text: &str) -> Result<Value, serde_json::Error> {
+    serde_json::from_str(text)
 }

@@ -20,7 +20,6 @@ pub use status_set::{StatusSet, StatusSpec};
 use crate::headers::HeaderRules;
 
 use json::{join, Object};
-use serde_json::Value;
 
 /// Why a configuration was refused: the field path (`detection.windowSize`)
 /// and the reason, so the one log line tells the operator what to fix.
@@ -295,6 +294,12 @@ pub const MAX_SERVICES: u16 = 1024;
 pub const MAX_HOSTS_PER_SERVICE: u16 = 16384;
 pub const MAX_WATCHED_HOSTS_PER_SERVICE: u16 = 4096;
 
+/// Rules in one header rule list (and headers of a local reply): each
+/// rule costs every request it applies to (20,000 cost 30 ms a request).
+pub const MAX_HEADER_RULES: usize = 256;
+/// Longest header name meshguard writes.
+pub const MAX_HEADER_NAME: usize = 256;
+
 impl Config {
     /// Parses and checks a plugin configuration. Empty input means all defaults.
     pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
@@ -303,7 +308,8 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        let value: Value = serde_json::from_str(text).map_err(|err| {
+        json::strict(text)?;
+        let value = json::value(text).map_err(|err| {
             ConfigError::new("(configuration)", format!("is not valid JSON: {err}"))
         })?;
         let root = Object::root(&value)?;
@@ -404,6 +410,15 @@ impl Config {
                 format!(
                     "{} must not exceed unhealthyFailurePercent ({})",
                     d.degraded_failure_percent, d.unhealthy_failure_percent
+                ),
+            ));
+        }
+        if self.steering.header == self.headers.request_id.header {
+            return Err(ConfigError::new(
+                field("steering.header"),
+                format!(
+                    "`{}` is also headers.requestId.header: meshguard would overwrite the client's request id",
+                    self.steering.header
                 ),
             ));
         }
@@ -573,7 +588,7 @@ impl Steering {
         let mut header = self.header.clone();
         o.string("header", &mut header)?;
         self.header =
-            header_name(&header).map_err(|reason| ConfigError::new(o.path("header"), reason))?;
+            own_header(&header).map_err(|reason| ConfigError::new(o.path("header"), reason))?;
         let mut encoding = String::new();
         o.string("encoding", &mut encoding)?;
         self.encoding = match encoding.as_str() {
@@ -624,19 +639,57 @@ fn retry_on_list(text: &str) -> Result<String, String> {
     Ok(out.join(","))
 }
 
+/// HTTP framing and hop-by-hop headers: Envoy's business.
+const FRAMING_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "upgrade",
+    "te",
+];
+/// What a client's request carries for itself.
+const CLIENT_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-request-id",
+];
+
 /// A header name meshguard may set: a lower-cased HTTP token that is not
-/// a pseudo-header or a header HTTP framing depends on.
+/// a pseudo-header or a header HTTP framing depends on (hop-by-hop).
 fn header_name(text: &str) -> Result<String, String> {
+    if text.len() > MAX_HEADER_NAME {
+        return Err(format!(
+            "is {} bytes long (at most {MAX_HEADER_NAME})",
+            text.len()
+        ));
+    }
     let name = text.trim().to_ascii_lowercase();
     let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
     if name.is_empty() || !name.chars().all(token) {
         return Err(format!("`{text}` is not a valid HTTP header name"));
     }
-    if matches!(
-        name.as_str(),
-        "host" | "content-length" | "transfer-encoding" | "connection"
-    ) {
-        return Err(format!("`{name}` is a header HTTP itself depends on"));
+    if FRAMING_HEADERS.contains(&name.as_str()) {
+        return Err(format!(
+            "`{name}` is a header HTTP framing depends on (Envoy manages it)"
+        ));
+    }
+    Ok(name)
+}
+
+/// A header meshguard fills with its own value on the client's request
+/// (the steering address, the fallback marker): not one the client's
+/// request already needs.
+fn own_header(text: &str) -> Result<String, String> {
+    let name = header_name(text)?;
+    if CLIENT_HEADERS.contains(&name.as_str()) {
+        return Err(format!(
+            "`{name}` belongs to the client (credentials, cookies, request id): meshguard would overwrite it"
+        ));
     }
     Ok(name)
 }

@@ -481,3 +481,243 @@ fn an_upstream_instance_takes_detection_ejection_and_limits_only() {
     let error = Config::parse(br#"{"mode":1}"#).expect_err("not a string");
     assert_eq!(error.field, "mode");
 }
+
+/// (field, reason) of a refusal, for exact comparisons.
+fn why(json: &str) -> (String, String) {
+    let err = refused(json);
+    (err.field, err.reason)
+}
+
+fn pair(field: &str, reason: &str) -> (String, String) {
+    (field.to_string(), reason.to_string())
+}
+
+#[test]
+fn hop_by_hop_and_client_headers_cannot_carry_the_steering_address() {
+    for name in [
+        "te",
+        "upgrade",
+        "keep-alive",
+        "connection",
+        "transfer-encoding",
+        "proxy-connection",
+        "content-length",
+        "host",
+    ] {
+        assert_eq!(
+            why(&format!(r#"{{"steering": {{"header": "{name}"}}}}"#)),
+            pair(
+                "steering.header",
+                &format!("`{name}` is a header HTTP framing depends on (Envoy manages it)")
+            ),
+        );
+    }
+    for name in [
+        "authorization",
+        "Proxy-Authorization",
+        "cookie",
+        "set-cookie",
+        "x-request-id",
+    ] {
+        let lower = name.to_ascii_lowercase();
+        assert_eq!(
+            why(&format!(r#"{{"steering": {{"header": "{name}"}}}}"#)),
+            pair(
+                "steering.header",
+                &format!("`{lower}` belongs to the client (credentials, cookies, request id): meshguard would overwrite it")
+            ),
+        );
+        // The fallback header would overwrite it just the same.
+        assert_eq!(
+            refused(&format!(
+                r#"{{"circuitBreaker": {{"fallback": {{"header": "{name}"}}}}}}"#
+            ))
+            .field,
+            "circuitBreaker.fallback.header"
+        );
+    }
+    for name in [":path", ":authority", "a b", ""] {
+        assert_eq!(
+            refused(&format!(r#"{{"steering": {{"header": "{name}"}}}}"#)).field,
+            "steering.header"
+        );
+    }
+    // The request id header meshguard reads is the client's too.
+    assert_eq!(
+        why(r#"{"steering": {"header": "x-trace"}, "headers": {"requestId": {"header": "X-Trace"}}}"#),
+        pair(
+            "steering.header",
+            "`x-trace` is also headers.requestId.header: meshguard would overwrite the client's request id"
+        ),
+    );
+}
+
+#[test]
+fn a_key_given_twice_is_refused_not_silently_replaced() {
+    // serde_json keeps the last: the invalid first section would vanish.
+    assert_eq!(
+        why(r#"{"detection": {"windowSize": 0}, "detection": {}}"#),
+        pair("detection", "appears twice (JSON keeps only the last)")
+    );
+    assert_eq!(
+        why(
+            r#"{"overrides": [{"route": "a"}, {"route": "b", "detection": {"minRequests": 1, "minRequests": 2}}]}"#
+        ),
+        pair(
+            "overrides[1].detection.minRequests",
+            "appears twice (JSON keeps only the last)"
+        )
+    );
+    // Spelt with escapes it would be another key to the scan but the
+    // same to serde: no field name needs escapes, so none may have them.
+    assert_eq!(
+        why(r#"{"mode": "downstream", "\u006dode": "upstream"}"#),
+        pair(
+            "\\u006dode",
+            "is a field name with escapes, over 256 bytes or past 256 fields"
+        )
+    );
+    // The same key in different objects, or as a value, is fine.
+    parse(r#"{"detection": {"windowSize": 10, "minRequests": 5}, "circuitBreaker": {"windowSize": 10, "minRequests": 5}}"#).unwrap();
+    parse(r#"{"status": {"path": "/path", "enabled": true}}"#).unwrap();
+    parse(r#"{"headers": {"request": [{"op": "set", "name": "a", "value": "{}"}, {"op": "set", "name": "a", "value": "x"}]}}"#).unwrap();
+}
+
+#[test]
+fn numbers_a_double_cannot_hold_are_refused() {
+    // 1e-400 reads as 0, which would turn the consecutive-5xx ejection off.
+    assert_eq!(
+        why(r#"{"detection": {"consecutive5xxErrors": 1e-400}}"#),
+        pair(
+            "detection.consecutive5xxErrors",
+            "`1e-400` is too small to tell from 0"
+        )
+    );
+    assert_eq!(
+        refused(&format!(
+            r#"{{"detection": {{"consecutive5xxErrors": 0.{}1}}}}"#,
+            "0".repeat(400)
+        ))
+        .field,
+        "detection.consecutive5xxErrors"
+    );
+    assert_eq!(
+        why(r#"{"detection": {"grpcFailureCodes": [14, 1e400]}}"#),
+        pair(
+            "detection.grpcFailureCodes[1]",
+            "`1e400` is not a number meshguard can read"
+        )
+    );
+    assert_eq!(
+        why(r#"{"detection": {"windowSize": 1e300}}"#),
+        pair(
+            "detection.windowSize",
+            "the number is out of range (1-1000)"
+        )
+    );
+    assert_eq!(
+        why(r#"{"detection": {"windowSize": 18446744073709551616}}"#).0,
+        "detection.windowSize"
+    );
+    // Zero however written is zero.
+    for zero in ["0", "0.0", "0e-400", "-0", "0.000"] {
+        let config = parse(&format!(
+            r#"{{"detection": {{"consecutive5xxErrors": {zero}}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(config.detection.consecutive_5xx_errors, 0, "{zero}");
+    }
+    assert_eq!(
+        parse(r#"{"detection": {"windowSize": 1e2}}"#)
+            .unwrap()
+            .detection
+            .window_size,
+        100
+    );
+}
+
+#[test]
+fn control_characters_and_overlong_strings_are_refused() {
+    assert_eq!(
+        why(r#"{"status": {"path": "/status\u0007"}}"#),
+        pair(
+            "status.path",
+            "contains control characters (CR, LF, NUL...)"
+        )
+    );
+    assert_eq!(
+        refused(r#"{"status": {"path": "/a\r\nb"}}"#).field,
+        "status.path"
+    );
+    assert_eq!(
+        refused(r#"{"overrides": [{"route": "a\nb"}]}"#).field,
+        "overrides[0].route"
+    );
+    assert_eq!(
+        refused(r#"{"headers": {"response": [{"op": "set", "name": "x", "value": "a", "when": {"route": "r\u0000"}}]}}"#).field,
+        "headers.response[0].when.route"
+    );
+    let long = "a".repeat(4097);
+    assert_eq!(
+        why(&format!(r#"{{"status": {{"path": "/{long}"}}}}"#)),
+        pair("status.path", "is 4098 bytes long (at most 4096)")
+    );
+    assert_eq!(
+        why(&format!(
+            r#"{{"steering": {{"header": "x{}"}}}}"#,
+            "a".repeat(300)
+        ))
+        .1,
+        "is 301 bytes long (at most 256)"
+    );
+}
+
+#[test]
+fn header_rule_lists_have_a_maximum() {
+    let rules = |n: usize| vec![r#"{"op": "remove", "name": "x-a"}"#; n].join(",");
+    for phase in ["request", "response"] {
+        parse(&format!(
+            r#"{{"headers": {{"{phase}": [{}]}}}}"#,
+            rules(MAX_HEADER_RULES)
+        ))
+        .unwrap();
+        assert_eq!(
+            why(&format!(
+                r#"{{"headers": {{"{phase}": [{}]}}}}"#,
+                rules(20_000)
+            )),
+            pair(&format!("headers.{phase}"), "has 20000 rules (at most 256)")
+        );
+    }
+    let headers: Vec<String> = (0..300).map(|i| format!(r#""x-{i}": "v""#)).collect();
+    assert_eq!(
+        why(&format!(
+            r#"{{"circuitBreaker": {{"localReply": {{"headers": {{{}}}}}}}}}"#,
+            headers.join(",")
+        )),
+        pair(
+            "circuitBreaker.localReply.headers.x-256",
+            "is a field name with escapes, over 256 bytes or past 256 fields"
+        )
+    );
+    assert_eq!(
+        why(&format!(
+            r#"{{"headers": {{"response": [{{"op": "set", "name": "x", "value": "{}"}}]}}}}"#,
+            "{requestId}".repeat(5000)
+        )),
+        pair(
+            "headers.response[0].value",
+            "is 55000 bytes long (at most 4096)"
+        )
+    );
+    assert_eq!(
+        why(&format!(
+            r#"{{"circuitBreaker": {{"localReply": {{"body": "{}"}}}}}}"#,
+            "{service}".repeat(17)
+        )),
+        pair(
+            "circuitBreaker.localReply.body",
+            "has 17 placeholders (at most 16)"
+        )
+    );
+}

@@ -108,6 +108,14 @@ fn refuses_headers_that_break_http() {
             "framing",
         ),
         (
+            r#"{"request": [{"op": "set", "name": "Proxy-Connection", "value": "1"}]}"#,
+            "framing",
+        ),
+        (
+            r#"{"response": [{"op": "rename", "name": "a", "to": "keep-alive"}]}"#,
+            "framing",
+        ),
+        (
             r#"{"response": [{"op": "remove", "name": "Transfer-Encoding"}]}"#,
             "framing",
         ),
@@ -202,4 +210,29 @@ fn request_ids_are_uuid_shaped_and_configurable() {
     assert_eq!(r.request_id.header, "x-correlation-id");
     assert!(r.request_id.generate);
     assert!(!HeaderRules::default().request_id.generate);
+}
+
+#[test]
+fn a_huge_client_value_renders_a_bounded_header() {
+    // Issue 20: 5,000 `{requestId}` and a 59 KB x-request-id asked for 512 MB.
+    let refused = refused(&format!(
+        r#"{{"response": [{{"op": "set", "name": "x-id", "value": "{}"}}]}}"#,
+        "{requestId}".repeat(5000)
+    ));
+    assert_eq!(refused.field, "headers.response[0].value");
+    let rules = rules(&format!(
+        r#"{{"response": [{{"op": "set", "name": "x-id", "value": "{}"}}]}}"#,
+        "{requestId}".repeat(crate::template::MAX_PLACEHOLDERS)
+    ));
+    let huge = "7".repeat(59 * 1024);
+    let values = Values {
+        request_id: &huge,
+        ..values()
+    };
+    let facts = facts();
+    let actions = run(&rules.response, &facts, &values);
+    let [Action::Set("x-id", value)] = actions.as_slice() else {
+        panic!("{actions:?}");
+    };
+    assert_eq!(value.len(), 16 * crate::template::MAX_VALUE_BYTES);
 }

@@ -18,8 +18,17 @@ const REQUEST_ATTEMPT_COUNT: &[u8] = b"upstream\0request_attempt_count";
 const UPSTREAM_LOCAL_ADDRESS: &[u8] = b"upstream\0local_address";
 const TRANSPORT_FAILURE_REASON: &[u8] = b"upstream\0transport_failure_reason";
 
+/// Longest property value meshguard takes in (cluster, route and virtual
+/// host names, addresses): real ones are a few hundred bytes at most, and
+/// each is kept per host or service and copied into headers and logs.
+/// Longer reads as unknown.
+const MAX_PROPERTY: usize = 1024;
+
 fn string(path: &[u8]) -> Option<String> {
     let bytes = host::property(path).ok()??;
+    if bytes.len() > MAX_PROPERTY {
+        return None;
+    }
     let text = String::from_utf8(bytes).ok()?;
     (!text.is_empty()).then_some(text)
 }
