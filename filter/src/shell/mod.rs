@@ -10,6 +10,7 @@ mod props;
 mod roots;
 mod stream;
 
+use std::fmt::Write;
 use std::rc::Rc;
 
 use crate::config::Config;
@@ -22,8 +23,26 @@ fn init() {
     let _ = log::set_logger(&HostLogger);
     log::set_max_level(log::LevelFilter::Info);
     std::panic::set_hook(Box::new(|info| {
-        host::log(host::Level::Error, &format!("meshguard: panic: {info}"));
+        log_line(host::Level::Error, &format!("meshguard: panic: {info}"));
     }));
+}
+
+/// Writes a line to Envoy's log with control characters escaped (`\n`,
+/// `\u{1b}`): configuration values, cluster and route names and addresses
+/// end up in log lines, and a raw CR/LF in one would forge another line.
+fn log_line(level: host::Level, text: &str) {
+    if !text.contains(char::is_control) {
+        return host::log(level, text);
+    }
+    let mut escaped = String::new();
+    for c in text.chars() {
+        if c.is_control() {
+            let _ = write!(escaped, "\\x{:02x}", c as u32);
+        } else {
+            escaped.push(c);
+        }
+    }
+    host::log(level, &escaped);
 }
 
 struct HostLogger;
@@ -44,7 +63,7 @@ impl log::Log for HostLogger {
             log::Level::Debug => host::Level::Debug,
             log::Level::Trace => host::Level::Trace,
         };
-        host::log(level, &record.args().to_string());
+        log_line(level, &record.args().to_string());
     }
 
     fn flush(&self) {}
