@@ -2,6 +2,7 @@
 //! each kind of invalid configuration is refused with the message the
 //! README documents, and a valid reconfiguration replaces the old one.
 
+use host_tests::wasm_host::abi::MapType;
 use host_tests::wasm_host::{Exchange, PluginModule, Proxy, ProxyOptions};
 
 const B: &str = "10.0.0.2:80";
@@ -69,9 +70,39 @@ const INVALID: &[(&str, &[u8], &str)] = &[
     (
         "framing header for steering",
         br#"{"steering":{"header":"content-length"}}"#,
-        "steering.header: `content-length` is a header HTTP itself depends on",
+        "steering.header: `content-length` is a header HTTP framing depends on (Envoy manages it)",
     ),
     ("unknown encoding", br#"{"steering":{"encoding":"hex"}}"#, "steering.encoding: `hex` is not one of: plain, base64"),
+    (
+        "credential header for steering",
+        br#"{"steering":{"header":"Authorization"}}"#,
+        "steering.header: `authorization` belongs to the client (credentials, cookies, request id): meshguard would overwrite it",
+    ),
+    (
+        "hop-by-hop header for steering",
+        br#"{"steering":{"header":"te"}}"#,
+        "steering.header: `te` is a header HTTP framing depends on (Envoy manages it)",
+    ),
+    (
+        "a key given twice",
+        br#"{"detection":{"windowSize":0},"detection":{}}"#,
+        "detection: appears twice (JSON keeps only the last)",
+    ),
+    (
+        "a number that underflows",
+        br#"{"detection":{"consecutive5xxErrors":1e-400}}"#,
+        "detection.consecutive5xxErrors: `1e-400` is too small to tell from 0",
+    ),
+    (
+        "a number that overflows",
+        br#"{"detection":{"windowSize":1e400}}"#,
+        "detection.windowSize: `1e400` is not a number meshguard can read",
+    ),
+    (
+        "control character in the status path",
+        b"{\"status\":{\"path\":\"/s\\u001b\"}}",
+        "status.path: contains control characters (CR, LF, NUL...)",
+    ),
     (
         "bad status class",
         br#"{"detection":{"failureStatusCodes":["6xx"]}}"#,
@@ -179,5 +210,87 @@ fn reconfiguration_replaces_the_configuration_or_keeps_it_when_invalid() {
         failures_to_eject(&mut proxy, "10.0.0.3:80", 20),
         Some(7),
         "7 after the new configuration"
+    );
+}
+
+/// Issue 20, item 5: a response rule repeating `{requestId}` 5,000 times
+/// and a 59 KB client `x-request-id` asked the VM for 512 MB and trapped.
+/// Such a template is refused; the largest accepted one renders a bounded
+/// value whatever the client sends.
+#[test]
+fn a_huge_request_id_cannot_make_a_rendered_header_exhaust_memory() {
+    let rule = |repeats: usize| {
+        format!(
+            r#"{{"headers":{{"response":[{{"op":"set","name":"x-echo","value":"{}"}}]}}}}"#,
+            "{requestId}".repeat(repeats)
+        )
+    };
+    let huge_id = "a".repeat(59 * 1024);
+    let echo_seen = std::cell::Cell::new(0);
+    let send_huge_ids = |proxy: &mut Proxy| {
+        for _ in 0..3 {
+            let sent = Exchange::new("demo", B, 200).header("x-request-id", &huge_id);
+            let stream = proxy
+                .exchange(0, &sent)
+                .expect("a huge x-request-id does not trap the VM");
+            let echo = stream
+                .header(MapType::ResponseHeaders, "x-echo")
+                .expect("the rule still applies")
+                .to_vec();
+            assert!(echo.len() <= 12 * 1024, "{} bytes rendered", echo.len());
+            assert!(proxy.vm(0).memory_size() < 64 << 20, "memory stays small");
+            echo_seen.set(echo.len());
+        }
+    };
+
+    // Before the fix this one was accepted, and its first request trapped.
+    let mut proxy = start(rule(5000).as_bytes());
+    if proxy.configured == [true] {
+        send_huge_ids(&mut proxy);
+    }
+    assert_eq!(proxy.configured, [false], "55 KB of template is refused");
+    assert_eq!(
+        proxy.log_lines("invalid plugin configuration"),
+        [
+            "meshguard: invalid plugin configuration, filter not started: \
+          headers.response[0].value: is 55000 bytes long (at most 4096)"
+        ]
+    );
+
+    let mut proxy = start(rule(16).as_bytes());
+    assert_eq!(proxy.configured, [true]);
+    send_huge_ids(&mut proxy);
+    // Each placeholder's value is cut to its first 512 bytes.
+    assert_eq!(echo_seen.get(), 16 * 512);
+}
+
+/// Issue 20, item 11: CR/LF in a configuration value, or in a name Envoy
+/// hands over (a cluster's), must not forge a line in Envoy's log.
+#[test]
+fn control_characters_never_reach_the_log_raw() {
+    let proxy = start(b"{\"detection\":{\"window\\r\\nmeshguard: forged\":1}}");
+    assert_eq!(proxy.configured, [false]);
+    let logged: Vec<String> = proxy.logs().into_iter().map(|r| r.message).collect();
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert!(!logged[0].contains(['\r', '\n']), "{:?}", logged[0]);
+
+    let mut proxy = start(br#"{"detection":{"consecutive5xxErrors":2}}"#);
+    let cluster = "demo\r\nmeshguard: forged\u{1b}[2J";
+    for _ in 0..3 {
+        proxy.exchange(0, &Exchange::new(cluster, B, 503)).unwrap();
+    }
+    let logged: Vec<String> = proxy.logs().into_iter().map(|r| r.message).collect();
+    let ejected: Vec<&String> = logged.iter().filter(|l| l.contains("Unhealthy")).collect();
+    assert!(!ejected.is_empty(), "{logged:?}");
+    for line in &logged {
+        assert!(
+            !line.contains(['\r', '\n', '\u{1b}']),
+            "raw control character: {line:?}"
+        );
+    }
+    assert!(
+        ejected[0].contains("demo\\x0d\\x0ameshguard: forged\\x1b[2J"),
+        "{:?}",
+        ejected[0]
     );
 }

@@ -83,11 +83,43 @@ const INVALID_CONFIGS: &[&str] = &[
     r#"{"unknown":1}"#,
     r#"{"steering":{"header":":path"}}"#,
     r#"{"detection":{"windowSize":1e400}}"#,
+    r#"{"detection":{"consecutive5xxErrors":1e-400}}"#,
+    r#"{"detection":{"windowSize":0},"detection":{}}"#,
+    r#"{"steering":{"header":"authorization"}}"#,
+    r#"{"status":{"path":"/s\u0000"}}"#,
     r#"{"mode":"upstream","steering":{"enabled":false}}"#,
     r#"{"mode":"sideways"}"#,
 ];
 
+/// Oversized configurations (issue 20): the most placeholders a template
+/// may have, long literal text and many rules (accepted), or past each
+/// bound (refused).
+fn oversized_config(rng: &mut Rng) -> Vec<u8> {
+    let over = rng.chance(0.5);
+    let placeholders = if over { 5000 } else { 16 };
+    let var = *rng.pick(&["{requestId}", "{route}", "{service}", "{upstreamHost}"]);
+    let value = var.repeat(placeholders);
+    let text = "x".repeat(if over { 5000 } else { 3000 });
+    let rule = format!(r#"{{"op":"append","name":"x-echo","value":"{value}"}}"#);
+    let rules = vec![rule.as_str(); if over { 300 } else { 64 }].join(",");
+    match rng.below(3) {
+        0 => format!(r#"{{"headers":{{"request":[{rules}],"response":[{rules}]}}}}"#),
+        1 => format!(
+            r#"{{"circuitBreaker":{{"minRequests":1,"failurePercent":1,
+                "localReply":{{"body":"{text}","headers":{{"x-a":"{value}"}}}}}}}}"#
+        ),
+        _ => format!(
+            r#"{{"circuitBreaker":{{"mode":"fallback","minRequests":1,"failurePercent":1,
+                "fallback":{{"value":"{value}"}}}},"status":{{"enabled":true,"path":"/{text}"}}}}"#
+        ),
+    }
+    .into_bytes()
+}
+
 fn config(rng: &mut Rng) -> Vec<u8> {
+    if rng.chance(0.1) {
+        return oversized_config(rng);
+    }
     match rng.below(10) {
         0..=4 => rng.pick(VALID_CONFIGS).as_bytes().to_vec(),
         5..=6 => rng.pick(INVALID_CONFIGS).as_bytes().to_vec(),
@@ -126,15 +158,17 @@ const HOSTS: &[&str] = &[
 const CLUSTERS: &[&str] = &["demo", "outbound|80||a.ns.svc.cluster.local", "other", "c"];
 
 fn bytes_like(rng: &mut Rng, good: &[u8]) -> Vec<u8> {
-    match rng.below(12) {
+    match rng.below(13) {
         0 => Vec::new(),
         1 => vec![0xff, 0xfe, 0x00, 0xc3],
         2 => good.repeat(2000),
-        3 => {
+        // Past Envoy's usual 60 KB of headers: a client's x-request-id, say.
+        3 => good.iter().copied().cycle().take(59 * 1024 + 3).collect(),
+        4 => {
             let len = rng.below(40) as usize;
             rng.bytes(len)
         }
-        4 => {
+        5 => {
             let mut v = good.to_vec();
             v.push(0);
             v.extend_from_slice(b"\r\nx: y");
