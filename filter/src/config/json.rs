@@ -6,6 +6,8 @@
 //! walking lets a partial object be applied over any base, which is what
 //! per-route overrides need.
 
+use std::fmt::Write;
+
 use serde_json::{Map, Value};
 
 use super::duration::{self, Millis};
@@ -27,6 +29,18 @@ fn kind(value: &Value) -> &'static str {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     }
+}
+
+/// `items` with `separator` between them (`[&str]::join` costs more code).
+pub fn joined(items: &[&str], separator: &str) -> String {
+    let mut out = String::new();
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push_str(separator);
+        }
+        out.push_str(item);
+    }
+    out
 }
 
 pub fn join(path: &str, key: &str) -> String {
@@ -72,7 +86,7 @@ impl<'a> Object<'a> {
         match self.map.keys().find(|k| !known.contains(&k.as_str())) {
             Some(unknown) => Err(ConfigError::new(
                 self.path(unknown),
-                format!("unknown field (expected one of: {})", known.join(", ")),
+                format!("unknown field (expected one of: {})", joined(known, ", ")),
             )),
             None => Ok(()),
         }
@@ -297,7 +311,7 @@ const MAX_KEY: usize = super::MAX_HEADER_NAME;
 /// Any text is walked without panicking; invalid JSON is serde's to report.
 pub fn strict(text: &str) -> Result<(), ConfigError> {
     // Every open object's keys so far, in one list; per open object or
-    // array where its keys start, and its element index.
+    // array whether it is an object, its element index, where its keys start.
     let mut keys: Vec<&str> = Vec::new();
     let mut open: Vec<(bool, usize, usize)> = Vec::new();
     let bytes = text.as_bytes();
@@ -305,7 +319,8 @@ pub fn strict(text: &str) -> Result<(), ConfigError> {
     let mut i = 0;
     while let Some(&byte) = bytes.get(i) {
         let start = i;
-        let mut problem = String::new();
+        let mut token = "";
+        let mut problem = "";
         match byte {
             b'{' | b'[' => {
                 // Deeper than serde_json's own limit: serde refuses it.
@@ -331,19 +346,17 @@ pub fn strict(text: &str) -> Result<(), ConfigError> {
                 i += 1;
                 while let Some(&c) = bytes.get(i).filter(|c| **c != b'"') {
                     escaped |= c == b'\\';
-                    i += if c == b'\\' { 2 } else { 1 };
+                    i += 1 + usize::from(c == b'\\');
                 }
-                let key = text.get(start + 1..i).unwrap_or_default();
                 if let (true, Some(&(_, _, from))) = (expect_key, open.last()) {
+                    let key = text.get(start + 1..i).unwrap_or_default();
                     let siblings = keys.get(from..).unwrap_or_default();
                     if siblings.contains(&key) {
-                        problem = "appears twice (JSON keeps only the last)".into();
+                        problem = "appears twice (JSON keeps only the last)";
                     }
                     // Escapes would hide a duplicate; no field name needs one.
                     if escaped || key.len() > MAX_KEY || siblings.len() == MAX_FIELDS {
-                        problem = format!(
-                            "is a field name with escapes, over {MAX_KEY} bytes or past {MAX_FIELDS} fields"
-                        );
+                        problem = "is a field name with escapes, over 256 bytes or past 256 fields";
                     }
                     keys.push(key);
                     expect_key = false;
@@ -353,55 +366,52 @@ pub fn strict(text: &str) -> Result<(), ConfigError> {
                 while let Some(b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-') = bytes.get(i + 1) {
                     i += 1;
                 }
-                let token = text.get(start..=i).unwrap_or_default();
+                token = text.get(start..=i).unwrap_or_default();
                 let nonzero = token
                     .bytes()
                     .take_while(|b| !matches!(b, b'e' | b'E'))
                     .any(|b| matches!(b, b'1'..=b'9'));
-                match value(token) {
-                    Err(_) => problem = format!("`{token}` is not a number meshguard can read"),
+                problem = match value(token) {
+                    Err(_) => "is not a number meshguard can read",
                     Ok(n) if nonzero && whole_number(&n) == Some(0) => {
-                        problem = format!("`{token}` is too small to tell from 0")
+                        "is too small to tell from 0"
                     }
-                    Ok(_) => {}
-                }
+                    Ok(_) => "",
+                };
             }
             _ => {}
         }
         if !problem.is_empty() {
             let mut field = String::new();
             for (depth, &(object, index, _)) in open.iter().enumerate() {
-                // An object's last key is the one before the next open
-                // container's keys start.
-                let end = open.get(depth + 1).map_or(keys.len(), |next| next.2);
-                field = match object {
-                    true => join(
-                        &field,
-                        end.checked_sub(1)
-                            .and_then(|k| keys.get(k))
-                            .copied()
-                            .unwrap_or_default(),
-                    ),
-                    false => format!("{field}[{index}]"),
-                };
-            }
-            return Err(ConfigError::new(
-                if field.is_empty() {
-                    "(configuration)"
+                if object {
+                    // An object's current key is the last before the next
+                    // open container's keys start.
+                    let end = open.get(depth + 1).map_or(keys.len(), |next| next.2);
+                    let key = end.checked_sub(1).and_then(|k| keys.get(k));
+                    if !field.is_empty() {
+                        field.push('.');
+                    }
+                    field.push_str(key.copied().unwrap_or_default());
                 } else {
-                    &field
-                },
-                problem,
-            ));
+                    let _ = write!(field, "[{index}]");
+                }
+            }
+            if field.is_empty() {
+                field.push_str("(configuration)");
+            }
+            let reason = match token {
+                "" => problem.to_string(),
+                _ => format!("`{token}` {problem}"),
+            };
+            return Err(ConfigError::new(field, reason));
         }
         i += 1;
     }
     Ok(())
 }
 
-/// One parser for the whole module: serde_json's is large, inlined twice
-/// it would cost kilobytes.
-#[inline(never)]
+/// JSON text as a `Value` (the configuration, and numbers `strict` checks).
 pub fn value(text: &str) -> Result<Value, serde_json::Error> {
     serde_json::from_str(text)
 }

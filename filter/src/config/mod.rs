@@ -413,15 +413,6 @@ impl Config {
                 ),
             ));
         }
-        if self.steering.header == self.headers.request_id.header {
-            return Err(ConfigError::new(
-                field("steering.header"),
-                format!(
-                    "`{}` is also headers.requestId.header: meshguard would overwrite the client's request id",
-                    self.steering.header
-                ),
-            ));
-        }
         let e = &self.ejection;
         if e.base_ejection_time.0 == 0 {
             return Err(ConfigError::new(
@@ -629,14 +620,14 @@ fn retry_on_list(text: &str) -> Result<String, String> {
         if !RETRY_ON_POLICIES.contains(&item) {
             return Err(format!(
                 "`{item}` is not an Envoy retry policy (one of: {})",
-                RETRY_ON_POLICIES.join(", ")
+                json::joined(RETRY_ON_POLICIES, ", ")
             ));
         }
         if !out.contains(&item) {
             out.push(item);
         }
     }
-    Ok(out.join(","))
+    Ok(json::joined(&out, ","))
 }
 
 /// HTTP framing and hop-by-hop headers: Envoy's business.
