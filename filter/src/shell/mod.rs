@@ -138,16 +138,26 @@ fn configure(root: &mut Root, size: usize) -> bool {
             // Workers start within the same millisecond: seed each from
             // the host's entropy, or request ids would repeat across them.
             let seed = host::random_u64().unwrap_or(0) ^ now;
-            let mut worker = Worker::new(EnvoyHost, config, &root.name, now, seed);
-            // Request ids are keyed with 256 bits of the host's entropy,
-            // so that seeing ids does not reveal the next ones.
+            root.worker = Some(Worker::new(EnvoyHost, config, &root.name, now, seed));
+        }
+    }
+    // Request ids are keyed with 256 bits of the host's entropy, so that
+    // seeing ids does not reveal the next ones; drawn once, when a
+    // configuration first generates ids.
+    if let Some(worker) = &mut root.worker {
+        let base = worker.config_base();
+        let generates = base.headers.request_id.generate
+            || base
+                .overrides
+                .iter()
+                .any(|o| o.config.headers.request_id.generate);
+        if generates && !worker.request_ids_keyed() {
             match id_key() {
                 Some(key) => worker.key_request_ids(key),
                 None => log::warn!(
                     "meshguard: no randomness from the host: generated request ids are guessable"
                 ),
             }
-            root.worker = Some(worker);
         }
     }
     if let Err(status) = host::set_tick_period_ms(TICK_MS) {

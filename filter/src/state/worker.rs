@@ -140,6 +140,7 @@ pub struct Worker<H: Host> {
     /// xorshift state for [`Worker::jitter_seed`].
     random: u64,
     ids: Unpredictable,
+    ids_keyed: bool,
     reporter: Reporter,
     /// Time of the last tick: precise enough for bookkeeping, and saves a
     /// host call per request.
@@ -181,6 +182,7 @@ impl<H: Host> Worker<H> {
             routes: Vec::new(),
             random: seed | 1,
             ids: Unpredictable::from_seed(seed),
+            ids_keyed: false,
             reporter: Reporter::default(),
             clock_ms: now,
             clusters: AddressClusters::new(MAX_ADDRESSES),
@@ -251,6 +253,11 @@ impl<H: Host> Worker<H> {
     /// (until then it is keyed from the seed given to [`Worker::new`]).
     pub fn key_request_ids(&mut self, key: [u64; 4]) {
         self.ids = Unpredictable::from_key(key);
+        self.ids_keyed = true;
+    }
+
+    pub fn request_ids_keyed(&self) -> bool {
+        self.ids_keyed
     }
 
     /// Cheap bits for steering's jitter and pick order, which only spread
