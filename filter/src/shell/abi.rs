@@ -5,9 +5,9 @@
 //! so a do-nothing filter built on it enters the VM seven times per
 //! request; meshguard enters five times (context create, request headers,
 //! response headers, done, log), plus once per response body frame and
-//! for response trailers when there are any. `context_create` names the request's plugin instance (see
-//! `super::roots`: without it a configuration applied again is ignored
-//! while the old listener drains). `done` is for upstream instances
+//! for response trailers when there are any. `context_create` names the
+//! request's plugin instance (see `super::roots`: without it a
+//! configuration applied again is ignored while the old listener drains). `done` is for upstream instances
 //! (`mode: upstream`), whose attempts Envoy never logs, and for plugin
 //! instances Envoy shuts down; a request's stream returns from it at once.
 //!
