@@ -61,7 +61,7 @@ pub fn crds_dir() -> Result<PathBuf, String> {
     } else {
         Err(format!(
             "Istio's CRD schemas are not at {}: the manifest tests need wasmplugins.yaml, \
-             virtualservices.yaml and destinationrules.yaml from istio/api \
+             trafficextensions.yaml, virtualservices.yaml and destinationrules.yaml from istio/api \
              (kubernetes/customresourcedefinitions.gen.yaml, one CRD per file). Check out \
              the shared/ directory beside this repository, or set MESHGUARD_ISTIO_CRDS to \
              a directory holding them.",
@@ -145,8 +145,35 @@ pub fn of_kind<'a>(all: &'a [Manifest], kind: &str) -> Vec<&'a Manifest> {
     all.iter().filter(|m| m.kind() == kind).collect()
 }
 
-/// A WasmPlugin's `pluginConfig` as Envoy receives it from Istio: JSON text
-/// of a protobuf `Struct`, where every number is a double.
+/// The `pluginConfig` of a WasmPlugin (`spec.pluginConfig`) or a
+/// TrafficExtension (`spec.wasm.pluginConfig`); Null if none.
+pub fn plugin_config(plugin: &Manifest) -> &Value {
+    match plugin.kind() {
+        "TrafficExtension" => &plugin.spec()["wasm"]["pluginConfig"],
+        _ => &plugin.spec()["pluginConfig"],
+    }
+}
+
+/// The WasmPlugin that runs in the client sidecars: the one without
+/// `targetRefs` (`istio/wasmplugin.yaml`). The others in `istio/` target a
+/// waypoint and are alternatives of the same name.
+pub fn sidecar_plugin(all: &[Manifest]) -> Result<&Manifest, String> {
+    let plugins: Vec<&Manifest> = of_kind(all, "WasmPlugin")
+        .into_iter()
+        .filter(|p| p.spec()["targetRefs"].is_null() && p.spec()["targetRef"].is_null())
+        .collect();
+    match plugins.as_slice() {
+        [plugin] => Ok(plugin),
+        other => Err(format!(
+            "expected one sidecar WasmPlugin (without targetRefs), found {}",
+            other.len()
+        )),
+    }
+}
+
+/// A WasmPlugin's or TrafficExtension's `pluginConfig` as Envoy receives it
+/// from Istio: JSON text of a protobuf `Struct`, where every number is a
+/// double.
 pub fn plugin_config_json(wasm_plugin: &Manifest) -> String {
     fn as_struct(v: &Value) -> Value {
         match v {
@@ -162,7 +189,7 @@ pub fn plugin_config_json(wasm_plugin: &Manifest) -> String {
             other => other.clone(),
         }
     }
-    let config = &wasm_plugin.spec()["pluginConfig"];
+    let config = plugin_config(wasm_plugin);
     if config.is_null() {
         return String::new();
     }
@@ -238,10 +265,7 @@ fn duration_proto(text: &str) -> Value {
 /// The Envoy bootstrap (JSON, which Envoy reads as YAML) istiod would give a
 /// client sidecar selected by the WasmPlugin, from the manifests.
 pub fn sidecar_config(all: &[Manifest], ports: &SidecarPorts) -> Result<Value, String> {
-    let plugins = of_kind(all, "WasmPlugin");
-    let [plugin] = plugins.as_slice() else {
-        return Err(format!("expected one WasmPlugin, found {}", plugins.len()));
-    };
+    let plugin = sidecar_plugin(all)?;
     let spec = plugin.spec();
     let wasm_filter = json!({
         // istiod delivers the filter through ECDS under the resource name

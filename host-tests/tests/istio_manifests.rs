@@ -8,10 +8,15 @@
 //! - the CEL rules (`x-kubernetes-validations`) those schemas carry, each
 //!   evaluated here (url scheme, selector vs targetRef(s), durations >= 1ms,
 //!   label keys and values, ...); a rule this test does not know fails it;
-//! - each WasmPlugin's `pluginConfig`, as Envoy receives it from Istio (JSON,
-//!   numbers as doubles), accepted by meshguard's own parser and valid
-//!   against `istio/meshguard-config.schema.json` (and the whole WasmPlugin
-//!   against the editor schema `istio/wasmplugin-meshguard.schema.json`);
+//! - each WasmPlugin's and TrafficExtension's `pluginConfig`, as Envoy
+//!   receives it from Istio (JSON, numbers as doubles), accepted by
+//!   meshguard's own parser and valid against
+//!   `istio/meshguard-config.schema.json` (and each whole WasmPlugin against
+//!   the editor schema `istio/wasmplugin-meshguard.schema.json`);
+//! - the TrafficExtension (`istio/trafficextension.yaml`) and the waypoint
+//!   variants (`istio/ambient-*-waypoint.yaml`) are the sidecar WasmPlugin in
+//!   other forms: same name, module and `pluginConfig`, the same workloads or
+//!   the waypoint through `targetRefs`, no `match` a waypoint fails;
 //! - the manifests agree with each other (overrides name existing
 //!   VirtualServices, the steering header is the Service's
 //!   persistent-session header);
@@ -349,8 +354,9 @@ fn validate_against_istio_schema(file: &str, instance: &Value) -> Result<(), Str
         .map_err(|e| format!("{e:#}"))
 }
 
-/// Problems of a WasmPlugin's pluginConfig: meshguard's parser and schema
-/// (directly, and through the editor schema for whole WasmPlugin files).
+/// Problems of a WasmPlugin's or TrafficExtension's pluginConfig: meshguard's
+/// parser and schema (directly, and through the editor schema for whole
+/// WasmPlugin files).
 fn plugin_config_problems(m: &Manifest) -> Vec<String> {
     let mut problems = Vec::new();
     let text = istio::plugin_config_json(m);
@@ -367,16 +373,25 @@ fn plugin_config_problems(m: &Manifest) -> Vec<String> {
             "pluginConfig against meshguard-config.schema.json: {e}"
         ));
     }
-    if let Err(e) = validate_against_istio_schema("wasmplugin-meshguard.schema.json", &m.doc) {
-        problems.push(format!(
-            "WasmPlugin against wasmplugin-meshguard.schema.json: {e}"
-        ));
+    // The editor schema is a WasmPlugin's (a TrafficExtension's pluginConfig
+    // sits under `wasm`, checked above).
+    if m.kind() == "WasmPlugin" {
+        if let Err(e) = validate_against_istio_schema("wasmplugin-meshguard.schema.json", &m.doc) {
+            problems.push(format!(
+                "WasmPlugin against wasmplugin-meshguard.schema.json: {e}"
+            ));
+        }
     }
     problems
 }
 
 fn manifests() -> Vec<Manifest> {
     istio::load_manifests().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `istio/wasmplugin.yaml`'s WasmPlugin (the one with a selector).
+fn sidecar_plugin(all: &[Manifest]) -> &Manifest {
+    istio::sidecar_plugin(all).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
@@ -403,7 +418,7 @@ fn every_istio_manifest_is_valid_against_istios_crds() {
             }
         }
         *checked.entry(m.kind().to_string()).or_default() += 1;
-        if m.kind() == "WasmPlugin" {
+        if ["WasmPlugin", "TrafficExtension"].contains(&m.kind()) {
             for p in plugin_config_problems(m) {
                 problems.push(format!("{}: {p}", m.label()));
             }
@@ -412,7 +427,9 @@ fn every_istio_manifest_is_valid_against_istios_crds() {
     println!("checked: {checked:?}");
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     for (kind, at_least) in [
-        ("WasmPlugin", 1),
+        // Sidecar and waypoint.
+        ("WasmPlugin", 2),
+        ("TrafficExtension", 2),
         ("VirtualService", 2),
         ("DestinationRule", 1),
         // The upstream instance: sidecar and waypoint.
@@ -428,8 +445,7 @@ fn every_istio_manifest_is_valid_against_istios_crds() {
 #[test]
 fn manifests_agree_with_each_other() {
     let all = manifests();
-    let plugins = istio::of_kind(&all, "WasmPlugin");
-    let plugin = plugins[0];
+    let plugin = sidecar_plugin(&all);
     let spec = plugin.spec();
     let config = &spec["pluginConfig"];
     // Every override names a VirtualService that exists, and each VS has one.
@@ -501,7 +517,7 @@ fn the_checks_catch_known_mistakes() {
         f(&mut m.doc);
         m
     };
-    let plugin = find("WasmPlugin");
+    let plugin = sidecar_plugin(&all).clone();
     let dr = find("DestinationRule");
     let vs = find("VirtualService");
     let bad: Vec<(&str, Manifest)> = vec![
@@ -621,7 +637,7 @@ fn istio_bootstrap_override_has_the_same_stats_tags() {
         bootstrap["stats_config"]["stats_tags"], envoy_tags[0]["stats_config"]["stats_tags"],
         "istio/meshguard-bootstrap.yaml and envoy/meshguard-stats-tags.yaml must define the same tags"
     );
-    let plugin = &istio::of_kind(&all, "WasmPlugin")[0];
+    let plugin = sidecar_plugin(&all);
     assert_eq!(
         cm.namespace(),
         plugin.namespace(),
@@ -934,7 +950,7 @@ fn upstream_problems(ef: &Manifest, plugin: &Manifest, services: &[&Manifest]) -
 #[test]
 fn upstream_instances_pair_with_the_wasmplugin() {
     let all = manifests();
-    let plugin = istio::of_kind(&all, "WasmPlugin")[0];
+    let plugin = sidecar_plugin(&all);
     let services = istio::of_kind(&all, "Service");
     let filters = istio::of_kind(&all, "EnvoyFilter");
     let files: Vec<&str> = filters.iter().map(|f| f.file.as_str()).collect();
@@ -963,7 +979,7 @@ fn upstream_instances_pair_with_the_wasmplugin() {
 fn the_upstream_checks_catch_known_mistakes() {
     let crds = load_crds();
     let all = manifests();
-    let plugin = istio::of_kind(&all, "WasmPlugin")[0];
+    let plugin = sidecar_plugin(&all);
     let services = istio::of_kind(&all, "Service");
     let find = |file: &str| {
         all.iter()
@@ -1132,4 +1148,337 @@ fn the_upstream_checks_catch_known_mistakes() {
             "the pairing check misses: {what}"
         );
     }
+}
+
+/// The other forms of the sidecar WasmPlugin (`istio/trafficextension.yaml`,
+/// `istio/ambient-*-waypoint.yaml`).
+const ALTERNATIVES: [&str; 3] = [
+    "trafficextension.yaml",
+    "ambient-wasmplugin-waypoint.yaml",
+    "ambient-trafficextension-waypoint.yaml",
+];
+
+/// What keeps a TrafficExtension or waypoint WasmPlugin from being the
+/// sidecar WasmPlugin in another form: the same name (so that the upstream
+/// EnvoyFilters pair with whichever is applied), module, plugin name, phase,
+/// failure strategy and `pluginConfig`. A sidecar one selects the same
+/// workloads and traffic. A waypoint one attaches through `targetRefs` only
+/// (istiod ignores `selector` on waypoints), to the waypoint's Gateway that
+/// the waypoint EnvoyFilter targets or to a Service of `istio/`, and has no
+/// `match` a waypoint fails: istiod matches a waypoint's listeners as
+/// SERVER side with no port, so `mode: CLIENT` or port selectors attach
+/// nothing there.
+fn alternative_problems(
+    m: &Manifest,
+    sidecar: &Manifest,
+    waypoint_refs: &[Value],
+    services: &[&Manifest],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut p = |m: String| problems.push(m);
+    if (m.namespace(), m.name()) != (sidecar.namespace(), sidecar.name()) {
+        p(format!(
+            "name {}/{} is not the sidecar WasmPlugin's {}/{}: the upstream EnvoyFilters \
+             pair by it",
+            m.namespace(),
+            m.name(),
+            sidecar.namespace(),
+            sidecar.name()
+        ));
+    }
+    let spec = m.spec();
+    let wasm = if m.kind() == "TrafficExtension" {
+        &spec["wasm"]
+    } else {
+        spec
+    };
+    let theirs = sidecar.spec();
+    for key in [
+        "url",
+        "sha256",
+        "imagePullPolicy",
+        "pluginName",
+        "type",
+        "failStrategy",
+    ] {
+        if wasm[key] != theirs[key] {
+            p(format!(
+                "{key} {} differs from the sidecar WasmPlugin's {}",
+                wasm[key], theirs[key]
+            ));
+        }
+    }
+    if spec["phase"] != theirs["phase"] {
+        p(format!(
+            "phase {} differs from the sidecar WasmPlugin's {}",
+            spec["phase"], theirs["phase"]
+        ));
+    }
+    let mine = as_doubles(istio::plugin_config(m));
+    let config = as_doubles(istio::plugin_config(sidecar));
+    if mine != config {
+        p(format!(
+            "pluginConfig differs from the sidecar WasmPlugin's: {mine} vs {config}"
+        ));
+    }
+    let refs = spec["targetRefs"].as_array().cloned().unwrap_or_default();
+    if refs.is_empty() {
+        for key in ["selector", "match"] {
+            if spec[key] != theirs[key] {
+                p(format!(
+                    "{key} {} is not the sidecar WasmPlugin's {}",
+                    spec[key], theirs[key]
+                ));
+            }
+        }
+        return problems;
+    }
+    if !spec["selector"].is_null() || !spec["targetRef"].is_null() {
+        p("a waypoint plugin attaches through targetRefs only".into());
+    }
+    for r in &refs {
+        let gateway = r["kind"] == json!("Gateway")
+            && r["group"] == json!("gateway.networking.k8s.io")
+            && waypoint_refs.iter().any(|w| w["name"] == r["name"]);
+        let service = r["kind"] == json!("Service")
+            && r["group"].as_str().unwrap_or_default().is_empty()
+            && services.iter().any(|s| json!(s.name()) == r["name"]);
+        if !(gateway || service) {
+            p(format!(
+                "targetRef {r} is neither the waypoint's Gateway ({waypoint_refs:?}, as the \
+                 waypoint EnvoyFilter targets it) nor a Service of istio/"
+            ));
+        }
+    }
+    for t in spec["match"].as_array().into_iter().flatten() {
+        let mode = t["mode"].as_str().unwrap_or("UNDEFINED");
+        if !["SERVER", "CLIENT_AND_SERVER", "UNDEFINED"].contains(&mode) || !t["ports"].is_null() {
+            p(format!(
+                "match {t} attaches nothing on a waypoint (its listeners are SERVER side, \
+                 with no port)"
+            ));
+        }
+    }
+    problems
+}
+
+#[test]
+fn trafficextensions_and_waypoint_plugins_are_the_sidecar_wasmplugin() {
+    let all = manifests();
+    let sidecar = sidecar_plugin(&all);
+    let services = istio::of_kind(&all, "Service");
+    let waypoint_ef = istio::of_kind(&all, "EnvoyFilter")
+        .into_iter()
+        .find(|f| !f.spec()["targetRefs"].is_null())
+        .expect("istio/envoyfilter-upstream-waypoint.yaml targets the waypoint");
+    let waypoint_refs = waypoint_ef.spec()["targetRefs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut problems = Vec::new();
+    for file in ALTERNATIVES {
+        let docs: Vec<&Manifest> = all.iter().filter(|m| m.file == file).collect();
+        let [m] = docs.as_slice() else {
+            panic!("istio/{file} should hold one object, holds {}", docs.len());
+        };
+        let kind = if file.contains("wasmplugin") {
+            "WasmPlugin"
+        } else {
+            "TrafficExtension"
+        };
+        assert_eq!(m.kind(), kind, "istio/{file}");
+        assert_eq!(
+            file.starts_with("ambient-"),
+            !m.spec()["targetRefs"].is_null(),
+            "istio/{file}: the ambient files (and only they) attach through targetRefs"
+        );
+        for p in alternative_problems(m, sidecar, &waypoint_refs, &services) {
+            problems.push(format!("{}: {p}", m.label()));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The checks of the TrafficExtensions and waypoint plugins fail on the
+/// mistakes they exist for.
+#[test]
+fn the_trafficextension_and_waypoint_checks_catch_known_mistakes() {
+    let crds = load_crds();
+    let all = manifests();
+    let sidecar = sidecar_plugin(&all);
+    let services = istio::of_kind(&all, "Service");
+    let find = |file: &str| {
+        all.iter()
+            .find(|m| m.file == file)
+            .unwrap_or_else(|| panic!("istio/{file}"))
+            .clone()
+    };
+    let te = find("trafficextension.yaml");
+    let te_waypoint = find("ambient-trafficextension-waypoint.yaml");
+    let wp_waypoint = find("ambient-wasmplugin-waypoint.yaml");
+    let waypoint_refs =
+        vec![json!({"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"})];
+    let mutate = |m: &Manifest, f: &dyn Fn(&mut Value)| {
+        let mut m = m.clone();
+        f(&mut m.doc);
+        m
+    };
+    // The unchanged files pass each check below, so a failure is the mistake's.
+    for m in [&te, &te_waypoint, &wp_waypoint] {
+        assert!(crd_problems(&crds, m).is_empty(), "{}", m.label());
+        assert!(plugin_config_problems(m).is_empty(), "{}", m.label());
+        assert!(
+            alternative_problems(m, sidecar, &waypoint_refs, &services).is_empty(),
+            "{}",
+            m.label()
+        );
+    }
+    let crd_bad: Vec<(&str, Manifest)> = vec![
+        (
+            "pluginConfig beside wasm, as in a WasmPlugin",
+            mutate(&te, &|d| {
+                d["spec"]["pluginConfig"] = d["spec"]["wasm"]["pluginConfig"].clone()
+            }),
+        ),
+        (
+            "url beside wasm",
+            mutate(&te, &|d| {
+                let url = d["spec"]["wasm"]["url"].clone();
+                d["spec"]["url"] = url;
+            }),
+        ),
+        (
+            "selector and targetRefs",
+            mutate(&te_waypoint, &|d| {
+                d["spec"]["selector"] = json!({"matchLabels": {"app": "frontend"}})
+            }),
+        ),
+        (
+            "no wasm",
+            mutate(&te, &|d| {
+                d["spec"].as_object_mut().expect("spec").remove("wasm");
+            }),
+        ),
+        (
+            "wasm and lua",
+            mutate(&te, &|d| {
+                d["spec"]["lua"] = json!({"inlineCode": "function envoy_on_request(h) end"})
+            }),
+        ),
+        (
+            "url scheme",
+            mutate(&te, &|d| {
+                d["spec"]["wasm"]["url"] = json!("ftp://example.com/meshguard.wasm")
+            }),
+        ),
+        (
+            "sha256 shape",
+            mutate(&te, &|d| d["spec"]["wasm"]["sha256"] = json!("sha256:abc")),
+        ),
+        (
+            "WasmPlugin's FAIL_CLOSE spelt as Envoy's",
+            mutate(&te, &|d| {
+                d["spec"]["wasm"]["failStrategy"] = json!("FAIL_CLOSED")
+            }),
+        ),
+        (
+            "cross-namespace targetRef",
+            mutate(&te_waypoint, &|d| {
+                d["spec"]["targetRefs"][0]["namespace"] = json!("istio-system")
+            }),
+        ),
+        (
+            "targetRef without kind",
+            mutate(&wp_waypoint, &|d| {
+                d["spec"]["targetRefs"][0]
+                    .as_object_mut()
+                    .expect("ref")
+                    .remove("kind");
+            }),
+        ),
+        (
+            "waypoint WasmPlugin with a selector as well",
+            mutate(&wp_waypoint, &|d| {
+                d["spec"]["selector"] = json!({"matchLabels": {"app": "frontend"}})
+            }),
+        ),
+    ];
+    for (what, m) in &crd_bad {
+        assert!(
+            !crd_problems(&crds, m).is_empty(),
+            "the CRD check misses: {what}"
+        );
+    }
+    let m = mutate(&te_waypoint, &|d| {
+        d["spec"]["wasm"]["pluginConfig"]["detection"]["windowSze"] = json!(100)
+    });
+    assert!(
+        plugin_config_problems(&m)
+            .iter()
+            .any(|p| p.contains("meshguard refuses")),
+        "the pluginConfig check misses a typo under wasm"
+    );
+    let other_bad: Vec<(&str, Manifest)> = vec![
+        (
+            "client-side match on a waypoint",
+            mutate(&te_waypoint, &|d| {
+                d["spec"]["match"] = json!([{"mode": "CLIENT"}])
+            }),
+        ),
+        (
+            "port selector on a waypoint",
+            mutate(&wp_waypoint, &|d| {
+                d["spec"]["match"] = json!([{"mode": "SERVER", "ports": [{"number": 9080}]}])
+            }),
+        ),
+        (
+            "another Gateway",
+            mutate(&wp_waypoint, &|d| {
+                d["spec"]["targetRefs"][0]["name"] = json!("ingress")
+            }),
+        ),
+        (
+            "a Service with the Gateway's group",
+            mutate(
+                &te_waypoint,
+                &|d| d["spec"]["targetRefs"] = json!([{"kind": "Service", "group": "gateway.networking.k8s.io", "name": "reviews"}]),
+            ),
+        ),
+        (
+            "another name",
+            mutate(&te_waypoint, &|d| {
+                d["metadata"]["name"] = json!("meshguard-waypoint")
+            }),
+        ),
+        (
+            "other thresholds",
+            mutate(&te, &|d| {
+                d["spec"]["wasm"]["pluginConfig"]["detection"]["windowSize"] = json!(50)
+            }),
+        ),
+        (
+            "other workloads",
+            mutate(&te, &|d| {
+                d["spec"]["selector"]["matchLabels"] = json!({"app": "reviews"})
+            }),
+        ),
+        (
+            "another module",
+            mutate(&wp_waypoint, &|d| {
+                d["spec"]["url"] = json!("oci://registry.example.com/shop/meshguard:0.0.9")
+            }),
+        ),
+    ];
+    for (what, m) in &other_bad {
+        assert!(
+            !alternative_problems(m, sidecar, &waypoint_refs, &services).is_empty(),
+            "the agreement check misses: {what}"
+        );
+    }
+    // A Service that uses the waypoint is a valid target too.
+    let m = mutate(&te_waypoint, &|d| {
+        d["spec"]["targetRefs"] = json!([{"kind": "Service", "group": "", "name": "reviews"}])
+    });
+    assert!(crd_problems(&crds, &m).is_empty());
+    assert!(alternative_problems(&m, sidecar, &waypoint_refs, &services).is_empty());
 }
