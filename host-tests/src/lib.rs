@@ -12,6 +12,8 @@
 //! - [`http`]: a minimal blocking HTTP/1.1 client;
 //! - [`istio`]: the manifests in `istio/` and an Istio-sidecar-shaped Envoy config built from them;
 //! - [`process`]: child processes killed on drop, also when a test panics.
+//! - [`waypoint`]: an Istio-ambient-waypoint-shaped Envoy config (internal
+//!   listener `connect_originate`, `inbound-vip` cluster) built from the demo's.
 //! - [`wasm_host`]: a proxy-wasm host on wasmtime that runs the built module
 //!   natively (virtual clock, several VMs, scenario DSL, never-trap driver).
 
@@ -30,6 +32,7 @@ pub mod traffic;
 pub mod upstream;
 #[cfg(feature = "wasm-host")]
 pub mod wasm_host;
+pub mod waypoint;
 
 use std::path::PathBuf;
 
