@@ -952,7 +952,11 @@ fn upstream_instances_pair_with_the_wasmplugin() {
     let all = manifests();
     let plugin = sidecar_plugin(&all);
     let services = istio::of_kind(&all, "Service");
-    let filters = istio::of_kind(&all, "EnvoyFilter");
+    // The upstream instances (not the waypoint's session filter).
+    let filters: Vec<&Manifest> = istio::of_kind(&all, "EnvoyFilter")
+        .into_iter()
+        .filter(|f| f.file.starts_with("envoyfilter-upstream"))
+        .collect();
     let files: Vec<&str> = filters.iter().map(|f| f.file.as_str()).collect();
     for f in [
         "envoyfilter-upstream.yaml",
@@ -1481,4 +1485,166 @@ fn the_trafficextension_and_waypoint_checks_catch_known_mistakes() {
     });
     assert!(crd_problems(&crds, &m).is_empty());
     assert!(alternative_problems(&m, sidecar, &waypoint_refs, &services).is_empty());
+}
+
+const SESSION_FILE: &str = "envoyfilter-waypoint-session.yaml";
+const STATEFUL_SESSION: &str = "envoy.filters.http.stateful_session";
+
+/// What keeps `istio/envoyfilter-waypoint-session.yaml` from adding the
+/// session filter that steers by meshguard's header in the waypoint: one
+/// HTTP_FILTER patch inserting a header-based stateful_session filter before
+/// the router of the waypoint's `main_internal` listener (context
+/// SIDECAR_INBOUND), for the waypoint the plugins target, reading the
+/// plugins' `steering.header` (which they write base64-encoded).
+fn session_problems(ef: &Manifest, plugins: &[&Manifest], waypoint_refs: &[Value]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut p = |m: String| problems.push(m);
+    let refs = ef.spec()["targetRefs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if refs.as_slice() != waypoint_refs || !ef.spec()["workloadSelector"].is_null() {
+        p(format!(
+            "targets {refs:?}, not the waypoint {waypoint_refs:?} that the plugins target"
+        ));
+    }
+    let all = ef.spec()["configPatches"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let [patch] = all.as_slice() else {
+        p(format!("expected one patch, found {}", all.len()));
+        return problems;
+    };
+    let m = &patch["match"];
+    if patch["applyTo"] != json!("HTTP_FILTER")
+        || m["context"] != json!("SIDECAR_INBOUND")
+        || m["listener"]["name"] != json!("main_internal")
+        || m["listener"]["filterChain"]["filter"]["name"]
+            != json!("envoy.filters.network.http_connection_manager")
+        || m["listener"]["filterChain"]["filter"]["subFilter"]["name"] != json!(ROUTER)
+    {
+        p(format!(
+            "the patch must be an HTTP_FILTER of the router of listener main_internal in \
+             context SIDECAR_INBOUND (how istiod patches a waypoint), is {patch}"
+        ));
+    }
+    if patch["patch"]["operation"] != json!("INSERT_BEFORE") {
+        p(format!(
+            "the session filter goes just before the router (INSERT_BEFORE), after meshguard, \
+             not {}",
+            patch["patch"]["operation"]
+        ));
+    }
+    let value = &patch["patch"]["value"];
+    let state = &value["typed_config"]["session_state"];
+    if value["name"] != json!(STATEFUL_SESSION)
+        || value["typed_config"]["@type"]
+            != json!("type.googleapis.com/envoy.extensions.filters.http.stateful_session.v3.StatefulSession")
+        || state["name"] != json!("envoy.http.stateful_session.header")
+        || state["typed_config"]["@type"]
+            != json!("type.googleapis.com/envoy.extensions.http.stateful_session.header.v3.HeaderBasedSessionState")
+    {
+        p(format!(
+            "the filter must be {STATEFUL_SESSION} with header-based session state, is {value}"
+        ));
+    }
+    for plugin in plugins {
+        let steering = &istio::plugin_config(plugin)["steering"];
+        if state["typed_config"]["name"] != steering["header"]
+            || steering["encoding"] != json!("base64")
+        {
+            p(format!(
+                "the session header {} must be {}'s steering.header {} (encoding base64, is {})",
+                state["typed_config"]["name"],
+                plugin.label(),
+                steering["header"],
+                steering["encoding"]
+            ));
+        }
+    }
+    problems
+}
+
+#[test]
+fn the_waypoint_session_filter_reads_meshguards_header() {
+    let all = manifests();
+    let session = all
+        .iter()
+        .find(|m| m.file == SESSION_FILE)
+        .unwrap_or_else(|| panic!("istio/{SESSION_FILE}"));
+    let plugins: Vec<&Manifest> = all
+        .iter()
+        .filter(|m| m.file.starts_with("ambient-"))
+        .collect();
+    assert_eq!(plugins.len(), 2, "the two waypoint plugins");
+    let waypoint_refs = plugins[0].spec()["targetRefs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let problems = session_problems(session, &plugins, &waypoint_refs);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+
+    let crds = load_crds();
+    let mutate = |f: &dyn Fn(&mut Value)| {
+        let mut m = session.clone();
+        f(&mut m.doc);
+        m
+    };
+    let crd_bad = [
+        (
+            "insert position",
+            mutate(&|d| d["spec"]["configPatches"][0]["patch"]["operation"] = json!("INSERT")),
+        ),
+        (
+            "waypoint match outside WAYPOINT",
+            mutate(&|d| {
+                d["spec"]["configPatches"][0]["match"]["waypoint"] = json!({"portNumber": 9080})
+            }),
+        ),
+    ];
+    for (what, m) in &crd_bad {
+        assert!(
+            !crd_problems(&crds, m).is_empty(),
+            "the CRD check misses: {what}"
+        );
+    }
+    let bad = [
+        (
+            "after the router",
+            mutate(&|d| {
+                d["spec"]["configPatches"][0]["patch"]["operation"] = json!("INSERT_AFTER")
+            }),
+        ),
+        (
+            "another header",
+            mutate(&|d| {
+                d["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["session_state"]
+                    ["typed_config"]["name"] = json!("x-session")
+            }),
+        ),
+        (
+            "a cookie",
+            mutate(&|d| {
+                d["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["session_state"]
+                    ["name"] = json!("envoy.http.stateful_session.cookie")
+            }),
+        ),
+        (
+            "sidecar outbound context",
+            mutate(&|d| {
+                d["spec"]["configPatches"][0]["match"]["context"] = json!("SIDECAR_OUTBOUND")
+            }),
+        ),
+        (
+            "another waypoint",
+            mutate(&|d| d["spec"]["targetRefs"][0]["name"] = json!("other")),
+        ),
+    ];
+    for (what, m) in &bad {
+        assert!(
+            !session_problems(m, &plugins, &waypoint_refs).is_empty(),
+            "the session check misses: {what}"
+        );
+    }
 }
