@@ -17,6 +17,9 @@
 //!   variants (`istio/ambient-*-waypoint.yaml`) are the sidecar WasmPlugin in
 //!   other forms: same name, module and `pluginConfig`, the same workloads or
 //!   the waypoint through `targetRefs`, no `match` a waypoint fails;
+//! - the waypoint's session filter (`istio/envoyfilter-waypoint-session.yaml`)
+//!   inserts a header-based stateful_session filter before the router of the
+//!   waypoint the plugins target, reading their `steering.header`;
 //! - the manifests agree with each other (overrides name existing
 //!   VirtualServices, the steering header is the Service's
 //!   persistent-session header);
