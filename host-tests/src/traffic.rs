@@ -26,7 +26,12 @@ pub struct Outcome {
 
 /// Sends `GET /` with `headers` to `addr`.
 pub fn send_one(addr: SocketAddr, headers: &[(&str, &str)]) -> Outcome {
-    match http::request(addr, "GET", "/", headers, &[], REQUEST_TIMEOUT) {
+    send_to(addr, "/", headers)
+}
+
+/// Sends `GET path` with `headers` to `addr`.
+pub fn send_to(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Outcome {
+    match http::request(addr, "GET", path, headers, &[], REQUEST_TIMEOUT) {
         Ok(r) => Outcome {
             status: r.status,
             upstream: r.header("x-upstream-name").map(str::to_string),
@@ -125,11 +130,31 @@ impl fmt::Display for Tally {
 
 /// Sends `n` requests back to back.
 pub fn burst(addr: SocketAddr, n: u64) -> Tally {
+    burst_to(addr, "/", n)
+}
+
+/// [`burst`] to `path`.
+pub fn burst_to(addr: SocketAddr, path: &str, n: u64) -> Tally {
     let mut t = Tally::default();
     for _ in 0..n {
-        t.add(&send_one(addr, &[]));
+        t.add(&send_to(addr, path, &[]));
     }
     t
+}
+
+/// The value of the Prometheus sample `name{...}` (Envoy's
+/// `/stats/prometheus`) whose labels include every `key="value"` of
+/// `labels`, in any order.
+pub fn prometheus_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+        let (set, value) = rest.rsplit_once(' ')?;
+        labels
+            .iter()
+            .all(|(k, v)| set.contains(&format!("{k}=\"{v}\"")))
+            .then(|| value.parse().ok())
+            .flatten()
+    })
 }
 
 /// Sends `rate` requests per second, evenly spaced, for one second; returns

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use host_tests::fixture::ThreeUpstreams;
 use host_tests::http;
-use host_tests::traffic::{burst, Tally};
+use host_tests::traffic::{burst, prometheus_sample, Tally};
 use host_tests::Behaviour;
 
 const U2: usize = 1;
@@ -19,23 +19,6 @@ const FLUSH: Duration = Duration::from_millis(400);
 fn config_with(status: &str) -> String {
     let base = host_tests::TEST_PLUGIN_CONFIG;
     format!("{},\"status\":{status}}}", &base[..base.len() - 1])
-}
-
-/// The value of the Prometheus sample `name{labels}` (labels in Envoy's
-/// order do not matter: every `key="value"` given must be present).
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let rest = line.strip_prefix(name)?;
-        if !rest.starts_with('{') {
-            return None;
-        }
-        let (set, value) = rest.rsplit_once(' ')?;
-        labels
-            .iter()
-            .all(|(k, v)| set.contains(&format!("{k}=\"{v}\"")))
-            .then(|| value.parse().ok())
-            .flatten()
-    })
 }
 
 fn get(addr: std::net::SocketAddr, path: &str) -> http::Response {
@@ -59,11 +42,11 @@ fn metrics_and_status_tell_what_happened() {
         .expect("prometheus stats");
     let svc = ("meshguard_service", "demo");
     s.check(
-        sample(&prom, "meshguard_requests", &[svc]) == Some(300.0),
+        prometheus_sample(&prom, "meshguard_requests", &[svc]) == Some(300.0),
         || format!("after 300 healthy requests meshguard_requests should be 300:\n{prom}"),
     );
     s.check(
-        sample(
+        prometheus_sample(
             &prom,
             "meshguard_hosts",
             &[svc, ("meshguard_state", "healthy")],
@@ -107,12 +90,12 @@ fn metrics_and_status_tell_what_happened() {
     };
     expect(
         "requests",
-        sample(&prom, "meshguard_requests", &[svc]),
+        prometheus_sample(&prom, "meshguard_requests", &[svc]),
         sent.total as f64,
     );
     expect(
         "gateway failures = 503s the clients saw",
-        sample(
+        prometheus_sample(
             &prom,
             "meshguard_failures",
             &[svc, ("meshguard_kind", "gateway")],
@@ -121,7 +104,7 @@ fn metrics_and_status_tell_what_happened() {
     );
     expect(
         "ejections by consecutive failures",
-        sample(
+        prometheus_sample(
             &prom,
             "meshguard_ejections",
             &[svc, ("meshguard_reason", "consecutive")],
@@ -130,7 +113,7 @@ fn metrics_and_status_tell_what_happened() {
     );
     expect(
         "u2's ejections",
-        sample(
+        prometheus_sample(
             &prom,
             "meshguard_host_ejections",
             &[svc, ("meshguard_host", &u2)],
@@ -139,7 +122,7 @@ fn metrics_and_status_tell_what_happened() {
     );
     expect(
         "healthy -> unhealthy transitions",
-        sample(
+        prometheus_sample(
             &prom,
             "meshguard_transitions",
             &[
@@ -152,7 +135,7 @@ fn metrics_and_status_tell_what_happened() {
     );
     expect(
         "hosts unhealthy",
-        sample(
+        prometheus_sample(
             &prom,
             "meshguard_hosts",
             &[svc, ("meshguard_state", "unhealthy")],
@@ -161,7 +144,7 @@ fn metrics_and_status_tell_what_happened() {
     );
     expect(
         "u2's state gauge (2 = unhealthy)",
-        sample(
+        prometheus_sample(
             &prom,
             "meshguard_host_state",
             &[svc, ("meshguard_host", &u2)],
@@ -170,10 +153,10 @@ fn metrics_and_status_tell_what_happened() {
     );
     expect(
         "breaker closed",
-        sample(&prom, "meshguard_breaker_state", &[svc]),
+        prometheus_sample(&prom, "meshguard_breaker_state", &[svc]),
         0.0,
     );
-    let steered = sample(&prom, "meshguard_steered", &[svc]).unwrap_or(0.0);
+    let steered = prometheus_sample(&prom, "meshguard_steered", &[svc]).unwrap_or(0.0);
     // All but discovery's share (5 % at first) left to Envoy's balancer.
     s.check(steered >= 90.0, || {
         format!(
@@ -211,7 +194,7 @@ fn metrics_and_status_tell_what_happened() {
         .expect("prometheus stats");
     expect(
         "requests after status",
-        sample(&prom, "meshguard_requests", &[svc]),
+        prometheus_sample(&prom, "meshguard_requests", &[svc]),
         sent.total as f64,
     );
 }

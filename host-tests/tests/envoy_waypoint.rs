@@ -19,12 +19,11 @@
 //! alone with `cargo test -p host-tests --test envoy_waypoint -- --nocapture`;
 //! the generated config and the logs stay in target/tmp/envoy_waypoint/.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use host_tests::fixture::ThreeUpstreams;
 use host_tests::http;
-use host_tests::traffic::{Outcome, Tally};
+use host_tests::traffic::{burst_to, prometheus_sample, Tally};
 use host_tests::waypoint::{self, Route, CLUSTER};
 use host_tests::Behaviour;
 use serde_json::Value;
@@ -67,47 +66,6 @@ const ROUTES: [Route; 2] = [
 /// The scope meshguard gives the strict override's traffic.
 const STRICT_SCOPE: &str = "[vs=default/echo-strict route=*]";
 
-fn send(addr: SocketAddr, path: &str) -> Outcome {
-    match http::request(addr, "GET", path, &[], &[], Duration::from_secs(5)) {
-        Ok(r) => Outcome {
-            status: r.status,
-            upstream: r.header("x-upstream-name").map(str::to_string),
-            upstream_saw_steering: r
-                .header("x-upstream-saw-meshguard-upstream")
-                .map(str::to_string),
-            error: None,
-        },
-        Err(e) => Outcome {
-            status: 0,
-            upstream: None,
-            upstream_saw_steering: None,
-            error: Some(e.to_string()),
-        },
-    }
-}
-
-fn burst(addr: SocketAddr, path: &str, n: u64) -> Tally {
-    let mut t = Tally::default();
-    for _ in 0..n {
-        t.add(&send(addr, path));
-    }
-    t
-}
-
-/// The value of the Prometheus sample `name{...}` whose labels include all
-/// of `labels`.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let rest = line.strip_prefix(name)?.strip_prefix('{')?;
-        let (set, value) = rest.rsplit_once(' ')?;
-        labels
-            .iter()
-            .all(|(k, v)| set.contains(&format!("{k}=\"{v}\"")))
-            .then(|| value.parse().ok())
-            .flatten()
-    })
-}
-
 /// meshguard's metric name for a host (its stat names keep letters,
 /// digits and `.|:-_[]`, everything else becomes `_`).
 fn metric_host(address: &str) -> String {
@@ -135,8 +93,8 @@ fn waypoint_shaped_envoy_grades_and_steers_pods_behind_the_tunnel() {
     let addr = |i: usize| waypoint::host_address(&s.upstream(i).data.to_string());
 
     // a. Healthy: all three pods answer through the tunnel, on every route.
-    let base = burst(l, "/echo/a", 150);
-    let strict = burst(l, "/strict/a", 60);
+    let base = burst_to(l, "/echo/a", 150);
+    let strict = burst_to(l, "/strict/a", 60);
     println!("a. healthy: echo {base}\n   strict {strict}");
     s.check(
         base.with_status(200) == 150 && strict.with_status(200) == 60,
@@ -165,8 +123,8 @@ fn waypoint_shaped_envoy_grades_and_steers_pods_behind_the_tunnel() {
     let mut detect = Tally::default();
     let mut clean = 0;
     while detect.total < 1200 && clean < 2 {
-        detect.merge(&burst(l, "/echo/b", 20));
-        let b = burst(l, "/strict/b", 20);
+        detect.merge(&burst_to(l, "/echo/b", 20));
+        let b = burst_to(l, "/strict/b", 20);
         detect.merge(&b);
         clean = if b.served_by("u3") == 0 { clean + 1 } else { 0 };
     }
@@ -174,8 +132,8 @@ fn waypoint_shaped_envoy_grades_and_steers_pods_behind_the_tunnel() {
     s.check(clean == 2, || {
         format!("u3 fails 40% (> the strict override's 20%) but keeps strict traffic: {detect}")
     });
-    let echo = burst(l, "/echo/b", 300);
-    let strict = burst(l, "/strict/b", 150);
+    let echo = burst_to(l, "/echo/b", 300);
+    let strict = burst_to(l, "/strict/b", 150);
     println!("b. grey, graded: echo {echo}\n   strict {strict}");
     // Degraded at half weight: 0.5 / 2.5 = 20% of the echo traffic.
     s.check((0.1..=0.28).contains(&echo.share("u3")), || {
@@ -216,7 +174,7 @@ fn waypoint_shaped_envoy_grades_and_steers_pods_behind_the_tunnel() {
     let mut detect = Tally::default();
     let mut clean = 0;
     while detect.total < 400 && clean < 2 {
-        let b = burst(l, "/echo/c", 25);
+        let b = burst_to(l, "/echo/c", 25);
         clean = if b.with_status(200) == b.total {
             clean + 1
         } else {
@@ -228,7 +186,7 @@ fn waypoint_shaped_envoy_grades_and_steers_pods_behind_the_tunnel() {
     s.check(clean == 2 && detect.not_ok() <= 15, || {
         format!("dead u2 should be ejected after a few failures: {detect}")
     });
-    let after = burst(l, "/echo/c", 300);
+    let after = burst_to(l, "/echo/c", 300);
     println!("c. dead pod ejected: {after}");
     s.check(after.with_status(200) == 300, || {
         format!("with dead u2 ejected every request should get 200: {after}")
@@ -258,7 +216,7 @@ fn waypoint_shaped_envoy_grades_and_steers_pods_behind_the_tunnel() {
         .envoy
         .admin_get("/stats/prometheus")
         .unwrap_or_else(|e| s.fail(&format!("prometheus: {e}")));
-    let ejections = sample(
+    let ejections = prometheus_sample(
         &prom,
         "meshguard_host_ejections",
         &[
@@ -315,7 +273,7 @@ fn operator_view(s: &ThreeUpstreams, want: &[(String, usize, &str, u64)]) {
             ("meshguard_host", metric_host(&address)),
         ];
         let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let got = sample(&prom, "meshguard_host_state", &labels);
+        let got = prometheus_sample(&prom, "meshguard_host_state", &labels);
         s.check(got == Some(*gauge as f64), || {
             let ours: Vec<&str> = prom
                 .lines()
