@@ -190,7 +190,11 @@ pub struct HostHealth {
     /// When the current state began (ejection, return, recovery...).
     state_since_ms: u64,
     ejected_until_ms: u64,
+    /// The ejection backoff's multiplier: one more per ejection, one less
+    /// per base ejection time back at full weight.
     times_ejected: u16,
+    /// Ejections so far, never earned back (the status document, the logs).
+    ejections: u16,
     last_seen_ms: u64,
     streaks: Streaks,
     /// The shared record's write number in which the current failure streak
@@ -230,6 +234,7 @@ impl HostHealth {
             state_since_ms: now,
             ejected_until_ms: 0,
             times_ejected: 0,
+            ejections: 0,
             last_seen_ms: now,
             streaks: Streaks::default(),
             streak_started_write: 0,
@@ -249,8 +254,10 @@ impl HostHealth {
         &self.window
     }
 
+    /// How many times the host was ejected (the backoff multiplier earns
+    /// itself back; this count does not).
     pub fn times_ejected(&self) -> u16 {
-        self.times_ejected
+        self.ejections
     }
 
     pub fn ejected_until_ms(&self) -> u64 {
@@ -627,6 +634,7 @@ impl HostHealth {
         let earned = u16::try_from(earned).unwrap_or(u16::MAX);
         self.times_ejected = self.times_ejected.saturating_sub(earned);
         self.times_ejected = self.times_ejected.saturating_add(1);
+        self.ejections = self.ejections.saturating_add(1);
         let duration = base
             .saturating_mul(u64::from(self.times_ejected))
             .min(config.ejection.max_ejection_time.0)
@@ -651,7 +659,7 @@ impl HostHealth {
             reason,
             at_ms: at,
             ejected_for_ms: None,
-            times_ejected: self.times_ejected,
+            times_ejected: self.ejections,
         }
     }
 }

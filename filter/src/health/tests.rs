@@ -330,6 +330,31 @@ fn staying_healthy_earns_the_backoff_back() {
     host.at(host.now + 20_000);
     host.feed(E503, 10);
     assert_eq!(host.last().ejected_for_ms, Some(20_000));
+    // The count of ejections (status document, log line) is not earned
+    // back: this was the fourth.
+    assert_eq!(host.health.times_ejected(), 4);
+    assert_eq!(host.last().times_ejected, 4);
+}
+
+/// A host ejected, back long enough to earn its whole backoff, then
+/// ejected again: its second ejection is the second, though its ejection
+/// time starts over at the base.
+#[test]
+fn a_second_ejection_after_the_backoff_was_earned_back_counts_two() {
+    let mut host = Host::new(config(""));
+    host.feed(E503, 10);
+    host.at(host.health.ejected_until_ms());
+    host.feed(OK, 10);
+    host.at(host.now + 120_000);
+    assert_eq!(host.state(), HostState::Healthy);
+    host.feed(E503, 10);
+    assert_eq!(
+        host.last().ejected_for_ms,
+        Some(10_000),
+        "backoff earned back"
+    );
+    assert_eq!(host.health.times_ejected(), 2);
+    assert_eq!(host.last().times_ejected, 2);
 }
 
 #[test]
