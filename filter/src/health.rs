@@ -192,7 +192,7 @@ pub struct HostHealth {
     ejected_until_ms: u64,
     /// The ejection backoff's multiplier: one more per ejection, one less
     /// per base ejection time back at full weight.
-    times_ejected: u16,
+    backoff: u16,
     /// Ejections so far, never earned back (the status document, the logs).
     ejections: u16,
     last_seen_ms: u64,
@@ -233,7 +233,7 @@ impl HostHealth {
             state: HostState::Healthy,
             state_since_ms: now,
             ejected_until_ms: 0,
-            times_ejected: 0,
+            backoff: 0,
             ejections: 0,
             last_seen_ms: now,
             streaks: Streaks::default(),
@@ -450,14 +450,14 @@ impl HostHealth {
         if !self.is_quiet() || self.window.failures() > 0 || self.window.slow() > 0 {
             return false;
         }
-        if self.times_ejected == 0 {
+        if self.backoff == 0 {
             return true;
         }
         let back_since = self
             .ejected_until_ms
             .saturating_add(config.ejection.warmup_duration.0);
         let base = config.ejection.base_ejection_time.0.max(1);
-        now.saturating_sub(back_since) >= base.saturating_mul(u64::from(self.times_ejected))
+        now.saturating_sub(back_since) >= base.saturating_mul(u64::from(self.backoff))
     }
 
     /// The next time at which time alone changes this host's state or
@@ -632,11 +632,11 @@ impl HostHealth {
             .saturating_add(config.ejection.warmup_duration.0);
         let earned = now.saturating_sub(back_since) / base;
         let earned = u16::try_from(earned).unwrap_or(u16::MAX);
-        self.times_ejected = self.times_ejected.saturating_sub(earned);
-        self.times_ejected = self.times_ejected.saturating_add(1);
+        self.backoff = self.backoff.saturating_sub(earned);
+        self.backoff = self.backoff.saturating_add(1);
         self.ejections = self.ejections.saturating_add(1);
         let duration = base
-            .saturating_mul(u64::from(self.times_ejected))
+            .saturating_mul(u64::from(self.backoff))
             .min(config.ejection.max_ejection_time.0)
             .saturating_add(jitter_ms);
         self.ejected_until_ms = now.saturating_add(duration);
