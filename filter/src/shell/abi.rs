@@ -7,9 +7,10 @@
 //! response headers, done, log), plus once per response body frame and
 //! for response trailers when there are any. `context_create` names the
 //! request's plugin instance (see `super::roots`: without it a
-//! configuration applied again is ignored while the old listener drains). `done` is for upstream instances
-//! (`mode: upstream`), whose attempts Envoy never logs, and for plugin
-//! instances Envoy shuts down; a request's stream returns from it at once.
+//! configuration applied again is ignored while the old listener drains).
+//! `done` is for upstream instances (`mode: upstream`), whose attempts
+//! Envoy never logs, and for plugin instances Envoy shuts down; a request's
+//! stream returns from it at once.
 //!
 //! Every entry point catches a busy state (re-entry) and an unconfigured
 //! plugin by passing the request through untouched.

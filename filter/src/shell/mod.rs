@@ -81,6 +81,15 @@ fn sync_log_level() {
     log::set_max_level(filter);
 }
 
+/// Adds one to a global counter (`meshguard.<metric>`), outside any
+/// worker: for events of the VM itself, which no worker's batched metrics
+/// see.
+fn count_global(metric: &str) {
+    if let Ok(id) = host::define_metric(0, &crate::metrics::global(metric)) {
+        let _ = host::increment_metric(id, 1);
+    }
+}
+
 /// 256 bits of the host's randomness (WASI `random_get`).
 fn id_key() -> Option<[u64; 4]> {
     let mut key = [0u64; 4];
@@ -107,9 +116,7 @@ fn configure(root: &mut Root, size: usize) -> bool {
     let config = match Config::parse(&bytes) {
         Ok(config) => Rc::new(config),
         Err(error) => {
-            if let Ok(id) = host::define_metric(0, &crate::metrics::global("config_rejected")) {
-                let _ = host::increment_metric(id, 1);
-            }
+            count_global("config_rejected");
             let kept = if root.worker.is_some() {
                 "keeping the previous configuration"
             } else {

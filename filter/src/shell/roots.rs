@@ -27,7 +27,7 @@ use super::stream::Stream;
 /// Ticks come every 100 ms; an instance silent this long was deleted.
 const SILENT_MS: u64 = 5_000;
 /// Plugin instances one VM keeps at most: each holds a worker's tables.
-pub const MAX_ROOTS: usize = 64;
+const MAX_ROOTS: usize = 64;
 
 pub struct Root {
     pub context_id: u32,
@@ -84,10 +84,7 @@ impl Roots {
             return;
         };
         let dropped = self.roots.remove(position);
-        if let Ok(id) = host::define_metric(0, &crate::metrics::global("plugin_instances_dropped"))
-        {
-            let _ = host::increment_metric(id, 1);
-        }
+        super::count_global("plugin_instances_dropped");
         log::warn!(
             "meshguard: {MAX_ROOTS} plugin configurations live in this VM (updates come faster than listeners drain); the one least recently used (context {}) is dropped and its requests pass through unobserved",
             dropped.context_id

@@ -405,22 +405,15 @@ impl Stream {
                 host::header(Map::RequestHeaders, "x-forwarded-for"),
                 Ok(Some(_))
             );
-        let (code, details, body) = if forwarded {
-            (
-                403,
-                "meshguard_status_forwarded",
-                FORWARDED_REFUSAL.to_string(),
-            )
+        let (code, details, content_type, body) = if forwarded {
+            let body = FORWARDED_REFUSAL.to_string();
+            (403, "meshguard_status_forwarded", "text/plain", body)
         } else {
             let now = host::now_ms().unwrap_or(0);
-            (200, "meshguard_status", worker.status_json(now))
+            let body = worker.status_json(now);
+            (200, "meshguard_status", "application/json", body)
         };
         self.local_reply = true;
-        let content_type = if forwarded {
-            "text/plain"
-        } else {
-            "application/json"
-        };
         let headers = [
             ("content-type", content_type),
             ("cache-control", "no-store"),

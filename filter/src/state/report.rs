@@ -80,7 +80,7 @@ impl LogLimiter {
 pub struct Reporter {
     metrics: Metrics,
     /// Lines about one host.
-    limiter: LogLimiter,
+    hosts: LogLimiter,
     /// Lines about a service as a whole (its host table, its breaker).
     services: LogLimiter,
     /// When the dropped per-host metrics were last logged.
@@ -92,7 +92,7 @@ impl Default for Reporter {
     fn default() -> Self {
         Reporter {
             metrics: Metrics::default(),
-            limiter: LogLimiter::new(MAX_HOST_LOG_KEYS),
+            hosts: LogLimiter::new(MAX_HOST_LOG_KEYS),
             services: LogLimiter::new(MAX_SERVICE_LOG_KEYS),
             dropped_logged_ms: None,
             dropped_since_log: 0,
@@ -299,7 +299,7 @@ impl Reporter {
         };
         let limiter = match event {
             Event::HostNotTracked { .. } | Event::Breaker(_) => &mut self.services,
-            _ => &mut self.limiter,
+            _ => &mut self.hosts,
         };
         let (allowed, suppressed) = limiter.allow(&format!("{key} {subject}"), now);
         if suppressed > 0 {
@@ -374,7 +374,7 @@ mod tests {
         // Thousands of hosts change grade within the same minute.
         for i in 0..5_000 {
             reporter
-                .limiter
+                .hosts
                 .allow(&format!("svc 10.0.{}.{}:80", i / 256, i % 256), 2_000);
         }
         assert!(!reporter.services.allow(table, 3_000).0, "still suppressed");
