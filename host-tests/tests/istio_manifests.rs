@@ -515,11 +515,7 @@ fn the_checks_catch_known_mistakes() {
     let crds = load_crds();
     let all = manifests();
     let find = |kind: &str| istio::of_kind(&all, kind)[0].clone();
-    let mutate = |m: &Manifest, f: &dyn Fn(&mut Value)| {
-        let mut m = m.clone();
-        f(&mut m.doc);
-        m
-    };
+    let mutate = mutated;
     let plugin = sidecar_plugin(&all).clone();
     let dr = find("DestinationRule");
     let vs = find("VirtualService");
@@ -981,6 +977,21 @@ fn upstream_instances_pair_with_the_wasmplugin() {
     assert!(filters.iter().any(|f| !f.spec()["targetRefs"].is_null()));
 }
 
+/// A copy of `m` with `f` applied to its document: one known mistake.
+fn mutated(m: &Manifest, f: &dyn Fn(&mut Value)) -> Manifest {
+    let mut m = m.clone();
+    f(&mut m.doc);
+    m
+}
+
+/// The manifest in `istio/<file>`.
+fn in_file(all: &[Manifest], file: &str) -> Manifest {
+    all.iter()
+        .find(|m| m.file == file)
+        .unwrap_or_else(|| panic!("istio/{file}"))
+        .clone()
+}
+
 /// The EnvoyFilter checks fail on the mistakes they exist for.
 #[test]
 fn the_upstream_checks_catch_known_mistakes() {
@@ -988,19 +999,10 @@ fn the_upstream_checks_catch_known_mistakes() {
     let all = manifests();
     let plugin = sidecar_plugin(&all);
     let services = istio::of_kind(&all, "Service");
-    let find = |file: &str| {
-        all.iter()
-            .find(|m| m.file == file)
-            .unwrap_or_else(|| panic!("istio/{file}"))
-            .clone()
-    };
+    let find = |file: &str| in_file(&all, file);
     let sidecar = find("envoyfilter-upstream.yaml");
     let waypoint = find("envoyfilter-upstream-waypoint.yaml");
-    let mutate = |m: &Manifest, f: &dyn Fn(&mut Value)| {
-        let mut m = m.clone();
-        f(&mut m.doc);
-        m
-    };
+    let mutate = mutated;
     fn wasm(d: &mut Value) -> &mut Value {
         &mut d["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["config"]
     }
@@ -1314,22 +1316,13 @@ fn the_trafficextension_and_waypoint_checks_catch_known_mistakes() {
     let all = manifests();
     let sidecar = sidecar_plugin(&all);
     let services = istio::of_kind(&all, "Service");
-    let find = |file: &str| {
-        all.iter()
-            .find(|m| m.file == file)
-            .unwrap_or_else(|| panic!("istio/{file}"))
-            .clone()
-    };
+    let find = |file: &str| in_file(&all, file);
     let te = find("trafficextension.yaml");
     let te_waypoint = find("ambient-trafficextension-waypoint.yaml");
     let wp_waypoint = find("ambient-wasmplugin-waypoint.yaml");
     let waypoint_refs =
         vec![json!({"kind": "Gateway", "group": "gateway.networking.k8s.io", "name": "waypoint"})];
-    let mutate = |m: &Manifest, f: &dyn Fn(&mut Value)| {
-        let mut m = m.clone();
-        f(&mut m.doc);
-        m
-    };
+    let mutate = mutated;
     // The unchanged files pass each check below, so a failure is the mistake's.
     for m in [&te, &te_waypoint, &wp_waypoint] {
         assert!(crd_problems(&crds, m).is_empty(), "{}", m.label());
