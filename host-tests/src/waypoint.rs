@@ -182,7 +182,7 @@ static_resources:
                 - name: envoy.retry_host_predicates.previous_hosts
                   typed_config:
                     "@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate
-                host_selection_retry_max_attempts: 3
+                host_selection_retry_max_attempts: 5
               routes:
               - name: fallback
                 match:
