@@ -13,7 +13,12 @@
 //!   path, exactly where the schema says `additionalProperties: false`, and
 //!   the parser's list of known keys is the schema's list of properties;
 //! - a document holding every documented `default` parses to the parser's
-//!   defaults, so the schema (and the README it copies) cannot drift.
+//!   defaults, so the schema cannot drift;
+//! - the configuration reference, `docs/configuration.md`, documents every
+//!   field of the schema in a `| field | default | meaning |` table with the
+//!   schema's default, names no field the schema lacks, and every JSON
+//!   example on that page is accepted by the parser (its first, the full
+//!   defaults, parses to the parser's defaults).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -360,7 +365,7 @@ fn documented_defaults_are_the_parsers_defaults() {
 
 #[test]
 fn typed_document_reads_what_the_parser_reads() {
-    // The README's examples, through both readings.
+    // Examples of docs/configuration.md, through both readings.
     let docs = [
         json!({}),
         json!({"detection": {"windowSize": 100.0, "failureStatusCodes": ["5xx", 429, "500-504"]},
@@ -375,4 +380,231 @@ fn typed_document_reads_what_the_parser_reads() {
     let typo = json!({"detection": {"windowSze": 10}});
     assert!(parse(&typo).is_err());
     assert!(serde_json::from_value::<meshguard::config::document::ConfigDocument>(typo).is_err());
+}
+
+const REFERENCE: &str = "docs/configuration.md";
+
+fn reference_text() -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(REFERENCE);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Every field of the schema by its path (`detection.windowSize`,
+/// `headers.request[].when.status`), with its documented default and whether
+/// it is a leaf. Below `overrides[]` only the override's own fields: its
+/// sections are partial copies of the top-level ones.
+fn schema_fields(
+    root: &Value,
+    s: &Value,
+    prefix: &str,
+    out: &mut std::collections::BTreeMap<String, (Option<Value>, bool)>,
+) {
+    let r = resolve(root, s);
+    for (k, p) in r["properties"].as_object().expect("object schema") {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        let pr = resolve(root, p);
+        let default = annotation(root, p, "default").cloned();
+        let object = pr.get("properties").is_some();
+        let items = pr
+            .get("items")
+            .map(|i| resolve(root, i))
+            .filter(|i| i.get("properties").is_some());
+        out.insert(path.clone(), (default, !object && items.is_none()));
+        if prefix.starts_with("overrides[]") {
+            continue;
+        }
+        if object {
+            schema_fields(root, p, &path, out);
+        } else if let Some(items) = pr.get("items").filter(|_| items.is_some()) {
+            schema_fields(root, items, &format!("{path}[]"), out);
+        }
+    }
+}
+
+/// One row of a `| field | default | meaning |` table.
+#[derive(Debug)]
+struct Row {
+    line: usize,
+    sections: Vec<String>,
+    field: String,
+    default: String,
+}
+
+/// The backticked spans of a line, in order.
+fn code_spans(line: &str) -> Vec<&str> {
+    line.split('`').skip(1).step_by(2).collect()
+}
+
+fn is_field_path(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '[' | ']'))
+}
+
+/// The rows of the reference's field tables. A table belongs to the
+/// configuration object(s) its heading names in backticks, or to the
+/// top level when the heading names none.
+fn reference_rows(text: &str) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mut sections = vec![String::new()];
+    let mut in_code = false;
+    let mut in_table = false;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        if in_code {
+            continue;
+        }
+        if t.starts_with('#') {
+            let named: Vec<String> = code_spans(t)
+                .into_iter()
+                .filter(|s| is_field_path(s))
+                .map(String::from)
+                .collect();
+            sections = if named.is_empty() {
+                vec![String::new()]
+            } else {
+                named
+            };
+            in_table = false;
+            continue;
+        }
+        if !t.starts_with('|') {
+            in_table = false;
+            continue;
+        }
+        let cells: Vec<&str> = t.trim_matches('|').split('|').map(str::trim).collect();
+        if cells.len() >= 3 && cells[..3] == ["field", "default", "meaning"] {
+            in_table = true;
+            continue;
+        }
+        if !in_table || cells[0].starts_with("---") {
+            continue;
+        }
+        let field = cells[0]
+            .strip_prefix('`')
+            .and_then(|c| c.strip_suffix('`'))
+            .filter(|c| is_field_path(c))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{REFERENCE}:{}: a field row names one field in backticks: {t}",
+                    i + 1
+                )
+            });
+        rows.push(Row {
+            line: i + 1,
+            sections: sections.clone(),
+            field: field.to_string(),
+            default: cells.get(1).copied().unwrap_or("").to_string(),
+        });
+    }
+    rows
+}
+
+/// Whether a table's default cell says `default`: one backticked span
+/// holding its JSON, or, for a string, the string itself.
+fn default_matches(cell: &str, default: &Value) -> bool {
+    let Some(inner) = cell.strip_prefix('`').and_then(|c| c.strip_suffix('`')) else {
+        return false;
+    };
+    if inner.contains('`') {
+        return false;
+    }
+    serde_json::from_str::<Value>(inner).is_ok_and(|v| &v == default)
+        || default.as_str() == Some(inner)
+}
+
+#[test]
+fn the_reference_documents_every_field_with_its_default() {
+    let root = schema();
+    let mut fields = std::collections::BTreeMap::new();
+    schema_fields(&root, &root, "", &mut fields);
+    let text = reference_text();
+    let rows = reference_rows(&text);
+    assert!(
+        rows.len() > 50,
+        "too few field rows in {REFERENCE}: {rows:?}"
+    );
+    let mut problems = Vec::new();
+    let mut documented = BTreeSet::new();
+    for row in &rows {
+        let mut known = false;
+        for section in &row.sections {
+            let path = if section.is_empty() {
+                row.field.clone()
+            } else {
+                format!("{section}.{}", row.field)
+            };
+            let Some((default, _)) = fields.get(&path) else {
+                continue;
+            };
+            known = true;
+            if !documented.insert(path.clone()) {
+                problems.push(format!("{REFERENCE}:{}: {path} documented twice", row.line));
+            }
+            match default {
+                Some(d) if !default_matches(&row.default, d) => problems.push(format!(
+                    "{REFERENCE}:{}: {path}: default cell {:?}, the schema's default is `{d}`",
+                    row.line, row.default
+                )),
+                None if !row.default.is_empty() => problems.push(format!(
+                    "{REFERENCE}:{}: {path}: the schema has no default, the cell says {:?}",
+                    row.line, row.default
+                )),
+                _ => {}
+            }
+        }
+        if !known {
+            problems.push(format!(
+                "{REFERENCE}:{}: `{}` under {:?} is no field of the schema",
+                row.line, row.field, row.sections
+            ));
+        }
+    }
+    for (path, (_, leaf)) in &fields {
+        if *leaf && !documented.contains(path) {
+            problems.push(format!("{REFERENCE}: no row for {path}"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn the_reference_examples_are_accepted() {
+    let text = reference_text();
+    let mut blocks = Vec::new();
+    let mut current: Option<(usize, String)> = None;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim_start();
+        match current.as_mut() {
+            Some(_) if t.starts_with("```") => blocks.push(current.take().expect("open block")),
+            Some((_, body)) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+            None if t == "```json" => current = Some((i + 1, String::new())),
+            None => {}
+        }
+    }
+    assert!(current.is_none(), "{REFERENCE}: unclosed code block");
+    assert!(blocks.len() >= 4, "too few JSON examples in {REFERENCE}");
+    for (line, body) in &blocks {
+        Config::parse(body.as_bytes())
+            .unwrap_or_else(|e| panic!("{REFERENCE}:{line}: example refused: {e}\n{body}"));
+    }
+    let (line, defaults) = &blocks[0];
+    assert_eq!(
+        Config::parse(defaults.as_bytes()).expect("parsed above"),
+        Config::default(),
+        "{REFERENCE}:{line}: the first example must spell out the parser's defaults"
+    );
 }
