@@ -46,28 +46,55 @@ pub fn istio_dir() -> PathBuf {
     workspace_root().join("istio")
 }
 
-/// Istio's CRDs: `MESHGUARD_ISTIO_CRDS`, else `<repo>/../shared/istio-crds`
-/// (CI clones the repository with `shared/` beside it). Err says how to fix it.
-pub fn crds_dir() -> Result<PathBuf, String> {
-    let dir = match std::env::var_os("MESHGUARD_ISTIO_CRDS").filter(|v| !v.is_empty()) {
-        Some(d) => PathBuf::from(d),
-        None => workspace_root()
-            .join("..")
-            .join("shared")
-            .join("istio-crds"),
-    };
-    if dir.join("wasmplugins.yaml").is_file() {
-        Ok(dir)
-    } else {
-        Err(format!(
-            "Istio's CRD schemas are not at {}: the manifest tests need wasmplugins.yaml, \
-             trafficextensions.yaml, virtualservices.yaml and destinationrules.yaml from istio/api \
-             (kubernetes/customresourcedefinitions.gen.yaml, one CRD per file). Check out \
-             the shared/ directory beside this repository, or set MESHGUARD_ISTIO_CRDS to \
-             a directory holding them.",
-            dir.display()
-        ))
+/// The CRD files the manifests are validated against, one CRD each.
+pub const CRD_FILES: [&str; 5] = [
+    "wasmplugins.yaml",
+    "trafficextensions.yaml",
+    "virtualservices.yaml",
+    "destinationrules.yaml",
+    "envoyfilters.yaml",
+];
+
+/// Where each of [`CRD_FILES`] is read from: `MESHGUARD_ISTIO_CRDS` (another
+/// Istio release's CRDs, see istio/crds/README.md) where it has the file,
+/// else the copy kept in `istio/crds/`. Err names the missing file, where
+/// it was looked for and where it comes from.
+pub fn crd_files() -> Result<Vec<PathBuf>, String> {
+    let kept = istio_dir().join("crds");
+    let chosen = std::env::var_os("MESHGUARD_ISTIO_CRDS")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    if let Some(dir) = &chosen {
+        if !dir.is_dir() {
+            return Err(format!(
+                "MESHGUARD_ISTIO_CRDS is {}, which is not a directory: point it at a directory \
+                 of Istio CRDs, one per file ({}), or unset it to use istio/crds/",
+                dir.display(),
+                CRD_FILES.join(", ")
+            ));
+        }
     }
+    CRD_FILES
+        .iter()
+        .map(|name| {
+            let file = chosen
+                .as_ref()
+                .map(|dir| dir.join(name))
+                .filter(|f| f.is_file())
+                .unwrap_or_else(|| kept.join(name));
+            if file.is_file() {
+                Ok(file)
+            } else {
+                Err(format!(
+                    "Istio CRD {name} is missing from {}: it is kept in the repository \
+                     (istio/crds/, from istio/api kubernetes/customresourcedefinitions.gen.yaml, \
+                     one CRD per file; see istio/crds/README.md). Restore it with git, or set \
+                     MESHGUARD_ISTIO_CRDS to a directory holding {name}.",
+                    kept.display()
+                ))
+            }
+        })
+        .collect()
 }
 
 /// Every YAML document of a file, as JSON values.

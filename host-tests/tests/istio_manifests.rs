@@ -1,7 +1,7 @@
 //! Every manifest in `istio/` checked the way a cluster would check it, and
 //! a bit more:
 //!
-//! - Istio kinds against Istio's own CRD schemas (`../shared/istio-crds/`,
+//! - Istio kinds against Istio's own CRD schemas (`istio/crds/`, or `MESHGUARD_ISTIO_CRDS`,
 //!   `openAPIV3Schema` of the version the manifest uses), with unknown fields
 //!   refused as `kubectl apply` does (strict field validation), and the
 //!   manifest's apiVersion the CRD's current (storage) version;
@@ -47,25 +47,8 @@ struct CrdVersion {
 type Crds = BTreeMap<(String, String), BTreeMap<String, CrdVersion>>;
 
 fn load_crds() -> Crds {
-    let dir = istio::crds_dir().unwrap_or_else(|e| panic!("{e}"));
+    let files = istio::crd_files().unwrap_or_else(|e| panic!("{e}"));
     let mut crds = Crds::new();
-    let mut files: Vec<std::path::PathBuf> = [
-        "wasmplugins.yaml",
-        "virtualservices.yaml",
-        "destinationrules.yaml",
-        "trafficextensions.yaml",
-    ]
-    .iter()
-    .map(|f| dir.join(f))
-    .collect();
-    // EnvoyFilter (the upstream instance's manifests): the shared directory's
-    // copy if it has one, else the one kept in istio/crds/.
-    let envoy_filters = dir.join("envoyfilters.yaml");
-    files.push(if envoy_filters.is_file() {
-        envoy_filters
-    } else {
-        istio::istio_dir().join("crds").join("envoyfilters.yaml")
-    });
     for file in &files {
         for doc in istio::yaml_documents(file).unwrap_or_else(|e| panic!("{e}")) {
             let spec = &doc["spec"];
@@ -87,7 +70,11 @@ fn load_crds() -> Crds {
             }
         }
     }
-    assert!(crds.len() >= 3, "too few CRDs in {}", dir.display());
+    assert_eq!(
+        crds.len(),
+        files.len(),
+        "one CRD per file expected in {files:?}"
+    );
     crds
 }
 
