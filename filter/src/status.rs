@@ -22,6 +22,62 @@ fn string(out: &mut String, text: &str) {
     out.push('"');
 }
 
+/// Appends `,"<key>":` and `ms` (Unix epoch milliseconds) as an RFC 3339
+/// UTC string, `"2026-12-01T19:42:09.175Z"`, or `null` for 0 (never):
+/// what people and `jq`/`date -d` read, beside the exact epoch figure.
+#[inline(never)]
+fn time(out: &mut String, key: &str, ms: u64) {
+    out.push_str(",\"");
+    out.push_str(key);
+    out.push_str("\":");
+    if ms == 0 {
+        out.push_str("null");
+        return;
+    }
+    let secs = ms / 1000;
+    let (y, m, d) = civil_from_days(secs / 86_400);
+    let day = secs % 86_400;
+    // Digits into a fixed template: `write!` with padded arguments costs
+    // about 500 bytes of module for this one line.
+    let mut text = *b"\"0000-00-00T00:00:00.000Z\"";
+    let fields = [
+        (y, 5),
+        (m, 8),
+        (d, 11),
+        (day / 3600, 14),
+        (day / 60 % 60, 17),
+        (day % 60, 20),
+        (ms % 1000, 24),
+    ];
+    for (mut value, end) in fields {
+        // Each field ends before its separator; digits fill it from the right.
+        for slot in text[..end].iter_mut().rev() {
+            if *slot == b'0' {
+                *slot = b'0' + (value % 10) as u8;
+                value /= 10;
+            } else {
+                break;
+            }
+        }
+    }
+    out.push_str(std::str::from_utf8(&text).unwrap_or_default());
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`, for days >= 0: eras of 400 years).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
 /// `members` gives a service's size as the worker answering knows it.
 /// Only watched hosts (those with failures on record) are listed: every
 /// other host of the service is Healthy.
@@ -32,7 +88,9 @@ pub fn render(
     members: &dyn Fn(&ServiceHealth) -> usize,
 ) -> String {
     let mut out = String::with_capacity(256 + records.len() * 512);
-    let _ = write!(out, "{{\"nowMs\":{now},\"services\":[");
+    let _ = write!(out, "{{\"nowMs\":{now}");
+    time(&mut out, "now", now);
+    out.push_str(",\"services\":[");
     for (i, record) in records.iter().enumerate() {
         if i > 0 {
             out.push(',');
@@ -42,7 +100,7 @@ pub fn render(
         let breaker = &record.breaker;
         let _ = write!(
             out,
-            ",\"members\":{},\"watchedHosts\":{},\"gradedFrom\":\"{}\",\"breaker\":{{\"state\":\"{}\",\"openUntilMs\":{}}},\"hosts\":[",
+            ",\"members\":{},\"watchedHosts\":{},\"gradedFrom\":\"{}\",\"breaker\":{{\"state\":\"{}\",\"openUntilMs\":{}",
             members(record),
             record.hosts.len(),
             // Every attempt (an upstream instance feeds the record), or
@@ -55,6 +113,8 @@ pub fn render(
             breaker.effective_state(now),
             breaker.open_until_ms()
         );
+        time(&mut out, "openUntil", breaker.open_until_ms());
+        out.push_str("},\"hosts\":[");
         for (j, host) in record.hosts.iter().enumerate() {
             if j > 0 {
                 out.push(',');
@@ -65,7 +125,7 @@ pub fn render(
             string(&mut out, &host.address);
             let _ = write!(
                 out,
-                ",\"state\":\"{}\",\"weightPercent\":{},\"window\":{{\"size\":{},\"outcomes\":{},\"failures\":{},\"slow\":{},\"failurePercent\":{}}},\"timesEjected\":{},\"ejectedUntilMs\":{},\"lastSeenMs\":{}}}",
+                ",\"state\":\"{}\",\"weightPercent\":{},\"window\":{{\"size\":{},\"outcomes\":{},\"failures\":{},\"slow\":{},\"failurePercent\":{}}},\"timesEjected\":{},\"ejectedUntilMs\":{},\"lastSeenMs\":{}",
                 health.state(),
                 health.weight_percent(now, config),
                 window.capacity(),
@@ -77,6 +137,9 @@ pub fn render(
                 health.ejected_until_ms(),
                 health.last_seen_ms()
             );
+            time(&mut out, "ejectedUntil", health.ejected_until_ms());
+            time(&mut out, "lastSeen", health.last_seen_ms());
+            out.push('}');
         }
         out.push_str("]}");
     }
@@ -126,7 +189,84 @@ mod tests {
         assert_eq!(value["services"][0]["watchedHosts"], 1);
         assert_eq!(
             render(&[], 0, &config, &|_| 0),
-            r#"{"nowMs":0,"services":[]}"#
+            r#"{"nowMs":0,"now":null,"services":[]}"#
         );
+        // The RFC 3339 forms say the same instants as the epoch figures.
+        let json = render(
+            &[record_at(1_796_154_139_562)],
+            1_796_154_139_562,
+            &config,
+            &|_| 1,
+        );
+        let value: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+        assert_eq!(value["now"], "2026-12-01T19:42:19.562Z");
+        assert_eq!(
+            value["services"][0]["breaker"]["openUntil"],
+            serde_json::Value::Null
+        );
+        let host = &value["services"][0]["hosts"][0];
+        assert_eq!(host["lastSeen"], "2026-12-01T19:42:19.562Z");
+        assert_eq!(host["lastSeenMs"], 1_796_154_139_562u64);
+        let until = host["ejectedUntilMs"].as_u64().expect("ejected");
+        let mut expect = String::new();
+        time(&mut expect, "k", until);
+        assert_eq!(format!(",\"k\":{}", host["ejectedUntil"]), expect);
+    }
+
+    fn record_at(now: u64) -> ServiceHealth {
+        let config = Config::default();
+        let mut record = ServiceHealth::new("demo", 1);
+        let fail = Observation::plain(Outcome {
+            failure: Some(FailureKind::Gateway(503)),
+            slow: false,
+        });
+        let pending = Pending {
+            ordered: vec![fail; 10],
+            ..Pending::default()
+        };
+        record.apply(
+            "10.0.0.1:80",
+            &pending,
+            now,
+            &config,
+            &mut || 0,
+            &mut Vec::new(),
+        );
+        record
+    }
+
+    /// Day by day from 1970 (every month's length by the Gregorian rules)
+    /// against the closed form, over 600 years.
+    #[test]
+    fn dates_match_a_day_by_day_calendar() {
+        let (mut y, mut m, mut d) = (1970u64, 1u64, 1u64);
+        for days in 0..219_147u64 {
+            assert_eq!(civil_from_days(days), (y, m, d), "day {days}");
+            let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+            let len = match m {
+                2 if leap => 29,
+                2 => 28,
+                4 | 6 | 9 | 11 => 30,
+                _ => 31,
+            };
+            d += 1;
+            if d > len {
+                d = 1;
+                m += 1;
+                if m > 12 {
+                    m = 1;
+                    y += 1;
+                }
+            }
+        }
+        let at = |ms| {
+            let mut out = String::new();
+            time(&mut out, "t", ms);
+            out
+        };
+        assert_eq!(at(1), r#","t":"1970-01-01T00:00:00.001Z""#);
+        assert_eq!(at(951_782_400_000), r#","t":"2000-02-29T00:00:00.000Z""#);
+        assert_eq!(at(4_107_542_399_999), r#","t":"2100-02-28T23:59:59.999Z""#);
+        assert_eq!(at(0), r#","t":null"#);
     }
 }

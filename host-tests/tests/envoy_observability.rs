@@ -180,6 +180,28 @@ fn metrics_and_status_tell_what_happened() {
         u2_entry.is_some_and(|h| h["state"] == "Unhealthy" && h["timesEjected"] == 1),
         || format!("status should show u2 ejected once: {status}"),
     );
+    // Times in RFC 3339 beside the epoch figures, the same instant (as
+    // coreutils' `date` prints it).
+    let rfc3339 = |ms: &serde_json::Value| {
+        let ms = ms.as_u64().unwrap_or_default();
+        let out = std::process::Command::new("date")
+            .args(["-u", "-d", &format!("@{}", ms / 1000), "+%Y-%m-%dT%H:%M:%S"])
+            .output()
+            .expect("date runs");
+        format!(
+            "{}.{:03}Z",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            ms % 1000
+        )
+    };
+    let ejected = u2_entry.cloned().unwrap_or_default();
+    s.check(
+        status["now"] == rfc3339(&status["nowMs"]).as_str()
+            && ejected["ejectedUntil"] == rfc3339(&ejected["ejectedUntilMs"]).as_str()
+            && ejected["lastSeen"] == rfc3339(&ejected["lastSeenMs"]).as_str()
+            && status["services"][0]["breaker"]["openUntil"].is_null(),
+        || format!("RFC 3339 times should match the epoch ones: {status}"),
+    );
     // Only hosts with failures on record are listed; the service's size is
     // `members`.
     s.check(

@@ -275,7 +275,10 @@ pub fn whole_number(value: &Value) -> Option<u64> {
 
 fn display_number(value: &Value) -> String {
     match value {
-        Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
+        // Through the integer, not Number's Display: that one links a float
+        // formatter (about 2 KB of module) for numbers shown as integers.
+        Value::Number(n) if n.is_u64() => n.as_u64().unwrap_or_default().to_string(),
+        Value::Number(n) if n.is_i64() => n.as_i64().unwrap_or_default().to_string(),
         Value::Number(n) => match n.as_f64() {
             Some(f) if f.fract() == 0.0 && f.abs() < 1e15 => format!("{}", f as i64),
             _ => "the number".to_string(),
