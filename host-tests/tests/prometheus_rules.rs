@@ -71,7 +71,7 @@ const TICKS: usize = 60;
 // healthy again), u2 fails for good (ejected over and over), a bad
 // configuration, then every host fails and recovers.
 const U3_FAILS: usize = 4;
-const U3_RECOVERS: usize = 6;
+const U3_RECOVERS: usize = 8;
 const U2_FAILS: usize = 18;
 const BAD_PUSH: usize = 24;
 const ALL_FAIL: usize = 42;
