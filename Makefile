@@ -107,8 +107,8 @@ bench-host: build
 
 # Overhead against plain Envoy and a do-nothing wasm filter (Envoy
 # instructions per request under callgrind at 3, 100 and 1,000 hosts, then
-# wall clock), and incidents against Envoy's own outlier detection (README
-# "Performance"). Local processes on loopback; about 45 minutes. Prints the
+# wall clock), and incidents against Envoy's own outlier detection
+# (docs/performance.md). Local processes on loopback; about 45 minutes. Prints the
 # tables and writes bench/results/ (results.md, results.json, SVG charts).
 # BENCH_QUICK=1 is a smoke run into target/bench-quick; BENCH_ONLY=instructions
 # runs one part; other knobs in scripts/bench.sh.

@@ -4,7 +4,7 @@
 //! `meshguard.<metric>.service.<cluster>[.host.<address>]` and
 //! `meshguard.<metric>.service.<cluster>.<label>.<value>`, so that Envoy's
 //! `stats_tags` can turn `service`, `host` and the label into tags with one
-//! regex each (see the README's Observability section). Per-host names
+//! regex each (see docs/observability.md). Per-host names
 //! exist only for hosts that were graded (not Healthy), and each worker
 //! defines at most 2,048 of them, apart from the service-level names
 //! (see `state::metrics`).
@@ -20,7 +20,8 @@ pub enum Kind {
 }
 
 /// Every metric meshguard defines: name (without tags), kind, tag names,
-/// meaning. The README table and the dashboard test are checked against it.
+/// meaning. The metrics table of docs/observability.md
+/// (filter/tests/docs_metrics.rs) and the dashboard test are checked against it.
 pub const CATALOGUE: &[(&str, Kind, &str, &str)] = &[
     ("requests", Kind::Counter, "service", "requests whose outcome meshguard recorded"),
     ("failures", Kind::Counter, "service, kind", "failed requests by kind: server_error, gateway, status, grpc, local_origin, client_cancelled"),

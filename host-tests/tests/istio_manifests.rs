@@ -487,7 +487,7 @@ fn manifests_agree_with_each_other() {
         );
     }
     assert_eq!(config["steering"]["encoding"], json!("base64"));
-    // The choices the README explains.
+    // The choices docs/istio.md explains (step 7).
     assert_eq!(spec["failStrategy"], json!("FAIL_OPEN"));
     assert_eq!(spec["phase"], json!("STATS"));
     assert!(spec["url"]

@@ -1,6 +1,7 @@
 //! Plugin configuration through `proxy_on_configure`, on the built module:
 //! each kind of invalid configuration is refused with the message the
-//! README documents, and a valid reconfiguration replaces the old one.
+//! configuration reference (docs/configuration.md) documents, and a valid
+//! reconfiguration replaces the old one.
 
 use host_tests::wasm_host::abi::MapType;
 use host_tests::wasm_host::{Exchange, PluginModule, Proxy, ProxyOptions};

@@ -210,7 +210,7 @@ fn successes_written_late_reset_the_consecutive_count() {
 }
 
 /// Grey failure at 35%: B goes Degraded (not ejected: the consecutive
-/// detector is off here, as the README's tuning for grey failures
+/// detector is off here, as docs/performance.md's tuning for grey failures
 /// suggests, or a run of 5 failures would eject it) and gets about half a
 /// healthy host's traffic, so clients see fewer errors than without the
 /// filter.

@@ -1,6 +1,6 @@
 //! `make bench`: meshguard's cost on the happy path against plain Envoy and a
 //! do-nothing wasm filter, and its handling of incidents against Envoy's own
-//! outlier detection. See README "Performance" and scripts/bench.sh.
+//! outlier detection. See docs/performance.md and scripts/bench.sh.
 //!
 //! ```text
 //! mg-bench run            (configured by the environment, see Config::from_env)
