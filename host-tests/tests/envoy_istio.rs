@@ -201,10 +201,20 @@ fn istio_shaped_sidecar_applies_per_virtualservice_thresholds_and_steers_via_ses
             ));
         }
     }
+    // Paths outside the named routes reach the Service through each
+    // VirtualService's catch-all route instead of a 404 from the sidecar.
+    let mut other = Tally::default();
+    send(&s, WEB_HOST, "/", &mut other);
+    send(&s, BATCH_HOST, "/other", &mut other);
+    if other.ok() != 2 {
+        fail(format!(
+            "paths outside /reviews and /batch should reach reviews through the catch-all routes: {other:?}"
+        ));
+    }
     // The access log is flushed every 200 ms.
     std::thread::sleep(Duration::from_millis(400));
     let access = s.access_log();
-    for route in ["web", "batch"] {
+    for route in ["web", "batch", "web-other", "batch-other"] {
         if !access
             .iter()
             .any(|l| l.contains(&format!(" {route} {CLUSTER}")))

@@ -471,6 +471,10 @@ fn manifests_agree_with_each_other() {
             );
         }
     }
+    // Every VirtualService routes its whole host (docs/istio.md, step 4).
+    for vs in istio::of_kind(&all, "VirtualService") {
+        assert_eq!(without_catch_all(vs), None, "{}", vs.label());
+    }
     // Steering goes through Istio's persistent-session header.
     let services = istio::of_kind(&all, "Service");
     assert!(
@@ -496,6 +500,30 @@ fn manifests_agree_with_each_other() {
     assert_eq!(spec["pluginName"], json!("meshguard"));
 }
 
+/// A VirtualService whose last HTTP route matches only some requests: the
+/// rest get 404 (`NR`) from the client's sidecar, never reaching the
+/// Service. Some(why) for such a VirtualService.
+fn without_catch_all(vs: &Manifest) -> Option<String> {
+    let routes = vs.spec()["http"].as_array().cloned().unwrap_or_default();
+    let Some(last) = routes.last() else {
+        return Some("no http routes".into());
+    };
+    let catch_all = match &last["match"] {
+        Value::Null => true,
+        Value::Array(ms) => {
+            ms.is_empty() || ms.iter().any(|m| m == &json!({"uri": {"prefix": "/"}}))
+        }
+        _ => false,
+    };
+    (!catch_all).then(|| {
+        format!(
+            "the last http route ({}) matches only some requests; end with a route without `match` \
+             so that other paths do not get 404 (NR) from the client's sidecar",
+            last["name"].as_str().unwrap_or("unnamed")
+        )
+    })
+}
+
 /// The checks above must fail on the mistakes they exist for.
 #[test]
 fn the_checks_catch_known_mistakes() {
@@ -506,6 +534,14 @@ fn the_checks_catch_known_mistakes() {
     let plugin = sidecar_plugin(&all).clone();
     let dr = find("DestinationRule");
     let vs = find("VirtualService");
+    let only_prefix = mutated(&vs, &|d| {
+        let first = d["spec"]["http"][0].clone();
+        d["spec"]["http"] = json!([first]);
+    });
+    assert!(
+        without_catch_all(&only_prefix).is_some(),
+        "a VirtualService routing only /reviews must be flagged"
+    );
     let bad: Vec<(&str, Manifest)> = vec![
         (
             "invented DestinationRule field",
