@@ -300,3 +300,38 @@ fn links_in_code_are_not_links() {
         .collect();
     assert_eq!(lines, vec![1, 5]);
 }
+
+/// A table whose header row went missing renders as text, and an unclosed
+/// code fence swallows the rest of the page (its links and headings too).
+#[test]
+fn tables_have_headers_and_code_fences_close() {
+    let root = repo();
+    let mut problems = Vec::new();
+    for page in pages(&root) {
+        let text = std::fs::read_to_string(&page).expect("page");
+        let name = page
+            .strip_prefix(&root)
+            .unwrap_or(&page)
+            .display()
+            .to_string();
+        let fences = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("```"))
+            .count();
+        if fences % 2 == 1 {
+            problems.push(format!("{name}: a code fence is not closed"));
+        }
+        let lines = prose_lines(&text);
+        for (i, (number, line)) in lines.iter().enumerate() {
+            let separator = line.starts_with("|---") || line.starts_with("| ---");
+            let previous = i
+                .checked_sub(1)
+                .map(|p| lines[p])
+                .filter(|(n, _)| n + 1 == *number);
+            if separator && !previous.is_some_and(|(_, l)| l.starts_with('|')) {
+                problems.push(format!("{name}:{number}: table without a header row"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
