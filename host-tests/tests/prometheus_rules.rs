@@ -40,9 +40,7 @@ use std::time::{Duration, Instant};
 use host_tests::containers::{Mode, Testbed, TestbedSpec};
 use host_tests::traffic::burst;
 use host_tests::Behaviour;
-use meshguard::breaker::BreakerState;
-use meshguard::health::HostState;
-use meshguard::metrics::{breaker_value, state_value};
+use meshguard::metrics::CATALOGUE;
 use serde_json::{json, Value};
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
@@ -306,28 +304,84 @@ fn input_series(c: &Capture, pods: &[Pod]) -> Vec<Value> {
 
 // ------------------------------------------------------- states, severity
 
-/// meshguard's host state codes (filter/src/metrics.rs), decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostState {
+    Healthy,
+    Degraded,
+    Unhealthy,
+    WarmingUp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+const HOST_STATES: [HostState; 4] = [
+    HostState::Healthy,
+    HostState::Degraded,
+    HostState::Unhealthy,
+    HostState::WarmingUp,
+];
+const BREAKER_STATES: [BreakerState; 3] = [
+    BreakerState::Closed,
+    BreakerState::Open,
+    BreakerState::HalfOpen,
+];
+
+/// A state gauge's codes as the filter's metric catalogue documents them
+/// (`"...: 0 healthy, 1 degraded, ..."`, filter/src/metrics.rs).
+fn documented_codes(metric: &str) -> Vec<(f64, String)> {
+    let meaning = CATALOGUE
+        .iter()
+        .find(|(name, ..)| *name == metric)
+        .map(|(.., meaning)| *meaning)
+        .unwrap_or_else(|| panic!("{metric} is not in the catalogue"));
+    let (_, list) = meaning
+        .split_once(": ")
+        .unwrap_or_else(|| panic!("{metric}: no codes in {meaning:?}"));
+    list.split(", ")
+        .map(|pair| {
+            let (code, name) = pair
+                .split_once(' ')
+                .unwrap_or_else(|| panic!("{metric}: {pair:?} is not `<code> <name>`"));
+            (code.parse().expect("a numeric code"), name.to_string())
+        })
+        .collect()
+}
+
+fn documented_code(metric: &str, name: &str) -> f64 {
+    let codes = documented_codes(metric);
+    codes
+        .iter()
+        .find(|(_, n)| n == name)
+        .map(|(c, _)| *c)
+        .unwrap_or_else(|| panic!("{metric}: no code for {name:?} in {codes:?}"))
+}
+
+fn state_value(s: HostState) -> f64 {
+    documented_code("host_state", host_name(s))
+}
+
+fn breaker_value(s: BreakerState) -> f64 {
+    documented_code("breaker_state", breaker_name(s))
+}
+
+/// meshguard's host state codes, decoded.
 fn host_state(code: f64) -> HostState {
-    [
-        HostState::Healthy,
-        HostState::Degraded,
-        HostState::Unhealthy,
-        HostState::WarmingUp,
-    ]
-    .into_iter()
-    .find(|s| state_value(*s) as f64 == code)
-    .unwrap_or_else(|| panic!("host_state {code} is no state"))
+    HOST_STATES
+        .into_iter()
+        .find(|s| state_value(*s) == code)
+        .unwrap_or_else(|| panic!("host_state {code} is no state"))
 }
 
 fn breaker_state(code: f64) -> BreakerState {
-    [
-        BreakerState::Closed,
-        BreakerState::Open,
-        BreakerState::HalfOpen,
-    ]
-    .into_iter()
-    .find(|s| breaker_value(*s) as f64 == code)
-    .unwrap_or_else(|| panic!("breaker_state {code} is no state"))
+    BREAKER_STATES
+        .into_iter()
+        .find(|s| breaker_value(*s) == code)
+        .unwrap_or_else(|| panic!("breaker_state {code} is no state"))
 }
 
 /// Severity: what an operator must see first when client pods disagree.
@@ -474,8 +528,8 @@ impl Check {
     }
 }
 
-/// The ticks the checks look at, found in the captured data; panics with
-/// what went differently when the incident did not give them.
+/// The ticks the checks look at, found in the captured data (Err says
+/// what the incident did not give).
 struct Moments {
     /// Hosts gauges equal in A and B (B lags), u2 ejected, before all fail.
     steady: usize,
@@ -490,6 +544,14 @@ struct Moments {
     tripped: usize,
     refused: usize,
     rejected: usize,
+}
+
+fn host_code(s: HostState) -> Option<f64> {
+    Some(state_value(s))
+}
+
+fn breaker_code(s: BreakerState) -> Option<f64> {
+    Some(breaker_value(s))
 }
 
 fn first_tick(pred: impl Fn(usize) -> bool) -> Option<usize> {
@@ -525,13 +587,16 @@ fn moments(c: &Capture, pods: &[Pod]) -> Result<Moments, String> {
         .rev()
         .find(|t| {
             hosts_gauges(a, *t) == hosts_gauges(b, *t)
-                && state(a, *t, u2) == Some(2.0)
-                && state(b, *t, u2) == Some(2.0)
+                && state(a, *t, u2) == host_code(HostState::Unhealthy)
+                && state(b, *t, u2) == host_code(HostState::Unhealthy)
         })
         .ok_or("no tick before every host failed where both frontend pods had u2 ejected and the same host counts")?;
     let warming = (0..TICKS)
         .flat_map(|t| c.hosts.iter().map(move |h| (t, h.clone())))
-        .find(|(t, h)| state(a, *t, h) == Some(3.0) && state(b, *t, h) == Some(2.0))
+        .find(|(t, h)| {
+            state(a, *t, h) == host_code(HostState::WarmingUp)
+                && state(b, *t, h) == host_code(HostState::Unhealthy)
+        })
         .ok_or("no host was seen warming up by one frontend pod while the other had it ejected")?;
     let breaker = |p: &Pod, t: usize| {
         p.value(
@@ -541,10 +606,15 @@ fn moments(c: &Capture, pods: &[Pod]) -> Result<Moments, String> {
             &[("meshguard_service", "demo")],
         )
     };
-    let half_open = first_tick(|t| breaker(a, t) == Some(2.0) && breaker(b, t) == Some(1.0))
-        .ok_or("pod A's breaker was never half-open while pod B's was open")?;
-    let opened =
-        first_tick(|t| breaker(a, t).is_some_and(|v| v > 0.0)).ok_or("the breaker never opened")?;
+    let half_open = first_tick(|t| {
+        breaker(a, t) == breaker_code(BreakerState::HalfOpen)
+            && breaker(b, t) == breaker_code(BreakerState::Open)
+    })
+    .ok_or("pod A's breaker was never half-open while pod B's was open")?;
+    let opened = first_tick(|t| {
+        breaker(a, t).is_some_and(|v| Some(v) != breaker_code(BreakerState::Closed))
+    })
+    .ok_or("the breaker never opened")?;
     let appeared = |name: &str| {
         first_tick(|t| a.value(c, t, name, &[]).is_some()).ok_or(format!("{name} never appeared"))
     };
@@ -680,7 +750,9 @@ fn dashboard_checks(
         expr: p.expr,
         tick: m.steady,
         samples: per_host(c, pods, m.steady, "meshguard_host_state", |vs| {
-            vs.iter().filter(|v| **v == 2.0).count() as f64
+            vs.iter()
+                .filter(|v| host_state(**v) == HostState::Unhealthy)
+                .count() as f64
         }),
     });
     let p = q("Host states (one row per service and host)", "C");
@@ -728,7 +800,9 @@ fn dashboard_checks(
     let tick = m.opened + LAG_B + 1;
     let open = [a, b]
         .iter()
-        .filter(|p| p.value(c, tick, "meshguard_breaker_state", &[demo]) == Some(1.0))
+        .filter(|p| {
+            p.value(c, tick, "meshguard_breaker_state", &[demo]) == breaker_code(BreakerState::Open)
+        })
         .count();
     checks.push(Check {
         what: "frontend pods with the breaker open".into(),
@@ -956,7 +1030,8 @@ fn alert_tests(c: &Capture, pods: &[Pod], m: &Moments) -> Result<Vec<Value>, Str
             "MeshguardHostEjectedLong",
             "meshguard_host_state",
             vec!["meshguard_service", "meshguard_host"],
-            (|v: f64| v >= 2.0) as fn(f64) -> bool,
+            (|v: f64| matches!(host_state(v), HostState::Unhealthy | HostState::WarmingUp))
+                as fn(f64) -> bool,
             20,
             frontend(&[("meshguard_service", "demo"), ("meshguard_host", u2)]),
             ALL_FAIL,
@@ -965,7 +1040,7 @@ fn alert_tests(c: &Capture, pods: &[Pod], m: &Moments) -> Result<Vec<Value>, Str
             "MeshguardBreakerOpen",
             "meshguard_breaker_state",
             vec!["meshguard_service"],
-            (|v: f64| v > 0.0) as fn(f64) -> bool,
+            (|v: f64| breaker_state(v) != BreakerState::Closed) as fn(f64) -> bool,
             4,
             frontend(&[("meshguard_service", "demo")]),
             TICKS,
@@ -1124,7 +1199,7 @@ fn expr_test(c: &Capture, pods: &[Pod], checks: &[Check]) -> Value {
 struct Wrong {
     title: &'static str,
     ref_id: &'static str,
-    expr: &'static str,
+    expr: String,
     mappings: &'static [(f64, &'static str)],
     flaw: &'static str,
 }
@@ -1148,67 +1223,66 @@ const SEL: &str = r#"namespace=~"$namespace",service_istio_io_canonical_name=~"$
 /// The aggregations of the dashboard before issue 15, and each of its
 /// flaws alone (with the workload filter it lacked).
 fn wrong_aggregations() -> Vec<Wrong> {
-    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
     vec![
         Wrong {
             title: HOSTS,
             ref_id: "A",
-            expr: r#"sum by (meshguard_service, meshguard_state) (meshguard_hosts{meshguard_service=~"$service"})"#,
+            expr: r#"sum by (meshguard_service, meshguard_state) (meshguard_hosts{meshguard_service=~"$service"})"#.to_string(),
             mappings: &[],
             flaw: "before issue 15: sums the client pods' views, no workload filter",
         },
         Wrong {
             title: HOSTS,
             ref_id: "A",
-            expr: leak(format!(
+            expr: format!(
                 "sum by (meshguard_service, meshguard_state) (meshguard_hosts{{{SEL}}})"
-            )),
+            ),
             mappings: &[],
             flaw: "sums the two frontend pods' views of the same hosts",
         },
         Wrong {
             title: TABLE,
             ref_id: "A",
-            expr: r#"max by (meshguard_service, meshguard_host) (meshguard_host_state{meshguard_service=~"$service"})"#,
+            expr: r#"max by (meshguard_service, meshguard_host) (meshguard_host_state{meshguard_service=~"$service"})"#.to_string(),
             mappings: RAW_HOST_CODES,
             flaw: "before issue 15: max of raw codes (warming up 3 over unhealthy 2), no workload filter",
         },
         Wrong {
             title: TABLE,
             ref_id: "A",
-            expr: leak(format!(
+            expr: format!(
                 "max by (meshguard_service, meshguard_host) (meshguard_host_state{{{SEL}}})"
-            )),
+            ),
             mappings: RAW_HOST_CODES,
             flaw: "max of raw codes ranks warming up (3) over unhealthy (2)",
         },
         Wrong {
             title: BREAKER,
             ref_id: "A",
-            expr: r#"max by (meshguard_service) (meshguard_breaker_state{meshguard_service=~"$service"})"#,
+            expr: r#"max by (meshguard_service) (meshguard_breaker_state{meshguard_service=~"$service"})"#.to_string(),
             mappings: RAW_BREAKER_CODES,
             flaw: "before issue 15: max of raw codes ranks half-open (2) over open (1)",
         },
         Wrong {
             title: TRIPS,
             ref_id: "A",
-            expr: r#"sum by (meshguard_service) (rate(meshguard_breaker_trips{meshguard_service=~"$service"}[5m])) * 60"#,
+            expr: r#"sum by (meshguard_service) (rate(meshguard_breaker_trips{meshguard_service=~"$service"}[5m])) * 60"#.to_string(),
             mappings: &[],
             flaw: "before issue 15: rate() of a counter born at its first trip",
         },
         Wrong {
             title: TRIPS,
             ref_id: "A",
-            expr: leak(format!(
+            expr: format!(
                 "sum by (meshguard_service) (increase(meshguard_breaker_trips{{{SEL}}}[$__rate_interval]))"
-            )),
+            ),
             mappings: &[],
             flaw: "increase() alone misses the first trip",
         },
         Wrong {
             title: REFUSED,
             ref_id: "A",
-            expr: r#"sum by (meshguard_service) (rate(meshguard_ejections_refused{meshguard_service=~"$service"}[5m])) * 60"#,
+            expr: r#"sum by (meshguard_service) (rate(meshguard_ejections_refused{meshguard_service=~"$service"}[5m])) * 60"#.to_string(),
             mappings: &[],
             flaw: "before issue 15: rate() of a counter born at its first refusal",
         },
@@ -1217,6 +1291,17 @@ fn wrong_aggregations() -> Vec<Wrong> {
 
 #[test]
 fn dashboard_and_alerts_tell_a_real_incident_right() {
+    // A state the test does not rank would make it check the wrong thing.
+    assert_eq!(
+        documented_codes("host_state").len(),
+        HOST_STATES.len(),
+        "host states changed: rank the new one here and in the dashboard"
+    );
+    assert_eq!(
+        documented_codes("breaker_state").len(),
+        BREAKER_STATES.len(),
+        "breaker states changed: rank the new one here and in the dashboard"
+    );
     let promtool = promtool();
     let check = Command::new(&promtool)
         .args(["check", "rules"])
@@ -1286,7 +1371,7 @@ fn dashboard_and_alerts_tell_a_real_incident_right() {
 
     // Each wrong aggregation in place of the panel's query fails the checks.
     for wrong in wrong_aggregations() {
-        let expr = substitute(wrong.expr);
+        let expr = substitute(&wrong.expr);
         let old = |t: &str, r: &str| {
             if t == wrong.title && r == wrong.ref_id {
                 Query {
