@@ -8,27 +8,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::config::CircuitBreaker as Settings;
+// TEMP (this session): the path prometheus_rules.rs uses until it imports meshguard::model.
+pub use crate::model::BreakerState;
 use crate::window::OutcomeWindow;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub enum BreakerState {
-    #[default]
-    Closed,
-    /// Calls are answered locally until the open period is over.
-    Open,
-    /// A bounded number of probe calls go through to test the service.
-    HalfOpen,
-}
-
-impl fmt::Display for BreakerState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            BreakerState::Closed => "Closed",
-            BreakerState::Open => "Open",
-            BreakerState::HalfOpen => "HalfOpen",
-        })
-    }
-}
 
 /// Why the breaker changed state, with the numbers behind it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,77 +1,9 @@
 //! Header rewriting rules: what each rule does and when it applies. The
 //! shell executes them against Envoy's header maps.
 
-use crate::breaker::BreakerState;
-use crate::config::StatusSet;
-use crate::glob::Glob;
-use crate::health::HostState;
-use crate::template::{Template, Values};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Op {
-    /// Replace the header (add it if absent).
-    Set {
-        name: String,
-        value: Template,
-    },
-    /// Add one more value.
-    Append {
-        name: String,
-        value: Template,
-    },
-    Remove {
-        name: String,
-    },
-    /// Move the value to another name (nothing happens if absent).
-    Rename {
-        from: String,
-        to: String,
-    },
-}
-
-/// Conditions, all of which must hold (each list is "any of").
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct When {
-    pub host_states: Vec<HostState>,
-    pub breaker_states: Vec<BreakerState>,
-    pub route: Option<Glob>,
-    pub virtual_service: Option<Glob>,
-    /// Response status (response rules only).
-    pub statuses: Option<StatusSet>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rule {
-    pub op: Op,
-    pub when: When,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct RequestId {
-    pub header: String,
-    /// Add a random id to requests that have none.
-    pub generate: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeaderRules {
-    pub request: Vec<Rule>,
-    pub response: Vec<Rule>,
-    pub request_id: RequestId,
-}
-
-impl Default for HeaderRules {
-    fn default() -> Self {
-        HeaderRules {
-            request: Vec::new(),
-            response: Vec::new(),
-            request_id: RequestId {
-                header: "x-request-id".to_string(),
-                generate: false,
-            },
-        }
-    }
-}
+use crate::config::{Op, Rule, When};
+use crate::model::{BreakerState, HostState};
+use crate::template::Values;
 
 /// What is known about a request when its rules run.
 #[derive(Debug, Clone, Copy)]

@@ -9,29 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::classify::Outcome;
 use crate::config::Config;
+// TEMP (this session): the path prometheus_rules.rs uses until it imports meshguard::model.
+pub use crate::model::HostState;
 use crate::window::OutcomeWindow;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum HostState {
-    Healthy,
-    /// Gets `degradedWeightPercent` of a healthy host's traffic.
-    Degraded,
-    /// Ejected: gets no traffic until its ejection time is over.
-    Unhealthy,
-    /// Back from ejection, on a ramp of growing weight.
-    WarmingUp,
-}
-
-impl fmt::Display for HostState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            HostState::Healthy => "Healthy",
-            HostState::Degraded => "Degraded",
-            HostState::Unhealthy => "Unhealthy",
-            HostState::WarmingUp => "WarmingUp",
-        })
-    }
-}
 
 /// Which run of consecutive failures tripped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,6 +16,7 @@ pub mod health;
 pub mod ids;
 pub mod in_flight;
 pub mod metrics;
+pub mod model;
 pub mod route_metadata;
 pub mod service;
 pub mod state;

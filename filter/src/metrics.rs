@@ -9,9 +9,10 @@
 //! defines at most 2,048 of them, apart from the service-level names
 //! (see `state::metrics`).
 
-use crate::breaker::BreakerState;
 use crate::classify::FailureKind;
-use crate::health::{HostState, Reason};
+use crate::health::Reason;
+use crate::model::BreakerState;
+use crate::model::HostState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

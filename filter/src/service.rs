@@ -14,7 +14,8 @@ use crate::breaker::{Breaker, BreakerTransition};
 use crate::classify::Outcome;
 use crate::config::Config;
 use crate::guard;
-use crate::health::{HostHealth, HostState, Reason, Transition};
+use crate::health::{HostHealth, Reason, Transition};
+use crate::model::HostState;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostEntry {

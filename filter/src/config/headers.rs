@@ -3,12 +3,9 @@
 use serde_json::Value;
 
 use super::json::{whole_number, Object};
-use super::status_set::{StatusSet, StatusSpec};
 use super::{ConfigError, MAX_HEADER_RULES};
-use crate::breaker::BreakerState;
 use crate::glob::Glob;
-use crate::headers::{HeaderRules, Op, Rule, When};
-use crate::health::HostState;
+use crate::model::{BreakerState, HostState, StatusSet, StatusSpec};
 use crate::template::{Template, Var};
 
 const RULE_VARS: &[Var] = &[
@@ -20,6 +17,72 @@ const RULE_VARS: &[Var] = &[
     Var::VirtualService,
     Var::RequestId,
 ];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Replace the header (add it if absent).
+    Set {
+        name: String,
+        value: Template,
+    },
+    /// Add one more value.
+    Append {
+        name: String,
+        value: Template,
+    },
+    Remove {
+        name: String,
+    },
+    /// Move the value to another name (nothing happens if absent).
+    Rename {
+        from: String,
+        to: String,
+    },
+}
+
+/// Conditions, all of which must hold (each list is "any of").
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct When {
+    pub host_states: Vec<HostState>,
+    pub breaker_states: Vec<BreakerState>,
+    pub route: Option<Glob>,
+    pub virtual_service: Option<Glob>,
+    /// Response status (response rules only).
+    pub statuses: Option<StatusSet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub op: Op,
+    pub when: When,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RequestId {
+    pub header: String,
+    /// Add a random id to requests that have none.
+    pub generate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderRules {
+    pub request: Vec<Rule>,
+    pub response: Vec<Rule>,
+    pub request_id: RequestId,
+}
+
+impl Default for HeaderRules {
+    fn default() -> Self {
+        HeaderRules {
+            request: Vec::new(),
+            response: Vec::new(),
+            request_id: RequestId {
+                header: "x-request-id".to_string(),
+                generate: false,
+            },
+        }
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {

@@ -10,14 +10,13 @@ mod duration;
 mod headers;
 mod json;
 mod overrides;
-mod status_set;
 
+pub use crate::model::{StatusSet, StatusSpec};
 pub use breaker::{BreakerMode, CircuitBreaker, Fallback, LocalReply};
 pub use duration::Millis;
 pub use overrides::{Override, MAX_OVERRIDES};
-pub use status_set::{StatusSet, StatusSpec};
 
-use crate::headers::HeaderRules;
+pub use headers::{HeaderRules, Op, RequestId, Rule, When};
 
 use json::{join, Object};
 

@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, HeaderRules};
 
 fn rules(json: &str) -> HeaderRules {
     Config::parse(format!(r#"{{"headers": {json}}}"#).as_bytes())

@@ -352,7 +352,7 @@ fn breaker_config() -> Config {
     .unwrap()
 }
 
-fn breaker_events(events: &[Event]) -> Vec<crate::breaker::BreakerState> {
+fn breaker_events(events: &[Event]) -> Vec<crate::model::BreakerState> {
     events
         .iter()
         .filter_map(|e| match e {
@@ -364,7 +364,8 @@ fn breaker_events(events: &[Event]) -> Vec<crate::breaker::BreakerState> {
 
 #[test]
 fn the_breaker_sees_every_host_of_the_service() {
-    use crate::breaker::{Admission, BreakerState};
+    use crate::breaker::Admission;
+    use crate::model::BreakerState;
     let mut service = Service::new(breaker_config());
     // Three hosts failing together: 12 failures spread over them.
     for n in 0..3 {
@@ -402,7 +403,7 @@ fn a_disabled_breaker_never_opens() {
     }
     assert_eq!(
         service.record.breaker.state(),
-        crate::breaker::BreakerState::Closed
+        crate::model::BreakerState::Closed
     );
 }
 

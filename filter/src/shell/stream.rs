@@ -342,7 +342,7 @@ impl Stream {
         &self,
         worker: &Worker,
         map: Map,
-        rules: &[crate::headers::Rule],
+        rules: &[crate::config::Rule],
         cluster: &str,
         address: Option<String>,
         status: Option<u16>,

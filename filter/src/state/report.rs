@@ -5,10 +5,10 @@
 use super::host::Host;
 use super::metrics::{Metrics, Scope, MAX_HOST_METRICS};
 use super::unit::Unit;
-use crate::breaker::BreakerState;
 use crate::config::Mode;
-use crate::health::HostState;
 use crate::metrics::{self as names, FAILURE_KINDS};
+use crate::model::BreakerState;
+use crate::model::HostState;
 use crate::service::Event;
 
 /// Transition lines one host (or breaker) may log per window; a flapping

@@ -10,7 +10,7 @@ use super::memory::{MemoryHost, SharedData};
 use super::worker::{Routed, Steer, Worker};
 use crate::classify::{FailureKind, Outcome};
 use crate::config::Config;
-use crate::health::HostState;
+use crate::model::HostState;
 use crate::service::Observation;
 
 const CLUSTER: &str = "outbound|9080||reviews.default.svc.cluster.local";

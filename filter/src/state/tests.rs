@@ -9,7 +9,7 @@ use super::memory::{MemoryHost, SharedData};
 use super::worker::{Routed, Steer, Worker, IDLE_TICK_MS, TICK_MS};
 use crate::classify::{FailureKind, Outcome};
 use crate::config::Config;
-use crate::health::HostState;
+use crate::model::HostState;
 use crate::service::Observation;
 
 const CLUSTER: &str = "outbound|80||reviews.default.svc.cluster.local";

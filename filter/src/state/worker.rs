@@ -15,11 +15,12 @@ use super::report::Reporter;
 use super::store::{Store, StoreError};
 use super::unit::{parse_key, unit_key, Unit};
 use crate::address_clusters::{AddressClusters, Lookup};
-use crate::breaker::{Admission, BreakerState};
+use crate::breaker::Admission;
 use crate::config::{Config, Encoding, Mode};
-use crate::health::HostState;
 use crate::ids::Unpredictable;
 use crate::metrics as names;
+use crate::model::BreakerState;
+use crate::model::HostState;
 use crate::service::{Event, Observation, Pending, ServiceHealth};
 use crate::steering;
 
