@@ -112,3 +112,26 @@ impl Drop for ChildGuard {
         self.stop();
     }
 }
+
+/// Asks the kernel to send `signal` to this process when its parent exits
+/// (PR_SET_PDEATHSIG), for servers a script starts (the demo's): if the
+/// script is killed with SIGKILL its cleanup never runs, and without this
+/// the servers would keep their ports. `expected_parent` is the PID of the
+/// process that started this one: if the parent is already another process
+/// (it died before the call, and this one was reparented), the kernel would
+/// never signal, so that is an error and the caller should exit.
+pub fn die_with_parent(expected_parent: u32, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets an attribute of this process.
+    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: getppid has no preconditions and cannot fail.
+    let parent = unsafe { libc::getppid() };
+    if u32::try_from(parent).ok() != Some(expected_parent) {
+        return Err(io::Error::other(format!(
+            "parent {expected_parent} is gone (now a child of {parent})"
+        )));
+    }
+    Ok(())
+}

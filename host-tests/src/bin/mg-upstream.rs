@@ -28,6 +28,10 @@
 //! (`[{"index","name","address","requests","errors"}]`), `GET /hosts/<i>/stats`,
 //! `GET|PUT /hosts/<i>/behaviour`. The ready line adds `hosts=N last=ADDR`.
 //! Client: `host_tests::upstream::{Fleet, FleetAdmin}`.
+//!
+//! `--parent-pid PID`: exit (SIGTERM) when process PID, which started this
+//! one, exits, even if it is killed and never cleans up (`make run`'s
+//! script passes its own PID).
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -66,6 +70,8 @@ struct Args {
     /// None: one host on `listen` named `name`. Some(n): n hosts from
     /// `listen`'s address up, named `<name>-<i>`.
     hosts: Option<usize>,
+    /// `--parent-pid`: die with this parent (PR_SET_PDEATHSIG).
+    parent_pid: Option<u32>,
 }
 
 /// Most hosts one process serves (`--hosts`).
@@ -76,6 +82,7 @@ fn parse_args() -> Result<Args, String> {
     let mut listen = None;
     let mut admin = None;
     let mut hosts = None;
+    let mut parent_pid = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -90,6 +97,10 @@ fn parse_args() -> Result<Args, String> {
                     return Err(format!("--hosts {n}: must be 1-{MAX_HOSTS}"));
                 }
                 hosts = Some(n);
+            }
+            "--parent-pid" => {
+                let v = value()?;
+                parent_pid = Some(v.parse().map_err(|e| format!("--parent-pid {v}: {e}"))?);
             }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other}")),
@@ -107,6 +118,7 @@ fn parse_args() -> Result<Args, String> {
         listen: addr(listen, "--listen")?,
         admin: addr(admin, "--admin")?,
         hosts,
+        parent_pid,
     })
 }
 
@@ -757,11 +769,19 @@ fn main() -> ExitCode {
             }
             eprintln!(
                 "usage: mg-upstream --name NAME --listen IP:PORT --admin IP:PORT\n       \
-                 mg-upstream --name NAME --hosts N [--listen 127.0.1.1:PORT] --admin IP:PORT"
+                 mg-upstream --name NAME --hosts N [--listen 127.0.1.1:PORT] --admin IP:PORT\n       \
+                 (either form) [--parent-pid PID]: exit when process PID exits"
             );
             return ExitCode::from(2);
         }
     };
+    if let Some(parent) = args.parent_pid {
+        // SIGTERM: the same clean exit as a stop from the script.
+        if let Err(e) = host_tests::process::die_with_parent(parent, libc::SIGTERM) {
+            eprintln!("mg-upstream: --parent-pid: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
