@@ -8,23 +8,15 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::config::CircuitBreaker as Settings;
-// TEMP (this session): the path prometheus_rules.rs uses until it imports meshguard::model.
-pub use crate::model::BreakerState;
+use crate::model::BreakerState;
+use crate::model::{Measured, Rate};
 use crate::window::OutcomeWindow;
 
 /// Why the breaker changed state, with the numbers behind it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerReason {
-    FailureRate {
-        failures: u16,
-        volume: u16,
-        threshold: u8,
-    },
-    SlowCalls {
-        slow: u16,
-        volume: u16,
-        threshold: u8,
-    },
+    /// The failure or slow-call rate reached its threshold.
+    Rate(Rate),
     OpenPeriodOver,
     ProbeFailed,
     ProbesSucceeded {
@@ -34,26 +26,8 @@ pub enum BreakerReason {
 
 impl fmt::Display for BreakerReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let percent = |n: u16, of: u16| u32::from(n) * 100 / u32::from(of.max(1));
         match *self {
-            BreakerReason::FailureRate {
-                failures,
-                volume,
-                threshold,
-            } => write!(
-                f,
-                "failure {}% over {volume} >= {threshold}%",
-                percent(failures, volume)
-            ),
-            BreakerReason::SlowCalls {
-                slow,
-                volume,
-                threshold,
-            } => write!(
-                f,
-                "slow calls {}% over {volume} >= {threshold}%",
-                percent(slow, volume)
-            ),
+            BreakerReason::Rate(rate) => rate.fmt(f),
             BreakerReason::OpenPeriodOver => f.write_str("open period over"),
             BreakerReason::ProbeFailed => f.write_str("a half-open probe failed"),
             BreakerReason::ProbesSucceeded { successes } => {
@@ -237,24 +211,24 @@ impl Breaker {
         if volume < settings.min_requests {
             return None;
         }
-        let reaches = |count: u16, percent: u8| {
-            u32::from(count) * 100 >= u32::from(percent) * u32::from(volume)
-        };
-        if reaches(window.failures(), settings.failure_percent) {
-            return Some(BreakerReason::FailureRate {
-                failures: window.failures(),
-                volume,
-                threshold: settings.failure_percent,
-            });
+        if let Some(rate) = Rate::reached(
+            Measured::Failures,
+            window.failures(),
+            volume,
+            settings.failure_percent,
+        ) {
+            return Some(BreakerReason::Rate(rate));
         }
-        if settings.slow_calls_enabled() && reaches(window.slow(), settings.slow_call_percent) {
-            return Some(BreakerReason::SlowCalls {
-                slow: window.slow(),
-                volume,
-                threshold: settings.slow_call_percent,
-            });
+        if !settings.slow_calls_enabled() {
+            return None;
         }
-        None
+        Rate::reached(
+            Measured::SlowCalls,
+            window.slow(),
+            volume,
+            settings.slow_call_percent,
+        )
+        .map(BreakerReason::Rate)
     }
 
     fn open(&mut self, now: u64, reason: BreakerReason, settings: &Settings) -> BreakerTransition {

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::classify::Outcome;
 use crate::config::Config;
-// TEMP (this session): the path prometheus_rules.rs uses until it imports meshguard::model.
-pub use crate::model::HostState;
+use crate::model::HostState;
+use crate::model::{percent, Measured, Rate};
 use crate::window::OutcomeWindow;
 
 /// Which run of consecutive failures tripped.
@@ -24,16 +24,8 @@ pub enum Streak {
 /// Why a host changed grade, with the numbers behind it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
-    FailureRate {
-        failures: u16,
-        volume: u16,
-        threshold: u8,
-    },
-    SlowCalls {
-        slow: u16,
-        volume: u16,
-        threshold: u8,
-    },
+    /// A failure or slow-call rate reached its threshold.
+    Rate(Rate),
     Consecutive {
         streak: Streak,
         count: u16,
@@ -73,35 +65,10 @@ impl Reason {
     }
 }
 
-fn percent(count: u16, volume: u16) -> u32 {
-    if volume == 0 {
-        0
-    } else {
-        u32::from(count) * 100 / u32::from(volume)
-    }
-}
-
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Reason::FailureRate {
-                failures,
-                volume,
-                threshold,
-            } => write!(
-                f,
-                "failure {}% over {volume} > {threshold}%",
-                percent(failures, volume)
-            ),
-            Reason::SlowCalls {
-                slow,
-                volume,
-                threshold,
-            } => write!(
-                f,
-                "slow calls {}% over {volume} > {threshold}%",
-                percent(slow, volume)
-            ),
+            Reason::Rate(rate) => rate.fmt(f),
             Reason::Consecutive { streak, count } => {
                 let what = match streak {
                     Streak::Failures => "failures",
@@ -545,19 +512,15 @@ impl HostHealth {
         let window = &self.window;
         let (failures, volume) = (window.failures(), window.len());
         let threshold = detection.unhealthy_failure_percent;
-        if volume >= detection.min_requests && window.exceeds(failures, threshold) {
-            return Some(Reason::FailureRate {
-                failures,
-                volume,
-                threshold,
-            });
+        let rate = Rate::reached(Measured::Failures, failures, volume, threshold);
+        if volume >= detection.min_requests {
+            if let Some(rate) = rate {
+                return Some(Reason::Rate(rate));
+            }
         }
         // A returning host must prove itself: failing again at the
         // ejection rate sends it straight back, without waiting for volume.
-        if self.state == HostState::WarmingUp
-            && outcome.failed()
-            && !window.below(failures, threshold)
-        {
+        if self.state == HostState::WarmingUp && outcome.failed() && rate.is_some() {
             return Some(Reason::FailedInWarmup { failures, volume });
         }
         None
@@ -567,23 +530,24 @@ impl HostHealth {
         let detection = &config.detection;
         let window = &self.window;
         let volume = window.len();
-        if window.exceeds(window.failures(), detection.degraded_failure_percent) {
-            return Some(Reason::FailureRate {
-                failures: window.failures(),
-                volume,
-                threshold: detection.degraded_failure_percent,
-            });
+        if let Some(rate) = Rate::reached(
+            Measured::Failures,
+            window.failures(),
+            volume,
+            detection.degraded_failure_percent,
+        ) {
+            return Some(Reason::Rate(rate));
         }
-        if detection.slow_calls_enabled()
-            && window.exceeds(window.slow(), detection.slow_call_percent)
-        {
-            return Some(Reason::SlowCalls {
-                slow: window.slow(),
-                volume,
-                threshold: detection.slow_call_percent,
-            });
+        if !detection.slow_calls_enabled() {
+            return None;
         }
-        None
+        Rate::reached(
+            Measured::SlowCalls,
+            window.slow(),
+            volume,
+            detection.slow_call_percent,
+        )
+        .map(Reason::Rate)
     }
 
     /// Healthy again only once both failures and slow calls are below

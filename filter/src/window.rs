@@ -95,11 +95,6 @@ impl OutcomeWindow {
         *self = OutcomeWindow::new(self.capacity);
     }
 
-    /// `count` is more than `percent`% of the window.
-    pub fn exceeds(&self, count: u16, percent: u8) -> bool {
-        u32::from(count) * 100 > u32::from(percent) * u32::from(self.len)
-    }
-
     /// `count` is less than `percent`% of the window (an empty window is).
     pub fn below(&self, count: u16, percent: u8) -> bool {
         self.len == 0 || u32::from(count) * 100 < u32::from(percent) * u32::from(self.len)
@@ -163,15 +158,10 @@ mod tests {
     }
 
     #[test]
-    fn percentage_judgements_are_strict() {
+    fn below_is_strict() {
         let mut window = OutcomeWindow::new(10);
         window.push_many(3, true, false);
         window.push_many(7, false, false);
-        assert!(
-            !window.exceeds(window.failures(), 30),
-            "30% is not above 30%"
-        );
-        assert!(window.exceeds(window.failures(), 29));
         assert!(!window.below(window.failures(), 30));
         assert!(window.below(window.failures(), 31));
         assert_eq!(window.percent(window.failures()), 30);

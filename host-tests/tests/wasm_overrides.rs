@@ -79,7 +79,7 @@ const STRICT_AND_LENIENT: &str = r#"{
 }"#;
 
 /// One configuration, two VirtualServices of the same cluster: B failing
-/// 25% is ejected for payments traffic (25% > 10%), which is steered to A
+/// 25% is ejected for payments traffic (25% >= 10%), which is steered to A
 /// and C from then on, while batch traffic (25% < 60%) keeps sending B its
 /// round-robin third.
 #[test]
@@ -111,7 +111,7 @@ fn a_grey_host_is_ejected_for_payments_but_kept_for_batch() {
         "ejected in the payments scope: {lines:?}"
     );
     assert!(
-        lines[0].contains(" > 10%"),
+        lines[0].contains(" >= 10%"),
         "by the payments threshold: {lines:?}"
     );
 

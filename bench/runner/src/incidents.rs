@@ -757,7 +757,7 @@ mod tests {
             parse_rfc3339_ms("2024-03-01T00:00:00Z"),
             Some(1_709_251_200_000)
         );
-        let log = "[1000.250] [wasm log meshguard] meshguard: demo host 127.0.0.1:12: Healthy -> Degraded: failure 34% over 100 > 30%\n\
+        let log = "[1000.250] [wasm log meshguard] meshguard: demo host 127.0.0.1:12: Healthy -> Degraded: failure 34% over 100 >= 30%\n\
                    [1001.000] other line\n";
         let st = meshguard_states(log, [11, 12, 13], 1_000_000);
         assert_eq!(st.len(), 1);

@@ -72,11 +72,12 @@ fn opens_on_slow_calls_when_configured() {
     let t = b.record(false, true, false, 0, &s).expect("opens");
     assert!(matches!(
         t.reason,
-        BreakerReason::SlowCalls {
-            slow: 9,
+        BreakerReason::Rate(Rate {
+            of: Measured::SlowCalls,
+            count: 9,
             volume: 10,
             threshold: 80
-        }
+        })
     ));
 }
 

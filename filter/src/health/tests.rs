@@ -100,22 +100,22 @@ fn nothing_is_judged_before_the_minimum_volume() {
 }
 
 #[test]
-fn healthy_to_degraded_above_the_degraded_threshold() {
+fn healthy_to_degraded_at_the_degraded_threshold() {
     let mut host = Host::new(config(""));
-    host.feed(OK, 7).feed(E500, 3);
-    assert_eq!(host.state(), HostState::Healthy, "30% is not above 30%");
+    host.feed(OK, 8).feed(E500, 2);
+    assert_eq!(host.state(), HostState::Healthy, "20% has not reached 30%");
     host.feed(E500, 1);
     assert_eq!(host.state(), HostState::Degraded);
     let t = host.last();
     assert_eq!((t.from, t.to), (HostState::Healthy, HostState::Degraded));
-    assert_eq!(t.reason.to_string(), "failure 40% over 10 > 30%");
+    assert_eq!(t.reason.to_string(), "failure 30% over 10 >= 30%");
     assert_eq!(host.weight(), 50);
 }
 
 #[test]
 fn hysteresis_a_host_at_20_percent_stays_degraded() {
     let mut host = Host::new(config(""));
-    host.feed(OK, 6).feed(E500, 4);
+    host.feed(OK, 7).feed(E500, 3);
     assert_eq!(host.state(), HostState::Degraded);
     // Now steady at 20%: below the degrade threshold, above the recovery one.
     for _ in 0..20 {
@@ -142,16 +142,16 @@ fn degraded_back_to_healthy_only_below_the_recovered_threshold() {
 }
 
 #[test]
-fn ejected_above_the_unhealthy_threshold() {
+fn ejected_at_the_unhealthy_threshold() {
     let mut host = Host::new(config(""));
-    host.feed(OK, 5).feed(E503, 5);
-    assert_eq!(host.state(), HostState::Degraded, "50% is not above 50%");
+    host.feed(OK, 6).feed(E503, 4);
+    assert_eq!(host.state(), HostState::Degraded, "40% has not reached 50%");
     host.feed(E503, 1);
     assert_eq!(host.state(), HostState::Unhealthy);
     let t = host.last();
     assert_eq!(t.to, HostState::Unhealthy);
     assert_eq!(t.ejected_for_ms, Some(10_000));
-    assert_eq!(t.reason.to_string(), "failure 60% over 10 > 50%");
+    assert_eq!(t.reason.to_string(), "failure 50% over 10 >= 50%");
     assert_eq!(host.weight(), 0);
 }
 
@@ -372,13 +372,13 @@ fn slow_calls_degrade_but_never_eject() {
     let mut host = Host::new(config(
         r#", "slowCallThreshold": "100ms", "slowCallPercent": 50"#,
     ));
-    host.feed(OK, 5).feed(SLOW, 5);
-    assert_eq!(host.state(), HostState::Healthy, "50% is not above 50%");
+    host.feed(OK, 6).feed(SLOW, 4);
+    assert_eq!(host.state(), HostState::Healthy, "40% has not reached 50%");
     host.feed(SLOW, 1);
     assert_eq!(host.state(), HostState::Degraded);
     assert_eq!(
         host.last().reason.to_string(),
-        "slow calls 60% over 10 > 50%"
+        "slow calls 50% over 10 >= 50%"
     );
     host.feed(SLOW, 50);
     assert_eq!(host.state(), HostState::Degraded);
@@ -445,7 +445,13 @@ fn a_host_back_for_overload_is_judged_by_its_rate_not_by_runs_of_errors() {
     // ejects it.
     host.feed(E503, 9);
     assert_eq!(host.state(), HostState::Unhealthy);
-    assert!(matches!(host.last().reason, Reason::FailureRate { .. }));
+    assert!(matches!(
+        host.last().reason,
+        Reason::Rate(Rate {
+            of: Measured::Failures,
+            ..
+        })
+    ));
 }
 
 #[test]

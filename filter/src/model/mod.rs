@@ -54,3 +54,61 @@ impl fmt::Display for BreakerState {
         })
     }
 }
+
+/// What a window's rate is taken of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measured {
+    Failures,
+    SlowCalls,
+}
+
+/// A window's failure (or slow-call) rate that reached its threshold: the
+/// reason a host is graded down and a breaker opens, with the numbers.
+///
+/// One rule for both: a rate trips when `count` (at least one) is
+/// `threshold` percent of `volume` or more, as Envoy's `failure_percentage_threshold` and
+/// resilience4j's `failureRateThreshold` do. Its complement, below the
+/// threshold, is what a host must reach to recover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub of: Measured,
+    pub count: u16,
+    pub volume: u16,
+    pub threshold: u8,
+}
+
+impl Rate {
+    /// The rate when it reached `threshold`, else None. No count (or no
+    /// volume) is no rate: a threshold of 0 trips on the first failure.
+    pub fn reached(of: Measured, count: u16, volume: u16, threshold: u8) -> Option<Rate> {
+        let reached =
+            count > 0 && u32::from(count) * 100 >= u32::from(threshold) * u32::from(volume);
+        reached.then_some(Rate {
+            of,
+            count,
+            volume,
+            threshold,
+        })
+    }
+}
+
+/// Whole percent of `count` in `volume` (0 for an empty volume), for logs.
+pub fn percent(count: u16, volume: u16) -> u32 {
+    u32::from(count) * 100 / u32::from(volume.max(1))
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.of {
+            Measured::Failures => "failure",
+            Measured::SlowCalls => "slow calls",
+        };
+        write!(
+            f,
+            "{what} {}% over {} >= {}%",
+            percent(self.count, self.volume),
+            self.volume,
+            self.threshold
+        )
+    }
+}
