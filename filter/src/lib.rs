@@ -4,6 +4,13 @@
 //! are passed in) that is unit-tested natively; `shell` is the thin layer
 //! that talks to Envoy through the proxy-wasm ABI.
 
+// A panic traps the VM, and Envoy then fails or skips every request: the
+// filter's code handles every error instead (tests may unwrap).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod address_clusters;
 pub mod breaker;
 pub mod cidr;

@@ -4,6 +4,10 @@
 //! Envoy fails every later request. Every call here returns the raw status
 //! as an error instead.
 
+// The ABI layer: the only place the crate allows unsafe code (exports
+// and host-call FFI); Cargo.toml denies it everywhere else.
+#![allow(unsafe_code)]
+
 use std::ptr::{null, null_mut};
 
 /// The ABI's status word, kept raw: an unknown value must not be undefined
