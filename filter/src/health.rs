@@ -8,7 +8,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::classify::Outcome;
-use crate::config::Config;
+use crate::config::Grading;
 use crate::model::HostState;
 use crate::model::{percent, Measured, Rate};
 use crate::window::OutcomeWindow;
@@ -231,7 +231,7 @@ impl HostHealth {
         &mut self,
         outcome: Outcome,
         now: u64,
-        config: &Config,
+        config: Grading<'_>,
         may_eject: bool,
         jitter_ms: u64,
     ) -> Recorded {
@@ -252,7 +252,7 @@ impl HostHealth {
         &mut self,
         outcome: Outcome,
         now: u64,
-        config: &Config,
+        config: Grading<'_>,
     ) -> Recorded {
         self.record_inner(outcome, now, config, false, 0, false)
     }
@@ -268,7 +268,7 @@ impl HostHealth {
         &mut self,
         outcome: Outcome,
         now: u64,
-        config: &Config,
+        config: Grading<'_>,
         may_eject: bool,
         jitter_ms: u64,
         breaks_streaks: bool,
@@ -324,7 +324,7 @@ impl HostHealth {
 
     /// Applies what the passage of time alone changes: an ejection ending,
     /// a warm-up ending. Call repeatedly until it returns `None`.
-    pub fn advance(&mut self, now: u64, config: &Config) -> Option<Transition> {
+    pub fn advance(&mut self, now: u64, config: Grading<'_>) -> Option<Transition> {
         match self.state {
             HostState::Unhealthy if now >= self.ejected_until_ms => {
                 // Judge the returning host on what it does from now on.
@@ -364,7 +364,7 @@ impl HostHealth {
     /// traffic started failing: ejecting it overloaded them. It comes back
     /// at the Degraded weight, judged afresh. A host ejected for being
     /// unreachable stays out (taking it back adds no capacity).
-    pub fn return_for_overload(&mut self, now: u64, config: &Config) -> Option<Transition> {
+    pub fn return_for_overload(&mut self, now: u64, config: Grading<'_>) -> Option<Transition> {
         if self.state != HostState::Unhealthy
             || now >= self.ejected_until_ms
             || now < self.state_since_ms.saturating_add(LOAD_SHIFT_DELAY_MS)
@@ -393,7 +393,7 @@ impl HostHealth {
     /// Healthy with nothing on record that a host never watched lacks: no
     /// streak, no failure or slow call in its window, and any ejection backoff earned
     /// back (one base ejection time per ejection, at full weight).
-    pub fn releasable(&self, now: u64, config: &Config) -> bool {
+    pub fn releasable(&self, now: u64, config: Grading<'_>) -> bool {
         if !self.is_quiet() || self.window.failures() > 0 || self.window.slow() > 0 {
             return false;
         }
@@ -409,7 +409,7 @@ impl HostHealth {
 
     /// The next time at which time alone changes this host's state or
     /// weight: its ejection ending, or the next warm-up step.
-    pub fn next_change_ms(&self, now: u64, config: &Config) -> Option<u64> {
+    pub fn next_change_ms(&self, now: u64, config: Grading<'_>) -> Option<u64> {
         let warmup = config.ejection.warmup_duration.0;
         match self.state {
             HostState::Unhealthy if now < self.ejected_until_ms => Some(self.ejected_until_ms),
@@ -428,7 +428,7 @@ impl HostHealth {
     }
 
     /// Whether `advance` would change something at `now`.
-    pub fn due(&self, now: u64, config: &Config) -> bool {
+    pub fn due(&self, now: u64, config: Grading<'_>) -> bool {
         match self.state {
             HostState::Unhealthy => now >= self.ejected_until_ms,
             HostState::WarmingUp => {
@@ -443,7 +443,7 @@ impl HostHealth {
     /// Share of a healthy host's traffic this host should get, in percent.
     /// Pure in `now`, so every worker computes the same ramp from the same
     /// record even before anyone has written the time-driven transition.
-    pub fn weight_percent(&self, now: u64, config: &Config) -> u8 {
+    pub fn weight_percent(&self, now: u64, config: Grading<'_>) -> u8 {
         let warmup = config.ejection.warmup_duration.0;
         match self.state {
             HostState::Healthy => 100,
@@ -485,7 +485,7 @@ impl HostHealth {
         }
     }
 
-    fn ejection_reason(&self, outcome: Outcome, config: &Config) -> Option<Reason> {
+    fn ejection_reason(&self, outcome: Outcome, config: Grading<'_>) -> Option<Reason> {
         let detection = &config.detection;
         let tripped = |count: u16, threshold: u16| threshold > 0 && count >= threshold;
         let streaks = self.streaks;
@@ -526,7 +526,7 @@ impl HostHealth {
         None
     }
 
-    fn degradation_reason(&self, config: &Config) -> Option<Reason> {
+    fn degradation_reason(&self, config: Grading<'_>) -> Option<Reason> {
         let detection = &config.detection;
         let window = &self.window;
         let volume = window.len();
@@ -553,7 +553,7 @@ impl HostHealth {
     /// Healthy again only once both failures and slow calls are below
     /// `recoveredFailurePercent`: the gap to the degrade threshold is the
     /// hysteresis band that stops a host at the threshold from flapping.
-    fn recovery_reason(&self, config: &Config) -> Option<Reason> {
+    fn recovery_reason(&self, config: Grading<'_>) -> Option<Reason> {
         let threshold = config.detection.recovered_failure_percent;
         let window = &self.window;
         let slow_ok =
@@ -566,7 +566,13 @@ impl HostHealth {
         })
     }
 
-    fn eject(&mut self, now: u64, reason: Reason, config: &Config, jitter_ms: u64) -> Transition {
+    fn eject(
+        &mut self,
+        now: u64,
+        reason: Reason,
+        config: Grading<'_>,
+        jitter_ms: u64,
+    ) -> Transition {
         let base = config.ejection.base_ejection_time.0.max(1);
         // Time spent back at full weight since the last ejection earns the
         // backoff back, one step per base ejection time (Envoy decrements

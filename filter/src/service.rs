@@ -230,7 +230,7 @@ impl ServiceHealth {
         let before = self.hosts.len();
         let idle = config.limits.host_idle_timeout.0;
         self.hosts
-            .retain(|h| !h.health.releasable(now, config) && !forgettable(h, now, idle));
+            .retain(|h| !h.health.releasable(now, config.grading()) && !forgettable(h, now, idle));
         let released = before - self.hosts.len();
         if released > 0 {
             self.roster = self.roster.wrapping_add(1);
@@ -262,7 +262,7 @@ impl ServiceHealth {
     pub fn next_change_ms(&self, now: u64, config: &Config) -> Option<u64> {
         let idle = config.limits.host_idle_timeout.0;
         let hosts = self.hosts.iter().filter_map(|h| {
-            let change = h.health.next_change_ms(now, config);
+            let change = h.health.next_change_ms(now, config.grading());
             let forget = (idle > 0).then(|| idle_since_ms(h).saturating_add(idle));
             change.into_iter().chain(forget).min()
         });
@@ -328,11 +328,13 @@ impl ServiceHealth {
             // successes may have come first; let them not hide the run.
             let recorded =
                 if !outcome.failed() && entry.health.streak_began_after(pending.seen_writes) {
-                    entry.health.record_preceding_success(outcome, now, config)
+                    entry
+                        .health
+                        .record_preceding_success(outcome, now, config.grading())
                 } else {
                     entry
                         .health
-                        .record(outcome, now, config, may_eject, jitter_ms)
+                        .record(outcome, now, config.grading(), may_eject, jitter_ms)
                 };
             if outcome.failed() {
                 entry.health.mark_streak_start(write);
@@ -398,7 +400,7 @@ impl ServiceHealth {
             if index == except {
                 continue;
             }
-            if let Some(transition) = entry.health.return_for_overload(now, config) {
+            if let Some(transition) = entry.health.return_for_overload(now, config.grading()) {
                 returned += 1;
                 events.push(Event::Transition {
                     address: entry.address.clone(),
@@ -422,7 +424,7 @@ impl ServiceHealth {
         for entry in &mut self.hosts {
             // At most: ejection over, then warm-up over.
             for _ in 0..2 {
-                let Some(transition) = entry.health.advance(now, config) else {
+                let Some(transition) = entry.health.advance(now, config.grading()) else {
                     break;
                 };
                 changed = true;
@@ -442,14 +444,14 @@ impl ServiceHealth {
             || self
                 .hosts
                 .iter()
-                .any(|h| h.health.due(now, config) || forgettable(h, now, idle))
+                .any(|h| h.health.due(now, config.grading()) || forgettable(h, now, idle))
     }
 
     /// Whether any watched host is below full weight at `now`.
     pub fn steers(&self, now: u64, config: &Config) -> bool {
         self.hosts
             .iter()
-            .any(|h| h.health.weight_percent(now, config) < 100)
+            .any(|h| h.health.weight_percent(now, config.grading()) < 100)
     }
 
     /// The host's place in the record; a host not watched yet gets one only

@@ -127,7 +127,7 @@ pub fn render(
                 out,
                 ",\"state\":\"{}\",\"weightPercent\":{},\"window\":{{\"size\":{},\"outcomes\":{},\"failures\":{},\"slow\":{},\"failurePercent\":{}}},\"timesEjected\":{},\"ejectedUntilMs\":{},\"lastSeenMs\":{}",
                 health.state(),
-                health.weight_percent(now, config),
+                health.weight_percent(now, config.grading()),
                 window.capacity(),
                 window.len(),
                 window.failures(),

@@ -52,6 +52,23 @@ pub struct Config {
     pub status: Status,
 }
 
+/// What grading a host reads of the configuration: detection and
+/// ejection, nothing else (the health module takes only this).
+#[derive(Debug, Clone, Copy)]
+pub struct Grading<'a> {
+    pub detection: &'a Detection,
+    pub ejection: &'a Ejection,
+}
+
+impl Config {
+    pub fn grading(&self) -> Grading<'_> {
+        Grading {
+            detection: &self.detection,
+            ejection: &self.ejection,
+        }
+    }
+}
+
 /// Where in Envoy's filter chains an instance runs, and so what it sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {

@@ -1,5 +1,6 @@
 use super::*;
 use crate::classify::{FailureKind, LocalOrigin};
+use crate::config::Config;
 
 const OK: Outcome = Outcome::SUCCESS;
 const E500: Outcome = Outcome {
@@ -57,9 +58,9 @@ impl Host {
         for _ in 0..count {
             self.now += 10;
             self.tick();
-            let recorded = self
-                .health
-                .record(outcome, self.now, &self.config, may_eject, 0);
+            let recorded =
+                self.health
+                    .record(outcome, self.now, self.config.grading(), may_eject, 0);
             self.transitions.extend(recorded.transition);
             self.refusals += usize::from(recorded.ejection_refused.is_some());
         }
@@ -73,7 +74,7 @@ impl Host {
     }
 
     fn tick(&mut self) {
-        while let Some(t) = self.health.advance(self.now, &self.config) {
+        while let Some(t) = self.health.advance(self.now, self.config.grading()) {
             self.transitions.push(t);
         }
     }
@@ -83,7 +84,7 @@ impl Host {
     }
 
     fn weight(&self) -> u8 {
-        self.health.weight_percent(self.now, &self.config)
+        self.health.weight_percent(self.now, self.config.grading())
     }
 
     fn last(&self) -> Transition {
@@ -252,9 +253,13 @@ fn the_ramp_is_known_before_anyone_writes_the_return() {
     let mut host = Host::new(config(""));
     host.feed(E503, 10);
     let until = host.health.ejected_until_ms();
-    assert_eq!(host.health.weight_percent(until + 15_000, &host.config), 30);
-    assert!(host.health.due(until, &host.config));
-    assert!(!host.health.due(until - 1, &host.config));
+    assert_eq!(
+        host.health
+            .weight_percent(until + 15_000, host.config.grading()),
+        30
+    );
+    assert!(host.health.due(until, host.config.grading()));
+    assert!(!host.health.due(until - 1, host.config.grading()));
 }
 
 #[test]
@@ -435,7 +440,7 @@ fn a_host_back_for_overload_is_judged_by_its_rate_not_by_runs_of_errors() {
     assert_eq!(host.state(), HostState::Unhealthy);
     let now = host.now + 1_000;
     host.health
-        .return_for_overload(now, &host.config)
+        .return_for_overload(now, host.config.grading())
         .expect("returned");
     host.now = now;
     // Four 503s in a row eject a Healthy host; this one stays Degraded.
@@ -474,7 +479,7 @@ fn a_host_back_for_overload_that_becomes_unreachable_is_ejected_at_once() {
     host.feed(E503, 10);
     let now = host.now + 1_000;
     host.health
-        .return_for_overload(now, &host.config)
+        .return_for_overload(now, host.config.grading())
         .expect("returned");
     host.now = now;
     host.feed(OK, 2).feed(REFUSED, 3);
@@ -494,11 +499,11 @@ fn an_overload_return_brings_the_host_back_degraded_and_judged_afresh() {
     // Too soon after the ejection: the other host failed with it.
     assert!(host
         .health
-        .return_for_overload(ejected_at + LOAD_SHIFT_DELAY_MS - 1, &host.config)
+        .return_for_overload(ejected_at + LOAD_SHIFT_DELAY_MS - 1, host.config.grading())
         .is_none());
     let back = host
         .health
-        .return_for_overload(ejected_at + 1_000, &host.config)
+        .return_for_overload(ejected_at + 1_000, host.config.grading())
         .expect("returned");
     assert_eq!(
         (back.from, back.to),
@@ -520,6 +525,6 @@ fn an_unreachable_host_is_not_taken_back_for_overload() {
     let later = host.now + 1_000;
     assert!(host
         .health
-        .return_for_overload(later, &host.config)
+        .return_for_overload(later, host.config.grading())
         .is_none());
 }

@@ -83,7 +83,7 @@ impl Service {
             .map(|a| {
                 self.record
                     .host(a)
-                    .map_or(100, |h| h.health.weight_percent(now, &self.config))
+                    .map_or(100, |h| h.health.weight_percent(now, self.config.grading()))
             })
             .collect()
     }

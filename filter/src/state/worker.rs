@@ -948,7 +948,7 @@ impl<H: Host> Worker<H> {
         // Watched hosts steering showed gone do not keep steering on.
         unit.steers = unit.attributing
             || unit.snapshot.hosts.iter().any(|h| {
-                h.health.weight_percent(now, &unit.config) < 100
+                h.health.weight_percent(now, unit.config.grading()) < 100
                     && !unit.members.is_gone(&h.address, now)
             });
         unit.discovery_paused = unit
@@ -1026,7 +1026,7 @@ impl<H: Host> Worker<H> {
         let weight = |address: &str| {
             snapshot
                 .host(address)
-                .map_or(100, |h| h.health.weight_percent(now, config))
+                .map_or(100, |h| h.health.weight_percent(now, config.grading()))
         };
         // Watched hosts only other workers have seen, unless steering
         // showed them gone.
@@ -1162,7 +1162,7 @@ fn plan_basis(snapshot: &ServiceHealth, now: u64, config: &Config) -> Vec<u8> {
     snapshot
         .hosts
         .iter()
-        .map(|h| h.health.weight_percent(now, config))
+        .map(|h| h.health.weight_percent(now, config.grading()))
         .chain(snapshot.roster.to_le_bytes())
         .collect()
 }
