@@ -57,11 +57,14 @@ sayf() { # format args...
     printf "$@" 2>/dev/null || stdout_gone
 }
 title() { sayf '\n%s== %s ==%s\n' "$B$CYA" "$*" "$RST"; }
-# Errors go to stderr, and also to stdout when that is not a terminal (a
-# log), so a `make run | tee log` keeps the reason next to the table.
+# Errors go to stderr, and also to stdout when that is a file or pipe of
+# its own (`make run | tee log` keeps the reason next to the table; with
+# 2>&1 both are the same pipe and it is said once).
 die() {
     printf '%serror:%s %s\n' "$RED$B" "$RST" "$*" >&2 2>/dev/null || true
-    [[ -t 1 ]] || printf 'error: %s\n' "$*" 2>/dev/null || true
+    if [[ ! -t 1 && "$(readlink /proc/$$/fd/1 2>/dev/null)" != "$(readlink /proc/$$/fd/2 2>/dev/null)" ]]; then
+        printf 'error: %s\n' "$*" 2>/dev/null || true
+    fi
     exit 1
 }
 STDOUT_GONE=0
@@ -238,7 +241,7 @@ for p in "$ENVOY_PORT" "$ALONE_PORT" "$ADMIN_PORT" "${UP_PORTS[@]}" "${UP_ADMIN[
     fi
     msg="port $p is in use by pid $hpid ($(cut -d' ' -f2- <<<"$holder"))"
     if [[ " ${earlier_pids[*]} " == *" $hpid "* ]]; then
-        die "$msg, which an earlier \`make run\` left running: run \`make stop\`"
+        die "$msg, from a \`make run\` of this checkout that is still running or was left running: Ctrl-C it, or run \`make stop\`"
     elif [[ $holder == *"$MESHGUARD_ENVOY"* || $holder == *mg-upstream* || $holder == *mg-load* || $holder == *run-demo.sh* ]]; then
         die "$msg, which looks like another meshguard demo or test: \`make stop\` stops a demo's; or move this one with MG_DEMO_PORT and friends (docs/demo.md)"
     else
@@ -273,7 +276,7 @@ else
     T_NORMAL=4 T_HARD=8 T_GREY=12 T_SLOW=10 T_DOWN=8 T_BACK=25
 fi
 SLOW_MS=250
-GREY_PERCENT=40
+GREY_PERCENT=30
 # meshguard: shipped defaults, except windows sized for 17 requests/s per
 # host, short ejection and warm-up times, slow-call detection on (it is off
 # by default: no threshold fits every service) and the status endpoint,
@@ -642,9 +645,10 @@ measured_latency() {
 
 # Rows until meshguard grades every host Healthy, its breaker is closed and
 # each side sends every host at least 20 % (a fair share is 33 %) for two
-# rows; at most $1 rows.
+# rows; at most $1 rows. Then what the return cost on each side.
 until_recovered() { # max-rows
     local n=0 good=0 name side ok
+    reset_totals
     while ((n < $1)); do
         row
         n=$((n + 1))
@@ -657,9 +661,11 @@ until_recovered() { # max-rows
             done
         done
         if ((ok)); then good=$((good + 1)); else good=0; fi
-        ((good >= 2)) && return 0
+        ((good >= 2)) && break
     done
-    say "  ${YEL}(not every host back at a full share after $1 s; moving on)${RST}"
+    ((good >= 2)) || say "  ${YEL}(not every host back at a full share after $1 s; moving on)${RST}"
+    sayf '  %sthe return, %s s:%s errors %s with meshguard, %s Envoy alone %s\n' "$B" "$n" "$RST" \
+        "${TOT[mg.fail]:-0}" "${TOT[alone.fail]:-0}" "$(verdict "${TOT[mg.fail]:-0}" "${TOT[alone.fail]:-0}")"
 }
 
 # ---------------------------------------------------------------- scenes
@@ -704,9 +710,9 @@ scene_hard() {
 
 scene_grey() {
     title "Scene 2: grey failure: u2 fails ${GREY_PERCENT}% of requests, at random"
-    say "Successes in between reset Envoy's count of consecutive failures, so consecutive_5xx rarely trips."
-    say "meshguard judges the failure rate over a window of requests: above 30% u2 is Degraded (half weight),"
-    say "above 50% Unhealthy (ejected)."
+    say "Successes in between reset Envoy's count of consecutive failures: consecutive_5xx trips only when"
+    say "5 failures happen to come in a row. meshguard judges the failure rate over a window of requests:"
+    say "from 30% u2 is Degraded (half weight), from 50% Unhealthy (ejected)."
     BAD=(u2)
     reset_totals
     local alone_before=$ALONE_EJECTIONS mg_before=$MG_EJECTIONS
@@ -776,10 +782,10 @@ BAD=()
 title "Your turn"
 say "Everything keeps running and the table below goes on. In another terminal, break a host:"
 say ""
-try() { sayf '  %s%-34s%s %s%s%s\n' "$DIM" "$2" "$RST" "$B" "$1" "$RST"; }
+try() { sayf '  %s%-38s%s %s%s%s\n' "$DIM" "$2" "$RST" "$B" "$1" "$RST"; }
 a() { printf '127.0.0.1:%s' "${UP_ADMIN[$1]}"; }
 try "curl -s -XPUT $(a 1)/behaviour -d '{\"status\":503}'" "u2 fails every request"
-try "curl -s -XPUT $(a 1)/behaviour -d '{\"status\":503,\"errorPercent\":40,\"randomErrors\":true}'" "grey failure on u2"
+try "curl -s -XPUT $(a 1)/behaviour -d '{\"status\":503,\"errorPercent\":30,\"randomErrors\":true}'" "grey failure on u2"
 try "curl -s -XPUT $(a 2)/behaviour -d '{\"latencyMs\":300}'" "slow u3"
 try "curl -s -XPUT $(a 0)/behaviour -d '{\"refuse\":true}'" "u1 down (connections refused)"
 try "for p in ${UP_ADMIN[*]}; do curl -s -XPUT 127.0.0.1:\$p/behaviour -d '{\"status\":503}'; done" "all down: the breaker"

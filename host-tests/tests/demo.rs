@@ -329,7 +329,7 @@ fn scenes_narrate_and_meshguard_ejects_the_broken_host() {
     );
     for title in [
         "== Scene 1: hard failure: u2 answers 503 to everything ==",
-        "== Scene 2: grey failure: u2 fails 40% of requests, at random ==",
+        "== Scene 2: grey failure: u2 fails 30% of requests, at random ==",
         "== Scene 3: slow host: u3 takes 250 ms to answer",
         "== Scene 4: the whole service is down",
         "== Your turn ==",
