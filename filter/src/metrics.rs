@@ -20,32 +20,100 @@ pub enum Kind {
     Gauge,
 }
 
-/// Every metric meshguard defines: name (without tags), kind, tag names,
-/// meaning. The metrics table of docs/observability.md
-/// (filter/tests/docs_metrics.rs) and the dashboard test are checked against it.
-pub const CATALOGUE: &[(&str, Kind, &str, &str)] = &[
-    ("requests", Kind::Counter, "service", "requests whose outcome meshguard recorded"),
-    ("failures", Kind::Counter, "service, kind", "failed requests by kind: server_error, gateway, status, grpc, local_origin, client_cancelled"),
-    ("attempts", Kind::Counter, "service", "attempts an upstream instance (mode upstream) recorded, retried ones included"),
-    ("attempt_failures", Kind::Counter, "service, kind", "failed attempts an upstream instance recorded, by kind as failures"),
-    ("transitions", Kind::Counter, "service, from, to", "host grade changes"),
-    ("ejections", Kind::Counter, "service, reason", "ejections by reason: failure_rate, consecutive, warmup_failure"),
-    ("host_ejections", Kind::Counter, "service, host", "ejections of one host"),
-    ("ejections_refused", Kind::Counter, "service", "ejections refused by maxEjectionPercent"),
-    ("hosts", Kind::Gauge, "service, state", "known hosts by state: healthy, degraded, unhealthy, warming_up"),
-    ("host_state", Kind::Gauge, "service, host", "one host's state: 0 healthy, 1 degraded, 2 unhealthy, 3 warming up"),
-    ("steered", Kind::Counter, "service", "requests meshguard steered to a chosen host"),
-    ("watched_hosts", Kind::Gauge, "service", "hosts with failures on record in the shared state (every other host is Healthy)"),
-    ("hosts_not_tracked", Kind::Counter, "service", "outcomes of hosts left out by limits.maxHostsPerService or limits.maxWatchedHostsPerService"),
-    ("inferred_attempts", Kind::Counter, "service", "failed attempts Envoy retried elsewhere that a downstream instance attributed to their host (from upstream.request_attempt_count and its steering list)"),
-    ("unattributed_retries", Kind::Counter, "service", "retried requests whose failed attempts a downstream instance could not attribute to a host (it then names the retries' hosts in its steering)"),
-    ("breaker_state", Kind::Gauge, "service", "circuit breaker: 0 closed, 1 open, 2 half-open"),
-    ("breaker_trips", Kind::Counter, "service", "times the breaker opened"),
-    ("local_replies", Kind::Counter, "service", "requests answered by the open breaker"),
-    ("config_rejected", Kind::Counter, "", "plugin configurations refused"),
-    ("host_metrics_dropped", Kind::Counter, "", "per-host metric updates dropped because a worker reached its bound of 2,048 per-host names (service-level metrics have their own)"),
-    ("plugin_instances_dropped", Kind::Counter, "", "plugin instances a VM dropped at its limit of 64 live ones (configuration pushed faster than listeners drain); their requests pass through unobserved"),
-];
+/// Declares [`Metric`] and [`CATALOGUE`] from one table, so that what the
+/// filter emits, what the docs list and what the dashboard may query
+/// cannot drift apart.
+macro_rules! metrics {
+    ($($variant:ident => $name:literal, $kind:ident, $tags:literal, $help:literal;)*) => {
+        /// Every metric meshguard defines.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Metric {
+            $($variant,)*
+        }
+
+        impl Metric {
+            pub const ALL: &[Metric] = &[$(Metric::$variant,)*];
+
+            /// The name without tags (`requests`).
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Metric::$variant => $name,)*
+                }
+            }
+
+            pub const fn kind(self) -> Kind {
+                match self {
+                    $(Metric::$variant => Kind::$kind,)*
+                }
+            }
+
+            /// Its tags in name order, comma-separated (`service, kind`).
+            pub const fn tags(self) -> &'static str {
+                match self {
+                    $(Metric::$variant => $tags,)*
+                }
+            }
+        }
+
+        /// Every metric: name (without tags), kind, tag names, meaning. The
+        /// metrics table of docs/observability.md (filter/tests/docs_metrics.rs)
+        /// and the dashboard test are checked against it.
+        pub const CATALOGUE: &[(&str, Kind, &str, &str)] = &[
+            $(($name, Kind::$kind, $tags, $help),)*
+        ];
+    };
+}
+
+metrics! {
+    Requests => "requests", Counter, "service", "requests whose outcome meshguard recorded";
+    Failures => "failures", Counter, "service, kind", "failed requests by kind: server_error, gateway, status, grpc, local_origin, client_cancelled";
+    Attempts => "attempts", Counter, "service", "attempts an upstream instance (mode upstream) recorded, retried ones included";
+    AttemptFailures => "attempt_failures", Counter, "service, kind", "failed attempts an upstream instance recorded, by kind as failures";
+    Transitions => "transitions", Counter, "service, from, to", "host grade changes";
+    Ejections => "ejections", Counter, "service, reason", "ejections by reason: failure_rate, consecutive, warmup_failure";
+    HostEjections => "host_ejections", Counter, "service, host", "ejections of one host";
+    EjectionsRefused => "ejections_refused", Counter, "service", "ejections refused by maxEjectionPercent";
+    Hosts => "hosts", Gauge, "service, state", "known hosts by state: healthy, degraded, unhealthy, warming_up";
+    HostState => "host_state", Gauge, "service, host", "one host's state: 0 healthy, 1 degraded, 2 unhealthy, 3 warming up";
+    Steered => "steered", Counter, "service", "requests meshguard steered to a chosen host";
+    WatchedHosts => "watched_hosts", Gauge, "service", "hosts with failures on record in the shared state (every other host is Healthy)";
+    HostsNotTracked => "hosts_not_tracked", Counter, "service", "outcomes of hosts left out by limits.maxHostsPerService or limits.maxWatchedHostsPerService";
+    InferredAttempts => "inferred_attempts", Counter, "service", "failed attempts Envoy retried elsewhere that a downstream instance attributed to their host (from upstream.request_attempt_count and its steering list)";
+    UnattributedRetries => "unattributed_retries", Counter, "service", "retried requests whose failed attempts a downstream instance could not attribute to a host (it then names the retries' hosts in its steering)";
+    BreakerState => "breaker_state", Gauge, "service", "circuit breaker: 0 closed, 1 open, 2 half-open";
+    BreakerTrips => "breaker_trips", Counter, "service", "times the breaker opened";
+    LocalReplies => "local_replies", Counter, "service", "requests answered by the open breaker";
+    ConfigRejected => "config_rejected", Counter, "", "plugin configurations refused";
+    HostMetricsDropped => "host_metrics_dropped", Counter, "", "per-host metric updates dropped because a worker reached its bound of 2,048 per-host names (service-level metrics have their own)";
+    PluginInstancesDropped => "plugin_instances_dropped", Counter, "", "plugin instances a VM dropped at its limit of 64 live ones (configuration pushed faster than listeners drain); their requests pass through unobserved";
+}
+
+impl Metric {
+    /// Envoy's stat name: `meshguard.<name>`, then `.service.<service>`
+    /// and `.<tag>.<value>` for each further tag, in order (values
+    /// sanitised). `service` is ignored for a metric without tags; missing
+    /// values leave their tags out.
+    pub fn stat(self, service: &str, values: &[&str]) -> String {
+        let mut out = format!("meshguard.{}", self.name());
+        let mut tags = self.tags().split(", ").filter(|t| !t.is_empty());
+        if tags.next().is_some() {
+            out.push_str(".service.");
+            push_sanitized(&mut out, service);
+        }
+        for (tag, value) in tags.zip(values) {
+            out.push('.');
+            out.push_str(tag);
+            out.push('.');
+            push_sanitized(&mut out, value);
+        }
+        out
+    }
+
+    /// A metric of the whole VM (no tags).
+    pub fn global(self) -> String {
+        self.stat("", &[])
+    }
+}
 
 /// Envoy's Prometheus name of a catalogue entry (`wasmcustom.` is Envoy's
 /// custom namespace, dropped in `/stats/prometheus`).
@@ -53,38 +121,13 @@ pub fn prometheus_name(metric: &str) -> String {
     format!("meshguard_{metric}")
 }
 
-pub fn service_metric(metric: &str, service: &str) -> String {
-    format!("meshguard.{metric}.service.{}", sanitize(service))
-}
-
-pub fn labelled(metric: &str, service: &str, label: &str, value: &str) -> String {
-    format!(
-        "meshguard.{metric}.service.{}.{label}.{value}",
-        sanitize(service)
-    )
-}
-
-pub fn host_metric(metric: &str, service: &str, host: &str) -> String {
-    format!(
-        "meshguard.{metric}.service.{}.host.{}",
-        sanitize(service),
-        sanitize(host)
-    )
-}
-
-pub fn global(metric: &str) -> String {
-    format!("meshguard.{metric}")
-}
-
 /// Stat names must not contain characters Envoy's stats (or Prometheus
 /// label values) choke on; keep what cluster names and addresses use.
-fn sanitize(part: &str) -> String {
-    part.chars()
-        .map(|c| match c {
-            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '|' | ':' | '-' | '_' | '[' | ']' => c,
-            _ => '_',
-        })
-        .collect()
+fn push_sanitized(out: &mut String, part: &str) {
+    out.extend(part.chars().map(|c| match c {
+        'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '|' | ':' | '-' | '_' | '[' | ']' => c,
+        _ => '_',
+    }));
 }
 
 pub fn state_label(state: HostState) -> &'static str {
@@ -149,21 +192,41 @@ mod tests {
     #[test]
     fn names_put_variable_parts_last() {
         assert_eq!(
-            service_metric("requests", "outbound|80||reviews.shop.svc.cluster.local"),
+            Metric::Requests.stat("outbound|80||reviews.shop.svc.cluster.local", &[]),
             "meshguard.requests.service.outbound|80||reviews.shop.svc.cluster.local"
         );
         assert_eq!(
-            host_metric("host_state", "demo", "10.0.0.1:8080"),
+            Metric::HostState.stat("demo", &["10.0.0.1:8080"]),
             "meshguard.host_state.service.demo.host.10.0.0.1:8080"
         );
         assert_eq!(
-            labelled("failures", "demo", "kind", "gateway"),
+            Metric::Failures.stat("demo", &["gateway"]),
             "meshguard.failures.service.demo.kind.gateway"
         );
         assert_eq!(
-            service_metric("requests", "a b\nc"),
+            Metric::Transitions.stat("demo", &["healthy", "unhealthy"]),
+            "meshguard.transitions.service.demo.from.healthy.to.unhealthy"
+        );
+        assert_eq!(
+            Metric::Requests.stat("a b\nc", &[]),
             "meshguard.requests.service.a_b_c"
         );
+        assert_eq!(Metric::ConfigRejected.global(), "meshguard.config_rejected");
+        assert_eq!(
+            Metric::HostState.stat("envoy://connect_originate/10.1.2.3:8080", &["x y"]),
+            "meshguard.host_state.service.envoy:__connect_originate_10.1.2.3:8080.host.x_y"
+        );
+    }
+
+    #[test]
+    fn the_enum_and_the_catalogue_are_one_table() {
+        assert_eq!(Metric::ALL.len(), CATALOGUE.len());
+        for (metric, (name, kind, tags, _)) in Metric::ALL.iter().zip(CATALOGUE) {
+            assert_eq!(
+                (metric.name(), metric.kind(), metric.tags()),
+                (*name, *kind, *tags)
+            );
+        }
     }
 
     #[test]

@@ -84,8 +84,8 @@ fn sync_log_level() {
 /// Adds one to a global counter (`meshguard.<metric>`), outside any
 /// worker: for events of the VM itself, which no worker's batched metrics
 /// see.
-fn count_global(metric: &str) {
-    if let Ok(id) = host::define_metric(0, &crate::metrics::global(metric)) {
+fn count_global(metric: crate::metrics::Metric) {
+    if let Ok(id) = host::define_metric(0, &metric.global()) {
         let _ = host::increment_metric(id, 1);
     }
 }
@@ -116,7 +116,7 @@ fn configure(root: &mut Root, size: usize) -> bool {
     let config = match Config::parse(&bytes) {
         Ok(config) => Rc::new(config),
         Err(error) => {
-            count_global("config_rejected");
+            count_global(crate::metrics::Metric::ConfigRejected);
             let kept = if root.worker.is_some() {
                 "keeping the previous configuration"
             } else {

@@ -84,7 +84,7 @@ impl Roots {
             return;
         };
         let dropped = self.roots.remove(position);
-        super::count_global("plugin_instances_dropped");
+        super::count_global(crate::metrics::Metric::PluginInstancesDropped);
         log::warn!(
             "meshguard: {MAX_ROOTS} plugin configurations live in this VM (updates come faster than listeners drain); the one least recently used (context {}) is dropped and its requests pass through unobserved",
             dropped.context_id

@@ -6,7 +6,7 @@ use super::host::Host;
 use super::metrics::{Metrics, Scope, MAX_HOST_METRICS};
 use super::unit::Unit;
 use crate::config::Mode;
-use crate::metrics::{self as names, FAILURE_KINDS};
+use crate::metrics::{self as names, Metric, FAILURE_KINDS};
 use crate::model::BreakerState;
 use crate::model::HostState;
 use crate::service::Event;
@@ -110,7 +110,7 @@ impl Reporter {
         }
         self.metrics.add_in(
             host,
-            names::global("host_metrics_dropped"),
+            Metric::HostMetricsDropped.global(),
             dropped,
             Scope::Global,
         );
@@ -139,31 +139,31 @@ impl Reporter {
         // An upstream instance counts attempts, not the requests the
         // downstream instance counts already.
         let (requests, failures) = match unit.config.mode {
-            Mode::Downstream => ("requests", "failures"),
-            Mode::Upstream => ("attempts", "attempt_failures"),
+            Mode::Downstream => (Metric::Requests, Metric::Failures),
+            Mode::Upstream => (Metric::Attempts, Metric::AttemptFailures),
         };
-        metrics.add(host, names::service_metric(requests, key), counts.requests);
+        metrics.add(host, requests.stat(key, &[]), counts.requests);
         for (kind, count) in FAILURE_KINDS.iter().zip(counts.failures) {
-            metrics.add(host, names::labelled(failures, key, "kind", kind), count);
+            metrics.add(host, failures.stat(key, &[kind]), count);
         }
-        metrics.add(host, names::service_metric("steered", key), counts.steered);
+        metrics.add(host, Metric::Steered.stat(key, &[]), counts.steered);
         metrics.add(
             host,
-            names::service_metric("local_replies", key),
+            Metric::LocalReplies.stat(key, &[]),
             counts.local_replies,
         );
         for (name, count) in [
-            ("inferred_attempts", counts.inferred_attempts),
-            ("unattributed_retries", counts.unattributed_retries),
+            (Metric::InferredAttempts, counts.inferred_attempts),
+            (Metric::UnattributedRetries, counts.unattributed_retries),
         ] {
             if count > 0 {
-                metrics.add(host, names::service_metric(name, key), count);
+                metrics.add(host, name.stat(key, &[]), count);
             }
         }
         if counts.not_tracked > 0 {
             metrics.add(
                 host,
-                names::service_metric("hosts_not_tracked", key),
+                Metric::HostsNotTracked.stat(key, &[]),
                 counts.not_tracked,
             );
             let line = format!("{key} host table");
@@ -198,7 +198,7 @@ impl Reporter {
             if state != HostState::Healthy || was_graded {
                 metrics.set_in(
                     host,
-                    names::host_metric("host_state", key, &entry.address),
+                    Metric::HostState.stat(key, &[&entry.address]),
                     names::state_value(state),
                     Scope::Host,
                 );
@@ -211,7 +211,7 @@ impl Reporter {
             if unit.snapshot.host(address).is_none() {
                 metrics.set_in(
                     host,
-                    names::host_metric("host_state", key, address),
+                    Metric::HostState.stat(key, &[address]),
                     0,
                     Scope::Host,
                 );
@@ -233,18 +233,18 @@ impl Reporter {
             let count = by_state[names::state_value(state) as usize];
             metrics.set(
                 host,
-                names::labelled("hosts", key, "state", names::state_label(state)),
+                Metric::Hosts.stat(key, &[names::state_label(state)]),
                 count,
             );
         }
         metrics.set(
             host,
-            names::service_metric("watched_hosts", key),
+            Metric::WatchedHosts.stat(key, &[]),
             unit.snapshot.hosts.len() as u64,
         );
         metrics.set(
             host,
-            names::service_metric("breaker_state", key),
+            Metric::BreakerState.stat(key, &[]),
             names::breaker_value(unit.snapshot.breaker.state()),
         );
         self.report_dropped(host, now);
@@ -262,20 +262,13 @@ impl Reporter {
                     names::state_label(transition.from),
                     names::state_label(transition.to),
                 );
-                metrics.add(
-                    host,
-                    format!(
-                        "{}.from.{from}.to.{to}",
-                        names::service_metric("transitions", key)
-                    ),
-                    1,
-                );
+                metrics.add(host, Metric::Transitions.stat(key, &[from, to]), 1);
                 if transition.to == HostState::Unhealthy {
                     let reason = names::ejection_reason(&transition.reason);
-                    metrics.add(host, names::labelled("ejections", key, "reason", reason), 1);
+                    metrics.add(host, Metric::Ejections.stat(key, &[reason]), 1);
                     metrics.add_in(
                         host,
-                        names::host_metric("host_ejections", key, address),
+                        Metric::HostEjections.stat(key, &[address]),
                         1,
                         Scope::Host,
                     );
@@ -283,16 +276,16 @@ impl Reporter {
                 address.as_str()
             }
             Event::EjectionRefused { address, .. } => {
-                metrics.add(host, names::service_metric("ejections_refused", key), 1);
+                metrics.add(host, Metric::EjectionsRefused.stat(key, &[]), 1);
                 address.as_str()
             }
             Event::HostNotTracked { .. } => {
-                metrics.add(host, names::service_metric("hosts_not_tracked", key), 1);
+                metrics.add(host, Metric::HostsNotTracked.stat(key, &[]), 1);
                 "host table"
             }
             Event::Breaker(transition) => {
                 if transition.to == BreakerState::Open {
-                    metrics.add(host, names::service_metric("breaker_trips", key), 1);
+                    metrics.add(host, Metric::BreakerTrips.stat(key, &[]), 1);
                 }
                 "circuit breaker"
             }
@@ -404,7 +397,7 @@ mod tests {
             let address = format!("10.0.{}.{}:80", i / 256, i % 256);
             metrics.set_in(
                 &host,
-                names::host_metric("host_state", "svc", &address),
+                Metric::HostState.stat("svc", &[&address]),
                 1,
                 Scope::Host,
             );
@@ -412,10 +405,10 @@ mod tests {
         assert_eq!(metrics.take_dropped(), 100);
         assert_eq!(metrics.take_dropped(), 0);
         // Service-level names are not starved.
-        metrics.add(&host, names::service_metric("ejections", "svc"), 1);
+        metrics.add(&host, Metric::Ejections.stat("svc", &[]), 1);
         assert_eq!(host.metric("meshguard.ejections.service.svc"), Some(1));
         // A host name defined before the bound keeps working.
-        let first = names::host_metric("host_state", "svc", "10.0.0.0:80");
+        let first = Metric::HostState.stat("svc", &["10.0.0.0:80"]);
         metrics.set_in(&host, first.clone(), 2, Scope::Host);
         assert_eq!(host.metric(&first), Some(2));
         assert_eq!(metrics.take_dropped(), 0);
