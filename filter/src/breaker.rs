@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::CircuitBreaker as Settings;
 use crate::model::BreakerState;
-use crate::model::{Measured, Rate};
+use crate::model::{first_rate_reached, Rate};
 use crate::window::OutcomeWindow;
 
 /// Why the breaker changed state, with the numbers behind it.
@@ -211,22 +211,14 @@ impl Breaker {
         if volume < settings.min_requests {
             return None;
         }
-        if let Some(rate) = Rate::reached(
-            Measured::Failures,
+        first_rate_reached(
             window.failures(),
-            volume,
-            settings.failure_percent,
-        ) {
-            return Some(BreakerReason::Rate(rate));
-        }
-        if !settings.slow_calls_enabled() {
-            return None;
-        }
-        Rate::reached(
-            Measured::SlowCalls,
             window.slow(),
             volume,
-            settings.slow_call_percent,
+            settings.failure_percent,
+            settings
+                .slow_calls_enabled()
+                .then_some(settings.slow_call_percent),
         )
         .map(BreakerReason::Rate)
     }

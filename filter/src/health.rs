@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::classify::Outcome;
 use crate::config::Grading;
 use crate::model::HostState;
-use crate::model::{percent, Measured, Rate};
+use crate::model::{first_rate_reached, percent, Measured, Rate};
 use crate::window::OutcomeWindow;
 
 /// Which run of consecutive failures tripped.
@@ -530,22 +530,14 @@ impl HostHealth {
         let detection = &config.detection;
         let window = &self.window;
         let volume = window.len();
-        if let Some(rate) = Rate::reached(
-            Measured::Failures,
+        first_rate_reached(
             window.failures(),
-            volume,
-            detection.degraded_failure_percent,
-        ) {
-            return Some(Reason::Rate(rate));
-        }
-        if !detection.slow_calls_enabled() {
-            return None;
-        }
-        Rate::reached(
-            Measured::SlowCalls,
             window.slow(),
             volume,
-            detection.slow_call_percent,
+            detection.degraded_failure_percent,
+            detection
+                .slow_calls_enabled()
+                .then_some(detection.slow_call_percent),
         )
         .map(Reason::Rate)
     }

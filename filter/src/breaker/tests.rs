@@ -1,5 +1,6 @@
 use super::*;
 use crate::config::Config;
+use crate::model::Measured;
 
 fn settings(extra: &str) -> Settings {
     let json = format!(

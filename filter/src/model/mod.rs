@@ -92,6 +92,21 @@ impl Rate {
     }
 }
 
+/// The failure rate if it reached `failure_threshold`, else the slow-call
+/// rate if slow calls are judged (`slow_threshold`) and it reached that:
+/// the order grades and the breaker both judge a window in.
+pub fn first_rate_reached(
+    failures: u16,
+    slow: u16,
+    volume: u16,
+    failure_threshold: u8,
+    slow_threshold: Option<u8>,
+) -> Option<Rate> {
+    Rate::reached(Measured::Failures, failures, volume, failure_threshold).or_else(|| {
+        slow_threshold.and_then(|t| Rate::reached(Measured::SlowCalls, slow, volume, t))
+    })
+}
+
 /// Whole percent of `count` in `volume` (0 for an empty volume), for logs.
 pub fn percent(count: u16, volume: u16) -> u32 {
     u32::from(count) * 100 / u32::from(volume.max(1))
