@@ -157,23 +157,7 @@ mod tests {
     fn renders_valid_json_with_every_figure() {
         let config =
             Config::parse(br#"{"detection": {"windowSize": 10, "minRequests": 10}}"#).unwrap();
-        let mut record = ServiceHealth::new("demo \"quoted\"", 1);
-        let fail = Observation::plain(Outcome {
-            failure: Some(FailureKind::Gateway(503)),
-            slow: false,
-        });
-        let pending = Pending {
-            ordered: vec![fail; 10],
-            ..Pending::default()
-        };
-        record.apply(
-            "10.0.0.1:80",
-            &pending,
-            5,
-            &config,
-            &mut || 0,
-            &mut Vec::new(),
-        );
+        let record = failed_record("demo \"quoted\"", &config, 5);
         let json = render(&[record], 10, &config, &|_| 3);
         let value: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
         let host = &value["services"][0]["hosts"][0];
@@ -193,7 +177,7 @@ mod tests {
         );
         // The RFC 3339 forms say the same instants as the epoch figures.
         let json = render(
-            &[record_at(1_796_154_139_562)],
+            &[failed_record("demo", &config, 1_796_154_139_562)],
             1_796_154_139_562,
             &config,
             &|_| 1,
@@ -213,9 +197,9 @@ mod tests {
         assert_eq!(format!(",\"k\":{}", host["ejectedUntil"]), expect);
     }
 
-    fn record_at(now: u64) -> ServiceHealth {
-        let config = Config::default();
-        let mut record = ServiceHealth::new("demo", 1);
+    /// A record of `service` whose host 10.0.0.1:80 failed 10 times at `now`.
+    fn failed_record(service: &str, config: &Config, now: u64) -> ServiceHealth {
+        let mut record = ServiceHealth::new(service, 1);
         let fail = Observation::plain(Outcome {
             failure: Some(FailureKind::Gateway(503)),
             slow: false,
@@ -228,7 +212,7 @@ mod tests {
             "10.0.0.1:80",
             &pending,
             now,
-            &config,
+            config,
             &mut || 0,
             &mut Vec::new(),
         );
