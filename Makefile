@@ -21,7 +21,7 @@ WASM_OPT_FLAGS := -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-gl
 # What ships, and what the tests and the demo load: the wasm-opt'd module.
 MODULE := $(WASM_OPT)
 
-.PHONY: help build lint test run stop envoy images oci-image toolchain clean distclean fuzz bench-host bench
+.PHONY: help build lint test unit test-wasm test-envoy test-containers run stop envoy images oci-image toolchain clean distclean fuzz bench-host bench
 
 # A bare `make` lists the targets instead of building silently.
 help:
@@ -29,6 +29,10 @@ help:
 	@echo "  run         the demo: Envoy with meshguard beside Envoy alone, narrated scenes, then a live table (docs/demo.md)"
 	@echo "  stop        stop what a crashed or killed \`make run\` left running (pids in .run/demo/pids)"
 	@echo "  test        lint, build and every test (unit, wasmtime host, real Envoy, containers)"
+	@echo "  unit        the native unit tests only (filter core, harness helpers, bench parsers; no module, no Envoy)"
+	@echo "  test-wasm   the shipped module in the wasmtime host (host-tests/tests/wasm_*)"
+	@echo "  test-envoy  the module in a real Envoy 1.40 (host-tests/tests/envoy_*, the demo)"
+	@echo "  test-containers  the container and Istio harnesses (containers, Istio sidecar shape, manifests, Prometheus rules)"
 	@echo "  build       the wasm module (target/wasm32-wasip1/release/meshguard.opt.wasm, 250 KB budget)"
 	@echo "  lint        rustfmt and clippy, native and wasm32"
 	@echo "  bench       instructions per request, overhead and incidents against Envoy's own (about 45 min)"
@@ -88,6 +92,27 @@ oci-image: build
 # including the real-Envoy checks, which need the module and Envoy.
 test: lint build
 	MESHGUARD_WASM='$(MODULE)' MESHGUARD_ENVOY="$$(scripts/ensure-envoy.sh)" cargo test --workspace
+
+# One tier at a time (docs/testing.md); `make test` runs them all, and
+# filter/tests/make_tiers.rs fails when a test file belongs to no tier.
+# The tiers' test files (cargo's --test takes globs):
+TIER_WASM       := --test 'wasm_*'
+TIER_ENVOY      := --test 'envoy_*' --test demo
+TIER_CONTAINERS := --test container_e2e --test envoy_istio --test istio_manifests --test prometheus_rules
+TIER_ENV         = MESHGUARD_WASM='$(MODULE)' MESHGUARD_ENVOY="$$(scripts/ensure-envoy.sh)"
+
+unit: toolchain
+	cargo test -p meshguard -p mg-bench
+	cargo test -p host-tests --lib --bins
+
+test-wasm: build
+	$(TIER_ENV) cargo test -p host-tests $(TIER_WASM)
+
+test-envoy: build
+	$(TIER_ENV) cargo test -p host-tests $(TIER_ENVOY)
+
+test-containers: build
+	$(TIER_ENV) cargo test -p host-tests $(TIER_CONTAINERS)
 
 # The wasmtime host's long runs (host-tests/src/wasm_host): an optimised
 # native build with its own target dir, so the shipped module's release
