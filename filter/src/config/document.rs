@@ -181,11 +181,11 @@ pub struct Detection {
     /// windowSize). Default 20.
     #[schemars(extend("default" = 20))]
     pub min_requests: Option<Int<1, 1000>>,
-    /// Healthy -> Degraded when the failure rate is above this (at most
+    /// Healthy -> Degraded when the failure rate reaches this (at most
     /// unhealthyFailurePercent). Default 30.
     #[schemars(extend("default" = 30))]
     pub degraded_failure_percent: Option<Int<1, 100>>,
-    /// Ejection when the failure rate is above this. Default 50.
+    /// Ejection when the failure rate reaches this. Default 50.
     #[schemars(extend("default" = 50))]
     pub unhealthy_failure_percent: Option<Int<1, 100>>,
     /// Degraded -> Healthy only when the failure and slow-call rates are
@@ -217,7 +217,7 @@ pub struct Detection {
     /// turns slow-call detection off. Default "0s".
     #[schemars(extend("default" = "0s"))]
     pub slow_call_threshold: Option<Duration>,
-    /// Healthy -> Degraded when the slow-call rate is above this. Default 50.
+    /// Healthy -> Degraded when the slow-call rate reaches this. Default 50.
     #[schemars(extend("default" = 50))]
     pub slow_call_percent: Option<Int<1, 100>>,
     /// Count requests the client abandoned (Envoy flag DC) as failures.
