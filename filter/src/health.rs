@@ -322,6 +322,14 @@ impl HostHealth {
         }
     }
 
+    /// Forgets the outcomes on record (window and streaks), keeping the
+    /// grade and any ejection: after a whole-service outage, which the
+    /// breaker saw end, they say nothing about this host.
+    pub fn forget_outcomes(&mut self) {
+        self.window.clear();
+        self.streaks = Streaks::default();
+    }
+
     /// Applies what the passage of time alone changes: an ejection ending,
     /// a warm-up ending. Call repeatedly until it returns `None`.
     pub fn advance(&mut self, now: u64, config: Grading<'_>) -> Option<Transition> {

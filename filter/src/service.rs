@@ -15,7 +15,7 @@ use crate::classify::Outcome;
 use crate::config::Config;
 use crate::guard;
 use crate::health::{HostHealth, Reason, Transition};
-use crate::model::HostState;
+use crate::model::{BreakerState, HostState};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostEntry {
@@ -381,8 +381,22 @@ impl ServiceHealth {
                 now,
                 breaker,
             ) {
+                if t.from == BreakerState::HalfOpen && t.to == BreakerState::Closed {
+                    self.forget_outage();
+                }
                 events.push(Event::Breaker(t));
             }
+        }
+    }
+
+    /// The breaker closed after its probes succeeded: the service failed
+    /// as a whole and is back. The hosts' windows are full of that outage
+    /// (every host failed), and judged on them a host would be graded down
+    /// or ejected for failures that were not its own the moment traffic
+    /// returns. They start afresh; grades and ejections stand.
+    fn forget_outage(&mut self) {
+        for entry in &mut self.hosts {
+            entry.health.forget_outcomes();
         }
     }
 

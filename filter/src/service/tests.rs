@@ -395,6 +395,70 @@ fn the_breaker_sees_every_host_of_the_service() {
     assert_eq!(service.record.breaker.state(), BreakerState::Closed);
 }
 
+/// A whole-service outage, then the service back: the breaker closes, and
+/// the hosts are not graded down for the outage's failures still in their
+/// windows (they were, at the first failure after the return).
+#[test]
+fn hosts_start_afresh_when_the_breaker_closes_after_an_outage() {
+    use crate::model::BreakerState;
+    let mut config = breaker_config();
+    config.detection.window_size = 20;
+    config.detection.min_requests = 10;
+    config.detection.consecutive_5xx_errors = 0;
+    config.detection.consecutive_gateway_errors = 0;
+    let mut service = Service::new(config);
+    for n in 0..3 {
+        service.apply(&host(n), successes(10), 0);
+    }
+    // The outage: every host fails 40% of 20, then the breaker opens.
+    for n in 0..3 {
+        service.apply(&host(n), failures(8), 1);
+    }
+    assert_eq!(service.record.breaker.state(), BreakerState::Open);
+    let graded_during = (0..3)
+        .filter(|&n| service.state(&host(n)) != HostState::Healthy)
+        .count();
+    // Back: half-open, two probes succeed, closed.
+    let mut events = Vec::new();
+    service.record.advance(5_000, &service.config, &mut events);
+    for now in [5_001, 5_002] {
+        let probe = Pending {
+            ordered: vec![Observation {
+                outcome: Outcome::SUCCESS,
+                breaker_slow: false,
+                probe: true,
+            }],
+            ..Pending::default()
+        };
+        service.apply(&host(0), probe, now);
+    }
+    assert_eq!(service.record.breaker.state(), BreakerState::Closed);
+    // One ordinary failure each after the return grades nobody down.
+    let before = service.events.len();
+    for n in 0..3 {
+        service.apply(&host(n), successes(9), 5_010);
+        service.apply(&host(n), failures(1), 5_011);
+    }
+    let downgrades: Vec<_> = service.events[before..]
+        .iter()
+        .filter(|e| matches!(e, Event::Transition { transition, .. } if transition.to != HostState::Healthy))
+        .collect();
+    assert!(
+        downgrades.is_empty(),
+        "graded down for the outage: {downgrades:?} ({graded_during} graded during it)"
+    );
+    for n in 0..3 {
+        let window = service
+            .record
+            .host(&host(n))
+            .map(|h| h.health.window().failures());
+        assert!(
+            window.is_none_or(|f| f <= 1),
+            "host {n}: {window:?} failures on record"
+        );
+    }
+}
+
 #[test]
 fn a_disabled_breaker_never_opens() {
     let mut service = Service::new(config());
