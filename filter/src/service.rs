@@ -293,6 +293,12 @@ impl ServiceHealth {
         random: &mut dyn FnMut() -> u64,
         events: &mut Vec<Event>,
     ) {
+        // While the breaker is open the service fails as a whole: its hosts'
+        // outcomes were forgotten when it opened (`forget_outage`), and what
+        // still arrives is calls in flight then, no evidence against a host.
+        if self.breaker.state() == BreakerState::Open {
+            return;
+        }
         let created = self.host(address).is_none();
         let Some(index) = self.slot_for(address, pending, now, config) else {
             if pending.has_evidence() {
@@ -381,7 +387,9 @@ impl ServiceHealth {
                 now,
                 breaker,
             ) {
-                if t.from == BreakerState::HalfOpen && t.to == BreakerState::Closed {
+                let reopened_or_closed = t.to == BreakerState::Open
+                    || (t.from == BreakerState::HalfOpen && t.to == BreakerState::Closed);
+                if reopened_or_closed {
                     self.forget_outage();
                 }
                 events.push(Event::Breaker(t));
@@ -389,11 +397,14 @@ impl ServiceHealth {
         }
     }
 
-    /// The breaker closed after its probes succeeded: the service failed
-    /// as a whole and is back. The hosts' windows are full of that outage
-    /// (every host failed), and judged on them a host would be graded down
-    /// or ejected for failures that were not its own the moment traffic
-    /// returns. They start afresh; grades and ejections stand.
+    /// The breaker opened (the service fails as a whole) or closed after
+    /// its probes succeeded (it is back). The hosts' windows are full of
+    /// that outage (every host failed), and judged on them a host would be
+    /// graded down or ejected for failures that were not its own: at the
+    /// first outcome after the return, or as soon as the ejection cap
+    /// allows an ejection it had refused. They start afresh when the
+    /// breaker opens (no traffic reaches them while it is open but its
+    /// probes) and again when it closes; grades and ejections stand.
     fn forget_outage(&mut self) {
         for entry in &mut self.hosts {
             entry.health.forget_outcomes();

@@ -395,9 +395,10 @@ fn the_breaker_sees_every_host_of_the_service() {
     assert_eq!(service.record.breaker.state(), BreakerState::Closed);
 }
 
-/// A whole-service outage, then the service back: the breaker closes, and
-/// the hosts are not graded down for the outage's failures still in their
-/// windows (they were, at the first failure after the return).
+/// A whole-service outage, then the service back: the breaker opens and
+/// later closes, and the hosts are not graded down for the outage's
+/// failures (they were, at the first failure after the return, and a
+/// refused ejection fired on them while the breaker was half-open).
 #[test]
 fn hosts_start_afresh_when_the_breaker_closes_after_an_outage() {
     use crate::model::BreakerState;
@@ -415,6 +416,18 @@ fn hosts_start_afresh_when_the_breaker_closes_after_an_outage() {
         service.apply(&host(n), failures(8), 1);
     }
     assert_eq!(service.record.breaker.state(), BreakerState::Open);
+    // Forgotten at once: an ejection the cap refused cannot fire later on
+    // the outage's failures (once another host's ejection ends).
+    for n in 0..3 {
+        let failures = service
+            .record
+            .host(&host(n))
+            .map(|h| h.health.window().failures());
+        assert!(
+            failures.is_none_or(|f| f == 0),
+            "host {n}: {failures:?} outage failures kept"
+        );
+    }
     let graded_during = (0..3)
         .filter(|&n| service.state(&host(n)) != HostState::Healthy)
         .count();
