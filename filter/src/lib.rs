@@ -16,6 +16,7 @@ pub mod breaker;
 pub mod cidr;
 pub mod classify;
 pub mod config;
+pub mod events;
 pub mod glob;
 pub mod guard;
 pub mod headers;

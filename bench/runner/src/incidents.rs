@@ -364,19 +364,19 @@ pub fn meshguard_states(log: &str, ports: [u16; 3], t0_epoch_ms: i64) -> Vec<Sta
             continue;
         };
         let Ok(ts) = ts.parse::<f64>() else { continue };
-        for (h, p) in ports.iter().enumerate() {
-            let needle = format!("host 127.0.0.1:{p}: ");
-            if let Some(i) = msg.find(&needle) {
-                let tail = &msg[i + needle.len()..];
-                if let Some((_, to)) = tail.split_once(" -> ") {
-                    let to = to.split([':', ' ']).next().unwrap_or("").to_string();
-                    out.push(StateChange {
-                        t_ms: (ts * 1000.0).round() as i64 - t0_epoch_ms,
-                        host: h,
-                        state: to,
-                    });
-                }
-            }
+        let Some(line) = meshguard::events::HostTransition::parse(msg) else {
+            continue;
+        };
+        let port = line
+            .address
+            .strip_prefix("127.0.0.1:")
+            .and_then(|p| p.parse::<u16>().ok());
+        if let Some(h) = ports.iter().position(|p| Some(*p) == port) {
+            out.push(StateChange {
+                t_ms: (ts * 1000.0).round() as i64 - t0_epoch_ms,
+                host: h,
+                state: line.to.to_string(),
+            });
         }
     }
     out

@@ -624,22 +624,31 @@ fn run_one(s: &Settings, row: Row, hosts: usize, repeat: usize) -> Result<Measur
     // its window holds 20 outcomes; with round robin it sees every N-th
     // request), bounded, so the counted requests see the steady state.
     let mut detected = None;
+    use meshguard::events::HostTransition;
+    use meshguard::model::HostState;
+    // The grade change that ends the warm-up: Unhealthy for Steering, any
+    // for Failure.
+    let bad_address = bad_addr.to_string();
+    let graded = move |line: &str, want: Option<HostState>| {
+        HostTransition::parse(line).is_some_and(|t| {
+            t.address == bad_address
+                && t.from == HostState::Healthy
+                && want.is_none_or(|w| t.to == w)
+        })
+    };
     let provoke = match row {
-        Row::Steering => Some((
-            format!("host {bad_addr}: Healthy -> Unhealthy"),
-            10 * hosts as u32,
-        )),
-        Row::Failure => Some((format!("host {bad_addr}: Healthy -> "), 30 * hosts as u32)),
+        Row::Steering => Some((Some(HostState::Unhealthy), 10 * hosts as u32)),
+        Row::Failure => Some((None, 30 * hosts as u32)),
         _ => None,
     };
-    if let Some((needle, per_host)) = provoke {
+    if let Some((want, per_host)) = provoke {
         let cap = s.warmup + per_host;
         let mut seen = false;
         while warmup < cap {
             client.send(100, Duration::ZERO)?;
             warmup += 100;
             std::thread::sleep(Duration::from_millis(300)); // log flush
-            if envoy.log().contains(&needle) {
+            if envoy.log().lines().any(|l| graded(l, want)) {
                 seen = true;
                 break;
             }

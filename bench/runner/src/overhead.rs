@@ -216,10 +216,13 @@ fn run_one(s: &Settings, v: Variant, round: usize) -> Result<Run, String> {
     std::thread::sleep(Duration::from_millis(250)); // log flush
     let degraded_seen = (v == Variant::Steering).then(|| {
         let port = ups[1].data.port();
-        envoy
-            .log()
-            .lines()
-            .any(|l| l.contains(&format!(":{port}: Healthy -> Degraded")))
+        envoy.log().lines().any(|l| {
+            meshguard::events::HostTransition::parse(l).is_some_and(|t| {
+                t.address.ends_with(&format!(":{port}"))
+                    && t.from == meshguard::model::HostState::Healthy
+                    && t.to == meshguard::model::HostState::Degraded
+            })
+        })
     });
     envoy.stop();
     let (rps, p50_ms, p99_ms, non_2xx) =

@@ -34,6 +34,20 @@ impl fmt::Display for HostState {
     }
 }
 
+impl HostState {
+    /// The state its Display name names (`Healthy`, ...).
+    pub fn from_name(name: &str) -> Option<HostState> {
+        [
+            HostState::Healthy,
+            HostState::Degraded,
+            HostState::Unhealthy,
+            HostState::WarmingUp,
+        ]
+        .into_iter()
+        .find(|s| s.to_string() == name)
+    }
+}
+
 /// A circuit breaker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum BreakerState {
@@ -52,6 +66,19 @@ impl fmt::Display for BreakerState {
             BreakerState::Open => "Open",
             BreakerState::HalfOpen => "HalfOpen",
         })
+    }
+}
+
+impl BreakerState {
+    /// The state its Display name names (`Closed`, ...).
+    pub fn from_name(name: &str) -> Option<BreakerState> {
+        [
+            BreakerState::Closed,
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+        ]
+        .into_iter()
+        .find(|s| s.to_string() == name)
     }
 }
 

@@ -6,6 +6,7 @@ use super::host::Host;
 use super::metrics::{Metrics, Scope, MAX_HOST_METRICS};
 use super::unit::Unit;
 use crate::config::Mode;
+use crate::events::{BreakerLine, HostLine};
 use crate::metrics::{self as names, Metric, FAILURE_KINDS};
 use crate::model::BreakerState;
 use crate::model::HostState;
@@ -305,47 +306,41 @@ impl Reporter {
     }
 }
 
-/// One line per grade or breaker change. Envoy already prefixes wasm logs
-/// with the plugin's name, root id and VM id.
+/// One line per grade or breaker change (`events` holds their wording).
+/// Envoy already prefixes wasm logs with the plugin's name, root id and VM
+/// id.
 fn log_event(unit: &str, event: &Event) {
     match event {
         Event::Transition {
             address,
             transition: t,
-        } => match t.ejected_for_ms {
-            Some(ms) => log::info!(
-                "meshguard: {unit} host {address}: {} -> {}: {}; ejected for {}.{:03}s (ejection #{})",
-                t.from,
-                t.to,
-                t.reason,
-                ms / 1000,
-                ms % 1000,
-                t.times_ejected
-            ),
-            None => log::info!(
-                "meshguard: {unit} host {address}: {} -> {}: {}",
-                t.from,
-                t.to,
-                t.reason
-            ),
-        },
+        } => log::info!(
+            "{}",
+            HostLine {
+                unit,
+                address,
+                from: t.from,
+                to: t.to,
+                reason: &t.reason,
+                ejected: t.ejected_for_ms.map(|ms| (ms, t.times_ejected)),
+            }
+        ),
         Event::EjectionRefused { address, reason } => log::info!(
             "meshguard: {unit} host {address}: ejection refused by maxEjectionPercent ({reason})"
         ),
         Event::HostNotTracked { address, limit } => log::warn!(
             "meshguard: {unit} host {address}: not tracked, the table of hosts with failures is full of hosts with more ({limit})"
         ),
-        Event::Breaker(t) => match t.open_for_ms {
-            Some(ms) => log::info!(
-                "meshguard: {unit} circuit breaker: {} -> {}: {}; open for {}.{:03}s",
-                t.from,
-                t.to,
-                t.reason,
-                ms / 1000,
-                ms % 1000
-            ),
-            None => log::info!("meshguard: {unit} circuit breaker: {} -> {}: {}", t.from, t.to, t.reason),
-        },
+        Event::Breaker(t) => log::info!(
+            "{}",
+            BreakerLine {
+                unit,
+                from: t.from,
+                to: t.to,
+                reason: &t.reason,
+                open_for_ms: t.open_for_ms,
+            }
+        ),
     }
 }
 

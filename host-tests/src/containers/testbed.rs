@@ -698,14 +698,13 @@ fn write_config(dir: &Path, layout: &Layout, lds_file: Option<&Path>) -> Result<
     Ok(())
 }
 
-/// `To` of a transition line `...: <From> -> <To>: <reason>`.
+/// `To` of a host's grade-change line or a breaker's state-change line
+/// (`meshguard::events`).
 pub fn transition_target(line: &str) -> Option<String> {
-    let after = line.split(" -> ").nth(1)?;
-    let to: String = after
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric())
-        .collect();
-    (!to.is_empty()).then_some(to)
+    use meshguard::events::{BreakerChange, HostTransition};
+    HostTransition::parse(line)
+        .map(|t| t.to.to_string())
+        .or_else(|| BreakerChange::parse(line).map(|b| b.to.to_string()))
 }
 
 /// Counters and gauges of Envoy's `/stats?format=json`

@@ -1823,24 +1823,27 @@ pub fn state_gauge(cluster: &str, address: &str) -> String {
     )
 }
 
-/// Parses `meshguard: <service> host <address>: <from> -> <to>: <reason>`.
+/// A grade change line (`meshguard::events`), with the time and VM it came
+/// from.
 pub fn parse_transition(record: &LogRecord) -> Option<Transition> {
-    let rest = record.message.strip_prefix("meshguard: ")?;
-    let (service, rest) = rest.split_once(" host ")?;
-    let (host, rest) = rest.split_once(": ")?;
-    let (from, rest) = rest.split_once(" -> ")?;
-    let (to, reason) = rest.split_once(": ")?;
-    if from.contains(' ') || to.contains(' ') {
-        return None;
-    }
+    let line = meshguard::events::HostTransition::parse(&record.message)?;
+    let reason = match line.ejected_for_ms.zip(line.ejection) {
+        Some((ms, n)) => format!(
+            "{}; ejected for {}.{:03}s (ejection #{n})",
+            line.reason,
+            ms / 1000,
+            ms % 1000
+        ),
+        None => line.reason,
+    };
     Some(Transition {
         at: Duration::from_nanos(record.time_ns),
         vm: record.vm,
-        service: service.to_string(),
-        host: host.to_string(),
-        from: from.to_string(),
-        to: to.to_string(),
-        reason: reason.to_string(),
+        service: line.unit,
+        host: line.address,
+        from: line.from.to_string(),
+        to: line.to.to_string(),
+        reason,
         host_requests: 0,
         host_failures: 0,
         host_streak: 0,
