@@ -352,6 +352,18 @@ fn breaker_config() -> Config {
     .unwrap()
 }
 
+/// One half-open probe that succeeded.
+fn successful_probe() -> Pending {
+    Pending {
+        ordered: vec![Observation {
+            outcome: Outcome::SUCCESS,
+            breaker_slow: false,
+            probe: true,
+        }],
+        ..Pending::default()
+    }
+}
+
 fn breaker_events(events: &[Event]) -> Vec<crate::model::BreakerState> {
     events
         .iter()
@@ -382,15 +394,7 @@ fn the_breaker_sees_every_host_of_the_service() {
     for now in [5_001, 5_002] {
         let cb = service.config.circuit_breaker.clone();
         assert_eq!(service.record.breaker.admit(now, &cb).0, Admission::Probe);
-        let probe = Pending {
-            ordered: vec![Observation {
-                outcome: Outcome::SUCCESS,
-                breaker_slow: false,
-                probe: true,
-            }],
-            ..Pending::default()
-        };
-        service.apply(&host(0), probe, now);
+        service.apply(&host(0), successful_probe(), now);
     }
     assert_eq!(service.record.breaker.state(), BreakerState::Closed);
 }
@@ -435,15 +439,7 @@ fn hosts_start_afresh_when_the_breaker_closes_after_an_outage() {
     let mut events = Vec::new();
     service.record.advance(5_000, &service.config, &mut events);
     for now in [5_001, 5_002] {
-        let probe = Pending {
-            ordered: vec![Observation {
-                outcome: Outcome::SUCCESS,
-                breaker_slow: false,
-                probe: true,
-            }],
-            ..Pending::default()
-        };
-        service.apply(&host(0), probe, now);
+        service.apply(&host(0), successful_probe(), now);
     }
     assert_eq!(service.record.breaker.state(), BreakerState::Closed);
     // One ordinary failure each after the return grades nobody down.
