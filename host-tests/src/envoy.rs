@@ -104,6 +104,131 @@ pub fn free_ports<const N: usize>() -> io::Result<[u16; N]> {
     Ok(ports)
 }
 
+/// Envoy's command line after `-c <config>`, as every harness runs it
+/// (the fixture, the testbed in process and container mode, the Istio
+/// sidecar emulation, the bench): `--log-path` follows.
+pub fn envoy_flags(concurrency: u32) -> Vec<String> {
+    [
+        // Otherwise Envoy dies with the thread that spawned it and
+        // parallel Envoys clash on shared memory.
+        "--disable-hot-restart",
+        "--concurrency",
+        &concurrency.to_string(),
+        // Default flush is 10 s; tests read the log while Envoy runs.
+        "--file-flush-interval-msec",
+        "200",
+        "-l",
+        "info",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// One Envoy process on a config file: the command every harness starts
+/// (with [`envoy_flags`]), its log and stderr files, and how long it has to
+/// stop. `prefix` runs it under another program (valgrind in the bench).
+#[derive(Debug, Clone)]
+pub struct EnvoyProcess {
+    pub bin: PathBuf,
+    pub config: PathBuf,
+    pub log_path: PathBuf,
+    pub stderr_path: PathBuf,
+    pub concurrency: u32,
+    /// Arguments after the flags and before `--log-path` (`--log-format ...`).
+    pub extra_args: Vec<String>,
+    pub prefix: Vec<std::ffi::OsString>,
+    /// How long Envoy gets to exit after SIGTERM before SIGKILL.
+    pub grace: Duration,
+}
+
+impl EnvoyProcess {
+    /// `<dir>/envoy.yaml`, `<dir>/envoy.log`, `<dir>/envoy.stderr`, two
+    /// workers, 5 s to stop.
+    pub fn in_dir(bin: &Path, dir: &Path) -> Self {
+        EnvoyProcess {
+            bin: bin.to_path_buf(),
+            config: dir.join("envoy.yaml"),
+            log_path: dir.join("envoy.log"),
+            stderr_path: dir.join("envoy.stderr"),
+            concurrency: 2,
+            extra_args: Vec::new(),
+            prefix: Vec::new(),
+            grace: Duration::from_secs(5),
+        }
+    }
+
+    /// Starts it (a stale log from an earlier run is removed first, since
+    /// whoever reads it would be confused); it dies with this process.
+    pub fn spawn(&self) -> io::Result<ChildGuard> {
+        let _ = fs::remove_file(&self.log_path);
+        let stderr = File::create(&self.stderr_path)?;
+        let mut cmd = match self.prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
+        cmd.arg("-c")
+            .arg(&self.config)
+            .args(envoy_flags(self.concurrency))
+            .args(&self.extra_args)
+            .arg("--log-path")
+            .arg(&self.log_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(stderr));
+        ChildGuard::spawn("envoy", &mut cmd, self.grace)
+    }
+
+    /// Polls `admin`'s `/ready` (each poll `poll` long) until 200, for up
+    /// to `limit`; Err says whether Envoy exited or never got ready, with
+    /// its log tail and stderr.
+    pub fn wait_ready(
+        &self,
+        child: &mut ChildGuard,
+        admin: SocketAddr,
+        limit: Duration,
+        poll: Duration,
+    ) -> io::Result<()> {
+        let deadline = Instant::now() + limit;
+        let tail = || {
+            let log = fs::read_to_string(&self.log_path).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let from = lines.len().saturating_sub(40);
+            format!(
+                "log tail ({}):\n{}\nstderr ({}):\n{}",
+                self.log_path.display(),
+                lines[from..].join("\n"),
+                self.stderr_path.display(),
+                fs::read_to_string(&self.stderr_path).unwrap_or_default()
+            )
+        };
+        loop {
+            if let Some(status) = child.exited() {
+                return Err(io::Error::other(format!(
+                    "envoy exited during startup ({status}); {}",
+                    tail()
+                )));
+            }
+            if let Ok(r) = http::get(admin, "/ready", poll) {
+                if r.status == 200 {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!(
+                    "envoy not ready after {limit:?}; {}",
+                    tail()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
 /// Runs `envoy --mode validate` on a config file; Err carries Envoy's output.
 pub fn validate(envoy_bin: &Path, config: &Path) -> io::Result<()> {
     let out = Command::new(envoy_bin)
@@ -191,64 +316,24 @@ impl Envoy {
         fs::create_dir_all(work_dir)?;
         let [admin_port, listen_port] = free_ports::<2>()?;
         let yaml = make_config(admin_port, listen_port).map_err(io::Error::other)?;
-        let config_path = work_dir.join("envoy.yaml");
-        let log_path = work_dir.join("envoy.log");
-        fs::write(&config_path, yaml)?;
-        // A stale log from an earlier run would confuse whoever reads it.
-        let _ = fs::remove_file(&log_path);
-        let stderr_path = work_dir.join("envoy.stderr");
-        let stderr = File::create(&stderr_path)?;
-
-        let mut cmd = Command::new(envoy_bin);
-        cmd.arg("-c")
-            .arg(&config_path)
-            // Without it Envoy dies with the thread that spawned it and
-            // parallel Envoys clash on shared memory.
-            .arg("--disable-hot-restart")
-            .args(["--concurrency", "2"])
-            // Default flush is 10 s; tests read the log while Envoy runs.
-            .args(["--file-flush-interval-msec", "200"])
-            .args(["-l", "info", "--log-path"])
-            .arg(&log_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(stderr));
-        let child = ChildGuard::spawn("envoy", &mut cmd, Duration::from_secs(5))?;
-        let mut envoy = Self {
-            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+        let process = EnvoyProcess::in_dir(envoy_bin, work_dir);
+        fs::write(&process.config, yaml)?;
+        let mut child = process.spawn()?;
+        let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+        process.wait_ready(
+            &mut child,
+            admin,
+            Duration::from_secs(20),
+            Duration::from_millis(500),
+        )?;
+        Ok(Self {
+            admin,
             listener: SocketAddr::from(([127, 0, 0, 1], listen_port)),
-            config_path,
-            log_path,
-            stderr_path,
+            config_path: process.config,
+            log_path: process.log_path,
+            stderr_path: process.stderr_path,
             child,
-        };
-        envoy.wait_ready(Duration::from_secs(20))?;
-        Ok(envoy)
-    }
-
-    fn wait_ready(&mut self, limit: Duration) -> io::Result<()> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.exited() {
-                return Err(io::Error::other(format!(
-                    "envoy exited during startup ({status}); log tail:\n{}\nstderr:\n{}",
-                    self.log_tail(40),
-                    fs::read_to_string(&self.stderr_path).unwrap_or_default()
-                )));
-            }
-            if let Ok(r) = http::get(self.admin, "/ready", Duration::from_millis(500)) {
-                if r.status == 200 {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(io::Error::other(format!(
-                    "envoy not ready after {limit:?}; log tail:\n{}",
-                    self.log_tail(40)
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        })
     }
 
     pub fn pid(&self) -> u32 {

@@ -20,16 +20,16 @@
 //!   and pending-request limit. Endpoints are STATIC (istiod uses EDS) and
 //!   point at local mg-upstream processes.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::envoy::EnvoyProcess;
 use crate::http;
 use crate::process::ChildGuard;
 
@@ -509,7 +509,8 @@ pub struct Sidecar {
     pub dir: PathBuf,
     pub log_path: PathBuf,
     pub stderr_path: PathBuf,
-    child: ChildGuard,
+    /// Held for its drop, which stops Envoy.
+    _envoy: ChildGuard,
 }
 
 impl Sidecar {
@@ -526,51 +527,23 @@ impl Sidecar {
             &config_path,
             serde_json::to_string_pretty(config).map_err(io::Error::other)?,
         )?;
-        let log_path = dir.join("envoy.log");
-        let _ = fs::remove_file(&log_path);
-        let stderr_path = dir.join("envoy.stderr");
-        let mut cmd = Command::new(envoy_bin);
-        cmd.arg("-c")
-            .arg(&config_path)
-            .arg("--disable-hot-restart")
-            .args(["--concurrency", "2"])
-            .args(["--file-flush-interval-msec", "200"])
-            .args(["-l", "info", "--log-path"])
-            .arg(&log_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(File::create(&stderr_path)?));
-        let child = ChildGuard::spawn("envoy", &mut cmd, Duration::from_secs(5))?;
-        let mut s = Sidecar {
-            admin: SocketAddr::from(([127, 0, 0, 1], ports.admin)),
+        let process = EnvoyProcess::in_dir(envoy_bin, dir);
+        let mut child = process.spawn()?;
+        let admin = SocketAddr::from(([127, 0, 0, 1], ports.admin));
+        process.wait_ready(
+            &mut child,
+            admin,
+            Duration::from_secs(20),
+            Duration::from_millis(500),
+        )?;
+        Ok(Sidecar {
+            admin,
             listener: SocketAddr::from(([127, 0, 0, 1], ports.listener)),
             dir: dir.to_path_buf(),
-            log_path,
-            stderr_path,
-            child,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = s.child.exited() {
-                return Err(io::Error::other(format!(
-                    "envoy exited during startup ({status}):\n{}\n{}",
-                    s.log_tail(30),
-                    fs::read_to_string(&s.stderr_path).unwrap_or_default()
-                )));
-            }
-            if http::get(s.admin, "/ready", Duration::from_millis(500))
-                .is_ok_and(|r| r.status == 200)
-            {
-                return Ok(s);
-            }
-            if Instant::now() > deadline {
-                return Err(io::Error::other(format!(
-                    "envoy not ready:\n{}",
-                    s.log_tail(30)
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
+            log_path: process.log_path,
+            stderr_path: process.stderr_path,
+            _envoy: child,
+        })
     }
 
     pub fn log(&self) -> String {

@@ -3,14 +3,13 @@
 //! `scripts/render-envoy-config.sh`), and running Envoy on them.
 
 use std::ffi::OsString;
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use host_tests::envoy::{free_ports, TemplateVars, WasmPlugin};
+use host_tests::envoy::{free_ports, EnvoyProcess, TemplateVars, WasmPlugin};
 
 use crate::client;
 use crate::procs::ChildGuard;
@@ -210,30 +209,16 @@ impl Envoy {
         fs::create_dir_all(dir)?;
         let ports = free_ports::<2>()?;
         let yaml = make_config(ports[0], ports[1]).map_err(io::Error::other)?;
-        let config = dir.join("envoy.yaml");
-        fs::write(&config, yaml)?;
-        let log_path = dir.join("envoy.log");
-        let _ = fs::remove_file(&log_path);
-        let stderr = File::create(dir.join("envoy.stderr"))?;
-        let mut cmd = match how.prefix.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(bin);
-                c
-            }
-            None => Command::new(bin),
+        let process = EnvoyProcess {
+            concurrency,
+            extra_args: vec!["--log-format".to_string(), LOG_FORMAT.to_string()],
+            prefix: how.prefix.clone(),
+            grace: how.grace,
+            ..EnvoyProcess::in_dir(bin, dir)
         };
-        cmd.arg("-c")
-            .arg(&config)
-            .arg("--disable-hot-restart")
-            .args(["--concurrency", &concurrency.to_string()])
-            .args(["--file-flush-interval-msec", "200"])
-            .args(["-l", "info", "--log-format", LOG_FORMAT, "--log-path"])
-            .arg(&log_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(stderr));
-        let child = ChildGuard::spawn("envoy", &mut cmd, how.grace)?;
+        fs::write(&process.config, yaml)?;
+        let log_path = process.log_path.clone();
+        let child = process.spawn()?;
         let mut e = Self {
             admin: SocketAddr::from(([127, 0, 0, 1], ports[0])),
             listener: SocketAddr::from(([127, 0, 0, 1], ports[1])),

@@ -29,7 +29,6 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -41,7 +40,7 @@ use testcontainers::{Container, GenericImage, ImageExt};
 use super::docker::{self, Images, LABEL_HARNESS, LABEL_PID};
 use super::layout::{self, Layout};
 use crate::behaviour::{Behaviour, Stats};
-use crate::envoy::free_ports;
+use crate::envoy::{envoy_flags, free_ports, EnvoyProcess};
 use crate::fixture::TestPaths;
 use crate::http;
 use crate::process::ChildGuard;
@@ -230,20 +229,12 @@ impl Testbed {
         };
         let lds_file = spec.dynamic_listener.then(|| dir.join("lds/listener.yaml"));
         write_config(&dir, &layout, lds_file.as_deref())?;
-        let log_path = dir.join("envoy.log");
-        let stderr_path = dir.join("envoy.stderr");
-        let stderr = File::create(&stderr_path).map_err(|e| setup_err("envoy.stderr", e))?;
-        let mut cmd = Command::new(&envoy_bin);
-        cmd.arg("-c")
-            .arg(dir.join("envoy.yaml"))
-            .args(envoy_flags(spec.concurrency))
-            .arg("--log-path")
-            .arg(&log_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(stderr));
-        let envoy = ChildGuard::spawn("envoy", &mut cmd, Duration::from_secs(5))
-            .map_err(|e| setup_err("envoy", e))?;
+        let process = EnvoyProcess {
+            concurrency: spec.concurrency,
+            ..EnvoyProcess::in_dir(&envoy_bin, &dir)
+        };
+        let envoy = process.spawn().map_err(|e| setup_err("envoy", e))?;
+        let (log_path, stderr_path) = (process.log_path, process.stderr_path);
         let tb = Self {
             listener: SocketAddr::new(layout.bind_ip, listen_port),
             admin: SocketAddr::new(layout.bind_ip, admin_port),
@@ -668,25 +659,6 @@ impl Drop for Testbed {
             }
         }
     }
-}
-
-/// Envoy's command line after `-c`, without `--log-path`.
-fn envoy_flags(concurrency: u32) -> Vec<String> {
-    [
-        // Otherwise Envoy dies with the thread that spawned it and
-        // parallel Envoys clash on shared memory.
-        "--disable-hot-restart",
-        "--concurrency",
-        &concurrency.to_string(),
-        // Default flush is 10 s; tests read the log while Envoy runs.
-        "--file-flush-interval-msec",
-        "200",
-        "-l",
-        "info",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
 }
 
 fn write_config(dir: &Path, layout: &Layout, lds_file: Option<&Path>) -> Result<(), String> {
