@@ -73,6 +73,7 @@ pub struct Breaker {
 }
 
 impl Breaker {
+    #[cfg(test)]
     pub fn new(settings: &Settings) -> Self {
         Breaker {
             state: BreakerState::Closed,
@@ -101,6 +102,7 @@ impl Breaker {
         }
     }
 
+    #[cfg(test)]
     /// Whether the request path must consult the shared record (anything
     /// but a closed breaker).
     pub fn needs_admission(&self, now: u64) -> bool {
@@ -191,6 +193,7 @@ impl Breaker {
         (self.state == BreakerState::Open).then_some(self.open_until_ms)
     }
 
+    #[cfg(test)]
     pub fn due(&self, now: u64) -> bool {
         self.state == BreakerState::Open && now >= self.open_until_ms
     }

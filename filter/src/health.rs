@@ -435,6 +435,7 @@ impl HostHealth {
         }
     }
 
+    #[cfg(test)]
     /// Whether `advance` would change something at `now`.
     pub fn due(&self, now: u64, config: Grading<'_>) -> bool {
         match self.state {

@@ -51,10 +51,12 @@ impl<T: Default> Default for InFlight<T> {
 }
 
 impl<T: Default> InFlight<T> {
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.map.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

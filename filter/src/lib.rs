@@ -10,28 +10,32 @@
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
+// Natively the proxy-wasm shell is not built, so much of the core has no
+// caller but the tests; the wasm32 build (lint: clippy for wasm32) is where
+// dead code is judged.
+#![cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 
-pub mod address_clusters;
-pub mod breaker;
-pub mod cidr;
-pub mod classify;
+pub(crate) mod address_clusters;
+pub(crate) mod breaker;
+pub(crate) mod cidr;
+pub(crate) mod classify;
 pub mod config;
 pub mod events;
-pub mod glob;
-pub mod guard;
-pub mod headers;
-pub mod health;
-pub mod ids;
-pub mod in_flight;
+pub(crate) mod glob;
+pub(crate) mod guard;
+pub(crate) mod headers;
+pub(crate) mod health;
+pub(crate) mod ids;
+pub(crate) mod in_flight;
 pub mod metrics;
 pub mod model;
-pub mod route_metadata;
-pub mod service;
-pub mod state;
-pub mod status;
-pub mod steering;
-pub mod template;
-pub mod window;
+pub(crate) mod route_metadata;
+pub(crate) mod service;
+pub(crate) mod state;
+pub(crate) mod status;
+pub(crate) mod steering;
+pub(crate) mod template;
+pub(crate) mod window;
 
 #[cfg(target_arch = "wasm32")]
 mod shell;

@@ -116,6 +116,7 @@ fn varint(data: &mut &[u8]) -> Option<u64> {
     None
 }
 
+#[cfg(test)]
 /// Test support: encodes route metadata the way Envoy serializes it.
 pub mod encode {
     fn varint(out: &mut Vec<u8>, mut value: u64) {

@@ -269,6 +269,7 @@ impl ServiceHealth {
         hosts.chain(self.breaker.next_change_ms()).min()
     }
 
+    #[cfg(test)]
     /// No host is held below full weight by a grade, a streak or a ramp:
     /// successes can then wait for the periodic flush.
     pub fn is_quiet(&self, address: &str) -> bool {
@@ -462,6 +463,7 @@ impl ServiceHealth {
         self.release(now, config) > 0 || changed
     }
 
+    #[cfg(test)]
     /// Whether `advance` would change anything at `now`.
     pub fn due(&self, now: u64, config: &Config) -> bool {
         let idle = config.limits.host_idle_timeout.0;
@@ -472,6 +474,7 @@ impl ServiceHealth {
                 .any(|h| h.health.due(now, config.grading()) || forgettable(h, now, idle))
     }
 
+    #[cfg(test)]
     /// Whether any watched host is below full weight at `now`.
     pub fn steers(&self, now: u64, config: &Config) -> bool {
         self.hosts

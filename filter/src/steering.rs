@@ -7,6 +7,7 @@
 //! picker runs over groups of hosts of equal weight (see `state::plan`), so
 //! its cost is the number of distinct weights, not of hosts.
 
+#[cfg(test)]
 /// Whether weights (percent of a healthy host's traffic, one per host) call
 /// for steering: not when every host is at full weight (leave Envoy's load
 /// balancer alone, so new hosts are still discovered), nor when none has

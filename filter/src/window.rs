@@ -38,6 +38,7 @@ impl OutcomeWindow {
         self.len
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -82,6 +83,7 @@ impl OutcomeWindow {
             && self.slow <= self.len
     }
 
+    #[cfg(test)]
     /// Adds `count` identical outcomes (a batch of successes); only the last
     /// `capacity` of them can matter.
     pub fn push_many(&mut self, count: u32, failed: bool, slow: bool) {

@@ -196,6 +196,7 @@ impl<H: Host> Worker<H> {
         worker
     }
 
+    #[cfg(test)]
     pub fn host(&self) -> &H {
         &self.host
     }
