@@ -17,6 +17,7 @@
 
 pub(crate) mod address_clusters;
 pub(crate) mod breaker;
+pub mod calendar;
 pub(crate) mod cidr;
 pub(crate) mod classify;
 pub mod config;

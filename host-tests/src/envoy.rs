@@ -183,6 +183,19 @@ impl EnvoyProcess {
         ChildGuard::spawn("envoy", &mut cmd, self.grace)
     }
 
+    /// Starts it and waits until `admin` says it is ready, as the fixture
+    /// and the sidecar emulation do (20 s, half-second polls).
+    pub fn start(&self, admin: SocketAddr) -> io::Result<ChildGuard> {
+        let mut child = self.spawn()?;
+        self.wait_ready(
+            &mut child,
+            admin,
+            Duration::from_secs(20),
+            Duration::from_millis(500),
+        )?;
+        Ok(child)
+    }
+
     /// Polls `admin`'s `/ready` (each poll `poll` long) until 200, for up
     /// to `limit`; Err says whether Envoy exited or never got ready, with
     /// its log tail and stderr.
@@ -318,14 +331,8 @@ impl Envoy {
         let yaml = make_config(admin_port, listen_port).map_err(io::Error::other)?;
         let process = EnvoyProcess::in_dir(envoy_bin, work_dir);
         fs::write(&process.config, yaml)?;
-        let mut child = process.spawn()?;
         let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
-        process.wait_ready(
-            &mut child,
-            admin,
-            Duration::from_secs(20),
-            Duration::from_millis(500),
-        )?;
+        let child = process.start(admin)?;
         Ok(Self {
             admin,
             listener: SocketAddr::from(([127, 0, 0, 1], listen_port)),

@@ -522,20 +522,13 @@ impl Sidecar {
         ports: &SidecarPorts,
     ) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
-        let config_path = dir.join("envoy.yaml");
+        let process = EnvoyProcess::in_dir(envoy_bin, dir);
         fs::write(
-            &config_path,
+            &process.config,
             serde_json::to_string_pretty(config).map_err(io::Error::other)?,
         )?;
-        let process = EnvoyProcess::in_dir(envoy_bin, dir);
-        let mut child = process.spawn()?;
         let admin = SocketAddr::from(([127, 0, 0, 1], ports.admin));
-        process.wait_ready(
-            &mut child,
-            admin,
-            Duration::from_secs(20),
-            Duration::from_millis(500),
-        )?;
+        let child = process.start(admin)?;
         Ok(Sidecar {
             admin,
             listener: SocketAddr::from(([127, 0, 0, 1], ports.listener)),

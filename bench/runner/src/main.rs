@@ -158,17 +158,9 @@ impl Config {
 }
 
 fn civil(epoch_s: i64) -> String {
-    let days = epoch_s.div_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let secs = epoch_s.rem_euclid(86_400);
+    let epoch_s = u64::try_from(epoch_s).unwrap_or(0);
+    let (y, m, d) = meshguard::calendar::civil_from_days(epoch_s / 86_400);
+    let secs = epoch_s % 86_400;
     format!(
         "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
         secs / 3600,
