@@ -15,6 +15,12 @@
 //! d. the status endpoint, the Prometheus metrics and the transition log name
 //!    the hosts by their `envoy://connect_originate/...` address.
 //!
+//! Those steer through the demo's `override_host` policy. A second test
+//! steers the way docs/ambient.md tells operators to, since istiod cannot
+//! give a waypoint's clusters that policy: base64 of the internal address
+//! in `x-meshguard-session`, read by the header-based `stateful_session`
+//! filter of `istio/envoyfilter-waypoint-session.yaml` (scenes a and b).
+//!
 //! Needs MESHGUARD_WASM and MESHGUARD_ENVOY (`make test` sets both). Run
 //! alone with `cargo test -p host-tests --test envoy_waypoint -- --nocapture`;
 //! the generated config and the logs stay in target/tmp/envoy_waypoint/.
@@ -24,8 +30,9 @@ use std::time::Duration;
 use host_tests::fixture::ThreeUpstreams;
 use host_tests::http;
 use host_tests::traffic::{burst_to, prometheus_sample, Tally};
-use host_tests::waypoint::{self, Route, CLUSTER};
+use host_tests::waypoint::{self, Route, Steering, CLUSTER};
 use host_tests::Behaviour;
+use host_tests::Harness;
 use serde_json::Value;
 
 const U2: usize = 1;
@@ -116,35 +123,8 @@ fn waypoint_shaped_envoy_grades_and_steers_pods_behind_the_tunnel() {
         });
     }
 
-    // b. Grey: u3 fails 40% of its requests (503, evenly spread, so never
-    // five in a row). Both routes until the strict route no longer reaches
-    // u3 in two consecutive batches.
-    s.set_behaviour(U3, &Behaviour::grey(503, 40));
-    let mut detect = Tally::default();
-    let mut clean = 0;
-    while detect.total < 1200 && clean < 2 {
-        detect.merge(&burst_to(l, "/echo/b", 20));
-        let b = burst_to(l, "/strict/b", 20);
-        detect.merge(&b);
-        clean = if b.served_by("u3") == 0 { clean + 1 } else { 0 };
-    }
-    println!("b. grey detection: {detect}");
-    s.check(clean == 2, || {
-        format!("u3 fails 40% (> the strict override's 20%) but keeps strict traffic: {detect}")
-    });
-    let echo = burst_to(l, "/echo/b", 300);
-    let strict = burst_to(l, "/strict/b", 150);
-    println!("b. grey, graded: echo {echo}\n   strict {strict}");
-    // Degraded at half weight: 0.5 / 2.5 = 20% of the echo traffic.
-    s.check((0.1..=0.28).contains(&echo.share("u3")), || {
-        format!(
-            "Degraded u3 should get about 20% of the echo traffic (half a healthy pod's): {echo}"
-        )
-    });
-    s.check(
-        strict.served_by("u3") == 0 && strict.with_status(200) == 150,
-        || format!("the strict route must avoid ejected u3 and get only 200s: {strict}"),
-    );
+    // b. Grey: u3 fails 40% of its requests.
+    grey_pod(&s);
 
     let strict_svc = format!("{CLUSTER} {STRICT_SCOPE}");
     operator_view(
@@ -227,6 +207,107 @@ fn waypoint_shaped_envoy_grades_and_steers_pods_behind_the_tunnel() {
     s.check(ejections == Some(1.0), || {
         format!("u2 ejected once, metrics say {ejections:?}")
     });
+}
+
+/// The header the waypoint's session filter reads
+/// (`istio/envoyfilter-waypoint-session.yaml`, the ambient plugins'
+/// `steering.header`).
+const SESSION_HEADER: &str = "x-meshguard-session";
+
+/// The steering setup docs/ambient.md gives for waypoints, where istiod
+/// cannot configure `override_host`: meshguard writes
+/// base64(`envoy://connect_originate/<pod>`) into `x-meshguard-session`
+/// (`steering: {header: x-meshguard-session, encoding: base64}`, as the
+/// ambient plugins), and the header-based `stateful_session` filter that
+/// `istio/envoyfilter-waypoint-session.yaml` inserts before the router sends
+/// the request to that pod of a least-request cluster. A grey pod gets less
+/// traffic, none on the strict route, and no client sees the header.
+#[test]
+fn waypoint_session_filter_steers_to_the_internal_address() {
+    let manifest = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../istio/envoyfilter-waypoint-session.yaml"
+    ))
+    .expect("istio/envoyfilter-waypoint-session.yaml");
+    assert!(
+        manifest.contains("name: envoy.http.stateful_session.header")
+            && manifest.contains(&format!("name: {SESSION_HEADER}\n")),
+        "istio/envoyfilter-waypoint-session.yaml no longer reads {SESSION_HEADER}: update this test"
+    );
+    let plain = r#""steering": {"discoveryPercent": 0}"#;
+    assert!(CONFIG.contains(plain), "CONFIG changed: no {plain}");
+    let config = CONFIG.replace(
+        plain,
+        &format!(
+            r#""steering": {{"header": "{SESSION_HEADER}", "encoding": "base64", "discoveryPercent": 0}}"#
+        ),
+    );
+    let s = ThreeUpstreams::start_edited(
+        host_tests::test_paths!(),
+        "envoy_waypoint_session",
+        &config,
+        |demo| waypoint::from_demo_with(&demo, &ROUTES, Steering::SessionHeader(SESSION_HEADER)),
+    );
+    let l = s.listener();
+
+    // a. Healthy: the least-request balancer and meshguard's picks spread
+    // the traffic; the session header stays inside the waypoint.
+    let base = burst_to(l, "/echo/a", 150);
+    println!("a. healthy: {base}");
+    s.check(base.with_status(200) == 150, || {
+        format!("healthy traffic should all get 200: {base}")
+    });
+    for u in &s.ups {
+        s.check(base.share(&u.name) >= 0.2, || {
+            format!("{} should get a fair share: {base}", u.name)
+        });
+    }
+    let reply = http::get(l, "/echo/a", Duration::from_secs(5))
+        .unwrap_or_else(|e| s.fail(&format!("request: {e}")));
+    s.check(reply.header(SESSION_HEADER).is_none(), || {
+        format!(
+            "the client must not see the pod meshguard picked: {SESSION_HEADER}: {:?}",
+            reply.header(SESSION_HEADER)
+        )
+    });
+
+    // b. Grey: only steering moves traffic off u3 (the cluster's own
+    // balancer does not know its grade).
+    grey_pod(&s);
+}
+
+/// b. u3 fails 40% of its requests (503, evenly spread, so never five in a
+/// row): both routes until the strict route no longer reaches u3 in two
+/// consecutive batches; then u3 is Degraded on the echo routes (about 20% of
+/// their traffic) and ejected on the strict route (none of it).
+fn grey_pod(s: &ThreeUpstreams) {
+    let l = s.listener();
+    s.set_behaviour(U3, &Behaviour::grey(503, 40));
+    let mut detect = Tally::default();
+    let mut clean = 0;
+    while detect.total < 1200 && clean < 2 {
+        detect.merge(&burst_to(l, "/echo/b", 20));
+        let b = burst_to(l, "/strict/b", 20);
+        detect.merge(&b);
+        clean = if b.served_by("u3") == 0 { clean + 1 } else { 0 };
+    }
+    println!("b. grey detection: {detect}");
+    s.check(clean == 2, || {
+        format!("u3 fails 40% (> the strict override's 20%) but keeps strict traffic: {detect}")
+    });
+    let echo = burst_to(l, "/echo/b", 300);
+    let strict = burst_to(l, "/strict/b", 150);
+    println!("b. grey, graded: echo {echo}\n   strict {strict}");
+    // Degraded at half weight: 0.5 / 2.5 = 20% of the echo traffic.
+    s.check((0.1..=0.28).contains(&echo.share("u3")), || {
+        format!(
+            "Degraded u3 should get about 20% of the echo traffic (half a healthy pod's): {echo}"
+        )
+    });
+    s.check(
+        strict.served_by("u3") == 0 && strict.with_status(200) == 150,
+        || format!("the strict route must avoid ejected u3 and get only 200s: {strict}"),
+    );
 }
 
 /// Checks, for each (service, upstream, state, gauge), that the status
