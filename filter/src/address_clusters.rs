@@ -49,6 +49,11 @@ impl AddressClusters {
         }
     }
 
+    /// Addresses remembered.
+    pub fn count(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Where to get the cluster of a request that went to `address`;
     /// `matters` is true for outcomes that can change a grade or the
     /// breaker (failures, slow calls, probes), which always ask.

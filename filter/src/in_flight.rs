@@ -51,7 +51,6 @@ impl<T: Default> Default for InFlight<T> {
 }
 
 impl<T: Default> InFlight<T> {
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.map.len()
     }

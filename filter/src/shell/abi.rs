@@ -22,7 +22,7 @@
 use std::cell::RefCell;
 
 use super::roots::Roots;
-use super::stream::{Stream, CONTINUE};
+use super::stream::{Stream, VmCounts, CONTINUE};
 use crate::in_flight::InFlight;
 
 #[derive(Default)]
@@ -147,11 +147,15 @@ pub extern "C" fn proxy_on_tick(root_context_id: u32) {
 #[no_mangle]
 pub extern "C" fn proxy_on_request_headers(context_id: u32, _headers: usize, _end: u32) -> u32 {
     with_filter(|filter| {
+        let vm = VmCounts {
+            instances: filter.roots.count(),
+            in_flight: filter.streams.len(),
+        };
         let (stream, worker) = filter.stream(context_id)?;
         if worker.sees_attempts() {
             return Some(stream.on_attempt_request_headers(worker));
         }
-        Some(stream.on_request_headers(worker))
+        Some(stream.on_request_headers(worker, vm))
     })
     .flatten()
     .unwrap_or(CONTINUE)

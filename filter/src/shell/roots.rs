@@ -77,6 +77,11 @@ impl Roots {
         &mut self.roots[last]
     }
 
+    /// Live plugin instances.
+    pub fn count(&self) -> usize {
+        self.roots.len()
+    }
+
     fn drop_least_used(&mut self) {
         // Never the newest: its configuration is the one in force.
         let older = self.roots.len().saturating_sub(1);

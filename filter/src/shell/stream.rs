@@ -23,6 +23,38 @@ use crate::template::Values;
 pub const CONTINUE: u32 = 0;
 pub const PAUSE: u32 = 1;
 
+/// What the VM holds besides one plugin instance's state.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VmCounts {
+    /// Live plugin instances (root contexts).
+    pub instances: usize,
+    /// Requests in flight.
+    pub in_flight: usize,
+}
+
+/// The VM's linear memory: it only ever grows, so a leak shows as growth.
+fn memory_bytes() -> usize {
+    #[cfg(target_arch = "wasm32")]
+    let pages = core::arch::wasm32::memory_size(0);
+    #[cfg(not(target_arch = "wasm32"))]
+    let pages = 0;
+    pages * 65_536
+}
+
+/// A random number naming this VM in the status document (each Envoy
+/// worker has its own VM), drawn at its first status request.
+fn vm_id() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static ID: AtomicU32 = AtomicU32::new(0);
+    let id = ID.load(Ordering::Relaxed);
+    if id != 0 {
+        return id;
+    }
+    let id = (host::random_u64().unwrap_or(1) as u32).max(1);
+    ID.store(id, Ordering::Relaxed);
+    id
+}
+
 /// Per-request state between Envoy's callbacks.
 #[derive(Default)]
 pub struct Stream {
@@ -93,8 +125,10 @@ impl Stream {
         }
     }
 
-    pub fn on_request_headers(&mut self, worker: &mut Worker) -> u32 {
-        if let Some(action) = self.status_endpoint(worker) {
+    /// `vm` says how many plugin instances and requests this VM holds,
+    /// for the status endpoint.
+    pub fn on_request_headers(&mut self, worker: &mut Worker, vm: VmCounts) -> u32 {
+        if let Some(action) = self.status_endpoint(worker, vm) {
             return action;
         }
         if worker.route_aware() {
@@ -381,7 +415,7 @@ impl Stream {
 
     /// Answers the status endpoint for allowed sources; everyone else's
     /// request passes on as if the endpoint did not exist.
-    fn status_endpoint(&mut self, worker: &Worker) -> Option<u32> {
+    fn status_endpoint(&mut self, worker: &Worker, vm: VmCounts) -> Option<u32> {
         let status = &worker.config_base().status;
         if !status.enabled {
             return None;
@@ -410,7 +444,12 @@ impl Stream {
             (403, "meshguard_status_forwarded", "text/plain", body)
         } else {
             let now = host::now_ms().unwrap_or(0);
-            let body = worker.status_json(now);
+            let mut body = worker.status_json(now);
+            // The document ends with its closing brace: the VM's report goes
+            // before it.
+            body.pop();
+            body.push_str(&worker.vm_report(vm_id(), memory_bytes(), vm.instances, vm.in_flight));
+            body.push('}');
             (200, "meshguard_status", "application/json", body)
         };
         self.local_reply = true;

@@ -50,6 +50,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Names defined so far (the status endpoint's `vm.metricNames`).
+    pub fn names(&self) -> usize {
+        self.known.len()
+    }
+
     fn entry(
         &mut self,
         host: &impl Host,

@@ -102,6 +102,11 @@ impl Default for Reporter {
 }
 
 impl Reporter {
+    /// Metric names this worker defined.
+    pub fn metric_names(&self) -> usize {
+        self.metrics.names()
+    }
+
     /// Counts per-host metric updates dropped at the bound, and says so
     /// once (then at most every ten minutes).
     fn report_dropped(&mut self, host: &impl Host, now: u64) {

@@ -289,6 +289,33 @@ impl Store {
         Ok(index.slots.into_iter().map(|e| e.service).collect())
     }
 
+    /// The keys this plugin holds in shared data and their bytes (keys
+    /// and values): the change counter, the index, and each slot's record
+    /// and member list (for the status endpoint's `sharedData`).
+    pub fn footprint(&self, host: &impl Host) -> (usize, usize) {
+        let slots = match host.shared_get(&self.index_key) {
+            Ok((Some(value), _)) => {
+                postcard::from_bytes::<Index>(&value).map_or(0, |i| i.slots.len())
+            }
+            _ => 0,
+        };
+        let mut keys = 0;
+        let mut bytes = 0;
+        let mut count = |key: &str| {
+            if let Ok((Some(value), _)) = host.shared_get(key) {
+                keys += 1;
+                bytes += key.len() + value.len();
+            }
+        };
+        count(&self.changes_key);
+        count(&self.index_key);
+        for slot in 0..slots {
+            count(&format!("{}{slot}", self.slot_prefix));
+            count(&format!("{}{slot}.members", self.slot_prefix));
+        }
+        (keys, bytes)
+    }
+
     /// Every service record in shared data (for the status endpoint).
     pub fn all(&self, host: &impl Host) -> Result<Vec<ServiceHealth>, StoreError> {
         let (bytes, _) = host.shared_get(&self.index_key)?;

@@ -816,3 +816,39 @@ fn cluster_index(address: &str) -> usize {
     let parts: Vec<usize> = ip.split('.').map(|p| p.parse().unwrap_or(0)).collect();
     parts[1] * 65536 + parts[2] * 256 + parts[3]
 }
+
+#[test]
+fn vm_report_counts_the_tables_and_every_shared_key() {
+    let shared = Rc::new(SharedData::default());
+    let config = config(r#"{"detection":{"windowSize":5,"minRequests":2}}"#);
+    let mut w = worker(&shared, Rc::clone(&config), 11);
+    for (cluster, host) in [("a", 1), ("a", 2), ("b", 3)] {
+        w.observe_request(
+            Some(cluster),
+            "",
+            &config,
+            &address(host),
+            fail(),
+            Routed::Envoy,
+        );
+    }
+    w.tick(1_000);
+    let report = w.vm_report(7, 65_536, 2, 3);
+    let json: serde_json::Value =
+        serde_json::from_str(&format!("{{\"x\":0{report}}}")).expect("valid JSON fragment");
+    let vm = &json["vm"];
+    assert_eq!(
+        (
+            &vm["id"],
+            &vm["memoryBytes"],
+            &vm["instances"],
+            &vm["inFlight"]
+        ),
+        (&7.into(), &65_536.into(), &2.into(), &3.into()),
+        "{report}"
+    );
+    assert_eq!(vm["services"], 2, "{report}");
+    assert_eq!(vm["hosts"], 3, "{report}");
+    assert_eq!(json["sharedData"]["keys"], shared.keys().len(), "{report}");
+    assert_eq!(json["sharedData"]["bytes"], shared.bytes(), "{report}");
+}

@@ -503,6 +503,29 @@ impl<H: Host> Worker<H> {
         crate::status::render(&records, now, &self.config, &members)
     }
 
+    /// The status document's report on the answering VM (`vm`: a random
+    /// id naming it, its linear memory, plugin instances, requests in
+    /// flight and this instance's tables) and on the plugin's shared data
+    /// (`sharedData`), as a fragment `,"vm":{..},"sharedData":{..}` for the
+    /// end of the document.
+    pub fn vm_report(
+        &self,
+        id: u32,
+        memory_bytes: usize,
+        instances: usize,
+        in_flight: usize,
+    ) -> String {
+        let (keys, bytes) = self.store.footprint(&self.host);
+        let hosts: usize = self.units.iter().map(|u| u.members.len()).sum();
+        format!(
+            ",\"vm\":{{\"id\":{id},\"memoryBytes\":{memory_bytes},\"instances\":{instances},\"inFlight\":{in_flight},\"services\":{},\"hosts\":{hosts},\"addresses\":{},\"routes\":{},\"metricNames\":{}}},\"sharedData\":{{\"keys\":{keys},\"bytes\":{bytes}}}",
+            self.units.len(),
+            self.clusters.count(),
+            self.routes.len(),
+            self.reporter.metric_names()
+        )
+    }
+
     pub fn count_local_reply(&mut self, cluster: &str, scope: &str) {
         if let Some(position) = self.find(cluster, scope) {
             self.units[position].counts.local_replies += 1;
