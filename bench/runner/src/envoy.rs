@@ -1,6 +1,6 @@
 //! Envoy configurations of the bench variants, rendered from the demo
-//! template (`envoy/demo.yaml.tmpl`, the same rules as
-//! `scripts/render-envoy-config.sh`), and running Envoy on them.
+//! template (`envoy/demo.yaml.tmpl`) by the one renderer,
+//! `host_tests::envoy::render`, and running Envoy on them.
 
 use std::ffi::OsString;
 use std::fs;
@@ -9,12 +9,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use host_tests::envoy::{free_ports, EnvoyProcess, TemplateVars, WasmPlugin};
+use host_tests::envoy::{free_ports, EnvoyProcess, TemplateVars, WasmPlugin, TEMPLATE};
 
-use crate::client;
 use crate::procs::ChildGuard;
-
-pub const TEMPLATE: &str = include_str!("../../../envoy/demo.yaml.tmpl");
 
 /// The HTTP filter in front of the router.
 #[derive(Debug, Clone)]
@@ -217,14 +214,8 @@ impl Envoy {
             ..EnvoyProcess::in_dir(bin, dir)
         };
         fs::write(&process.config, yaml)?;
-        let log_path = process.log_path.clone();
-        let child = process.spawn()?;
-        let mut e = Self {
-            admin: SocketAddr::from(([127, 0, 0, 1], ports[0])),
-            listener: SocketAddr::from(([127, 0, 0, 1], ports[1])),
-            log_path,
-            child,
-        };
+        let mut child = process.spawn()?;
+        let admin = SocketAddr::from(([127, 0, 0, 1], ports[0]));
         // Under valgrind the admin answers slowly: give each poll longer.
         let poll = if how.prefix.is_empty() {
             Duration::from_millis(500)
@@ -232,27 +223,13 @@ impl Envoy {
             Duration::from_secs(5)
         };
         let deadline = Instant::now() + how.ready_timeout;
-        loop {
-            if e.child.exited().is_some() {
-                return Err(io::Error::other(format!(
-                    "envoy exited during startup; see {} and {}",
-                    e.log_path.display(),
-                    dir.join("envoy.stderr").display()
-                )));
-            }
-            if let Ok(r) = client::get(e.admin, "/ready", poll) {
-                if r.status == 200 {
-                    break;
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(io::Error::other(format!(
-                    "envoy not ready after {} s",
-                    how.ready_timeout.as_secs()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        process.wait_ready(&mut child, admin, how.ready_timeout, poll)?;
+        let e = Self {
+            admin,
+            listener: SocketAddr::from(([127, 0, 0, 1], ports[1])),
+            log_path: process.log_path,
+            child,
+        };
         // Also wait for the listener itself.
         while std::net::TcpStream::connect(e.listener).is_err() {
             if Instant::now() > deadline {
@@ -269,15 +246,7 @@ impl Envoy {
 
     /// `GET path` on the admin port; Err unless 200.
     pub fn admin_get(&self, path: &str, timeout: Duration) -> io::Result<String> {
-        let r = client::get(self.admin, path, timeout)?;
-        if r.status != 200 {
-            return Err(io::Error::other(format!(
-                "admin {path}: {} {}",
-                r.status,
-                r.text()
-            )));
-        }
-        Ok(r.text())
+        host_tests::envoy::admin_get(self.admin, path, timeout)
     }
 
     pub fn log(&self) -> String {

@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use host_tests::http;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use crate::client;
 use crate::envoy::{Envoy, Filter, Spec};
 use crate::stats::{quantiles, Table};
 use crate::upstreams::Upstream;
@@ -482,7 +482,7 @@ async fn load(
             // client's own timer lag is not the proxy's); the schedule never
             // waits for earlier requests, so slow answers cannot hide.
             let sent = tokio::time::Instant::now();
-            let r = tokio::time::timeout(REQUEST_TIMEOUT, client::get_async(addr, "/")).await;
+            let r = tokio::time::timeout(REQUEST_TIMEOUT, http::get_async(addr, "/")).await;
             let lat_us = sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
             let (status, host) = match r {
                 Ok(Ok(reply)) => {
@@ -551,10 +551,11 @@ pub fn run_scenario(s: &Settings, sc: &Scenario) -> Result<Vec<Outcome>, String>
                         let a = admins[*h];
                         let json = json.clone();
                         hs.push(tokio::task::spawn_blocking(move || {
-                            client::request(
+                            http::request(
                                 a,
                                 "PUT",
                                 "/behaviour",
+                                &[("content-type", "application/json")],
                                 json.as_bytes(),
                                 Duration::from_secs(5),
                             )

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use host_tests::http;
 use host_tests::upstream::Fleet;
 use host_tests::Behaviour;
 use serde::{Deserialize, Serialize};
@@ -278,7 +279,7 @@ impl KeepAlive {
                 return Err(io::Error::other("connection closed"));
             }
             self.raw.extend_from_slice(&buf[..n]);
-            if let Some(r) = crate::client::parse(&self.raw, false) {
+            if let Some(r) = http::parse_response(&self.raw, false)? {
                 if r.header("connection")
                     .is_some_and(|c| c.eq_ignore_ascii_case("close"))
                 {

@@ -7,10 +7,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use host_tests::http;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::client;
 use crate::procs::ChildGuard;
 
 /// A running upstream process.
@@ -88,10 +88,11 @@ impl Upstream {
         let admin = self
             .admin
             .ok_or_else(|| io::Error::other("not an mg-upstream"))?;
-        let r = client::request(
+        let r = http::request(
             admin,
             "PUT",
             "/behaviour",
+            &[("content-type", "application/json")],
             json.as_bytes(),
             Duration::from_secs(5),
         )?;
@@ -100,7 +101,7 @@ impl Upstream {
                 "{}: behaviour {json} refused: {} {}",
                 self.name,
                 r.status,
-                r.text()
+                r.body_text()
             )));
         }
         Ok(())

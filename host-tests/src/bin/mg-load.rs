@@ -34,14 +34,11 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use host_tests::http::{self, Response};
 use tokio::time::{interval_at, timeout, MissedTickBehavior};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
-/// Largest answer read; the demo's are a few hundred bytes.
-const MAX_ANSWER: u64 = 1 << 20;
 
 struct Target {
     name: String,
@@ -127,81 +124,13 @@ struct Outcome {
 /// Outcomes of the current second, per target.
 type Buckets = Arc<Mutex<Vec<Vec<Outcome>>>>;
 
-/// Status code, `x-upstream-name` and body of one HTTP/1.1 answer.
-struct Answer {
-    status: u16,
-    upstream: Option<String>,
-    body: Vec<u8>,
-}
-
-async fn get(addr: SocketAddr, path: &str) -> std::io::Result<Answer> {
-    let mut stream = TcpStream::connect(addr).await?;
-    let _ = stream.set_nodelay(true);
-    let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
-    stream.write_all(req.as_bytes()).await?;
-    // Read up to the end of the body by content-length, not to EOF: after
-    // a local reply Envoy waits up to its delayed_close_timeout (1 s) for
-    // the client to close first, which would count as a second of latency.
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some(total) = complete_length(&raw) {
-            if raw.len() >= total {
-                break;
-            }
-        }
-        if raw.len() as u64 > MAX_ANSWER {
-            break;
-        }
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        raw.extend_from_slice(&buf[..n]);
-    }
-    parse_answer(&raw)
-        .ok_or_else(|| std::io::Error::other("not an HTTP answer (closed before the headers?)"))
-}
-
-/// Length of the whole answer once its headers are in and carry a
-/// content-length; None before that, or without one (read to EOF).
-fn complete_length(raw: &[u8]) -> Option<usize> {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&raw[..end]).ok()?;
-    let len = head.split("\r\n").skip(1).find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case("content-length")
-            .then(|| v.trim().parse::<usize>().ok())
-            .flatten()
-    })?;
-    Some(end + 4 + len)
-}
-
-fn parse_answer(raw: &[u8]) -> Option<Answer> {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&raw[..end]).ok()?;
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
-    let upstream = lines.find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case("x-upstream-name")
-            .then(|| v.trim().to_string())
-    });
-    // Chunked bodies are left as they are: only status answers are parsed,
-    // and Envoy sends those with a content-length.
-    Some(Answer {
-        status,
-        upstream,
-        body: raw[end + 4..].to_vec(),
-    })
-}
-
 async fn one_request(addr: SocketAddr, path: String) -> Outcome {
     let start = Instant::now();
-    let (status, upstream) = match timeout(REQUEST_TIMEOUT, get(addr, &path)).await {
-        Ok(Ok(a)) => (a.status, a.upstream),
+    // Read to the end of the body by its length, not to the close: after a
+    // local reply Envoy waits up to its delayed_close_timeout (1 s) for the
+    // client to close first, which would count as a second of latency.
+    let (status, upstream) = match timeout(REQUEST_TIMEOUT, http::get_async(addr, &path)).await {
+        Ok(Ok(r)) => (r.status, r.header("x-upstream-name").map(str::to_string)),
         // Connection refused or reset, timeout: status 0, a failure.
         Ok(Err(_)) | Err(_) => (0, None),
     };
@@ -277,7 +206,7 @@ fn summary(tick: u64, name: &str, outcomes: &[Outcome]) -> String {
 }
 
 /// meshguard's status document as one line: see the module docs.
-fn status_line(tick: u64, answer: Option<Answer>) -> String {
+fn status_line(tick: u64, answer: Option<Response>) -> String {
     let doc = answer
         .filter(|a| a.status == 200)
         .and_then(|a| serde_json::from_slice::<serde_json::Value>(&a.body).ok());
@@ -338,7 +267,7 @@ async fn run(args: Args) -> ExitCode {
             out.push('\n');
         }
         if let Some((addr, path)) = &args.status {
-            let answer = match timeout(STATUS_TIMEOUT, get(*addr, path)).await {
+            let answer = match timeout(STATUS_TIMEOUT, http::get_async(*addr, path)).await {
                 Ok(Ok(a)) => Some(a),
                 Ok(Err(e)) => {
                     eprintln!("mg-load: status {addr}{path}: {e}");
@@ -409,23 +338,6 @@ mod tests {
 
     #[test]
     fn answers_and_summaries() {
-        let a = parse_answer(
-            b"HTTP/1.1 503 Service Unavailable\r\nX-Upstream-Name: u2\r\ncontent-length: 2\r\n\r\n{}",
-        )
-        .expect("answer");
-        assert_eq!(a.status, 503);
-        assert_eq!(a.upstream.as_deref(), Some("u2"));
-        assert_eq!(a.body, b"{}");
-        assert!(parse_answer(b"HTTP/1.1 200 OK\r\n").is_none());
-        assert_eq!(
-            complete_length(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"),
-            Some(40)
-        );
-        assert_eq!(complete_length(b"HTTP/1.1 200 OK\r\n\r\n"), None);
-        assert_eq!(
-            complete_length(b"HTTP/1.1 200 OK\r\ncontent-length: 2"),
-            None
-        );
         let o = |status, up: Option<&str>, ms| Outcome {
             status,
             upstream: up.map(str::to_string),
@@ -456,9 +368,9 @@ mod tests {
     #[test]
     fn status_document_as_a_line() {
         let body = br#"{"services":[{"service":"demo","breaker":{"state":"Open"},"hosts":[{"address":"127.0.0.1:18082","state":"Unhealthy","weightPercent":0}]}]}"#;
-        let a = Answer {
+        let a = Response {
             status: 200,
-            upstream: None,
+            headers: Vec::new(),
             body: body.to_vec(),
         };
         assert_eq!(
