@@ -352,16 +352,9 @@ impl Envoy {
         fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
-    /// The last `n` lines of the log. Once Envoy has started, only lines
-    /// after startup: its listing of compiled-in extensions would otherwise
-    /// fill the tail of a short run.
+    /// The last `n` lines of the log after startup ([`log_tail`]).
     pub fn log_tail(&self, n: usize) -> String {
-        let log = self.log();
-        let after_start = log
-            .find(STARTED_MARKER)
-            .and_then(|i| log[i..].find('\n').map(|j| &log[i + j + 1..]))
-            .unwrap_or(&log);
-        last_lines(after_start, n, |_| true)
+        log_tail(&self.log(), n)
     }
 
     /// The last `n` log lines containing `needle`.
@@ -376,33 +369,14 @@ impl Envoy {
         last_lines(&text, n, |l| l.starts_with("access ") && keep(l))
     }
 
-    /// `GET` on the admin port; Err unless 200.
+    /// `GET` on the admin port ([`admin_get`], 5 s).
     pub fn admin_get(&self, path: &str) -> io::Result<String> {
-        let r = http::get(self.admin, path, Duration::from_secs(5))?;
-        if r.status != 200 {
-            return Err(io::Error::other(format!(
-                "envoy admin {path}: {}",
-                r.status
-            )));
-        }
-        Ok(r.body_text())
+        admin_get(self.admin, path, ADMIN_TIMEOUT)
     }
 
-    /// Envoy's counter or gauge `name` (for example
-    /// `cluster.demo.membership_total`); 0 when Envoy does not list it.
+    /// Envoy's counter or gauge `name` ([`stat`]).
     pub fn stat(&self, name: &str) -> io::Result<u64> {
-        let filter = format!("/stats?filter=^{}$", name.replace('.', "\\."));
-        Ok(self
-            .admin_get(&filter)?
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(name)?
-                    .strip_prefix(": ")?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0))
+        stat(self.admin, name)
     }
 
     /// Stops Envoy and waits until its PID is gone.
@@ -411,7 +385,52 @@ impl Envoy {
     }
 }
 
-fn last_lines(text: &str, n: usize, keep: impl Fn(&str) -> bool) -> String {
+/// How long an admin call of the harnesses may take.
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `GET path` on Envoy's admin endpoint `admin`; Err unless 200.
+pub fn admin_get(admin: SocketAddr, path: &str, timeout: Duration) -> io::Result<String> {
+    let r = http::get(admin, path, timeout)?;
+    if r.status != 200 {
+        return Err(io::Error::other(format!(
+            "envoy admin {path}: {} {}",
+            r.status,
+            r.body_text()
+        )));
+    }
+    Ok(r.body_text())
+}
+
+/// Envoy's counter or gauge `name` (for example
+/// `cluster.demo.membership_total`) from admin `admin`; 0 when Envoy does
+/// not list it.
+pub fn stat(admin: SocketAddr, name: &str) -> io::Result<u64> {
+    let filter = format!("/stats?filter=^{}$", name.replace('.', "\\."));
+    Ok(admin_get(admin, &filter, ADMIN_TIMEOUT)?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(": ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0))
+}
+
+/// The last `n` lines of an Envoy log. Once Envoy has started, only lines
+/// after startup: its listing of compiled-in extensions would otherwise
+/// fill the tail of a short run.
+pub fn log_tail(log: &str, n: usize) -> String {
+    let after_start = log
+        .find(STARTED_MARKER)
+        .and_then(|i| log[i..].find('\n').map(|j| &log[i + j + 1..]))
+        .unwrap_or(log);
+    last_lines(after_start, n, |_| true)
+}
+
+/// The last `n` lines of `text` that `keep` accepts.
+pub fn last_lines(text: &str, n: usize, keep: impl Fn(&str) -> bool) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| keep(l)).collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }

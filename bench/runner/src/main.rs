@@ -10,7 +10,6 @@
 //! ```
 
 mod chart;
-mod client;
 mod envoy;
 mod incidents;
 mod instructions;
