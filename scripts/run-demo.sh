@@ -15,6 +15,8 @@
 #   MESHGUARD_ENVOY  the Envoy binary  (default: scripts/ensure-envoy.sh)
 #   MG_UPSTREAM      mg-upstream       (default: target/debug/mg-upstream)
 #   MG_LOAD          mg-load           (default: target/debug/mg-load)
+#   MG_ENVOY_CONFIG  mg-envoy-config, which renders envoy/demo.yaml.tmpl
+#                    (default: target/debug/mg-envoy-config)
 # Knobs (docs/demo.md):
 #   MG_DEMO_FAST=1               short scenes and ejection times (the test uses it)
 #   MG_DEMO_RATE=50              requests per second to each listener
@@ -192,7 +194,8 @@ MESHGUARD_ENVOY="${MESHGUARD_ENVOY:-$("$ROOT/scripts/ensure-envoy.sh")}"
 [[ -x "$MESHGUARD_ENVOY" ]] || die "no Envoy at $MESHGUARD_ENVOY (run: make run)"
 MG_UPSTREAM="${MG_UPSTREAM:-$ROOT/target/debug/mg-upstream}"
 MG_LOAD="${MG_LOAD:-$ROOT/target/debug/mg-load}"
-for bin in "$MG_UPSTREAM" "$MG_LOAD"; do
+MG_ENVOY_CONFIG="${MG_ENVOY_CONFIG:-$ROOT/target/debug/mg-envoy-config}"
+for bin in "$MG_UPSTREAM" "$MG_LOAD" "$MG_ENVOY_CONFIG"; do
     [[ -x "$bin" ]] || die "no $(basename "$bin") at $bin (run: make run, which builds it)"
 done
 ((${#UP_PORTS[@]} == 3 && ${#UP_ADMIN[@]} == 3)) ||
@@ -363,7 +366,7 @@ done
 yaml=$(ADMIN_PORT=$ADMIN_PORT LISTEN_PORT=$ENVOY_PORT \
     UPSTREAM1_PORT=${UP_PORTS[0]} UPSTREAM2_PORT=${UP_PORTS[1]} UPSTREAM3_PORT=${UP_PORTS[2]} \
     WASM_PATH="$MESHGUARD_WASM" PLUGIN_CONFIG="$PLUGIN_CONFIG" \
-    "$ROOT/scripts/render-envoy-config.sh")
+    "$MG_ENVOY_CONFIG")
 [[ $yaml == *$'\n  listeners:\n'* && $yaml == *$'\n  clusters:\n'* ]] ||
     die "envoy/demo.yaml.tmpl has no '  listeners:' or '  clusters:' line to add Envoy alone to"
 yaml=${yaml/$'\n  listeners:\n'/$'\n  listeners:\n'"$ALONE_LISTENER"}

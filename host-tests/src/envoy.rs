@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::http;
 use crate::process::ChildGuard;
 
-/// The template shared with `scripts/render-envoy-config.sh`.
+/// The template every harness, the bench and the demo (`mg-envoy-config`) render.
 pub const TEMPLATE: &str = include_str!("../../envoy/demo.yaml.tmpl");
 
 /// Envoy's last startup log line.

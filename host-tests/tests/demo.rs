@@ -91,6 +91,7 @@ fn demo_command(name: &str, ports: &Ports) -> (Command, PathBuf) {
         .env("MESHGUARD_ENVOY", envoy)
         .env("MG_UPSTREAM", &paths.mg_upstream)
         .env("MG_LOAD", env!("CARGO_BIN_EXE_mg-load"))
+        .env("MG_ENVOY_CONFIG", env!("CARGO_BIN_EXE_mg-envoy-config"))
         .env("MG_DEMO_FAST", "1")
         .env("MG_DEMO_RUN_DIR", &run_dir)
         .env("MG_DEMO_PORT", ports.envoy().to_string())

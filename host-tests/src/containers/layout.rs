@@ -1,6 +1,6 @@
 //! The Envoy configuration of a testbed, rendered from the shared template
-//! `envoy/demo.yaml.tmpl` (same renderer as the process fixture and the
-//! demo) and then adapted:
+//! `envoy/demo.yaml.tmpl` by [`envoy::render`] (the renderer of the
+//! process fixture, the bench and the demo) and then adapted:
 //!
 //! - admin and listener bind to [`Layout::bind_ip`] (0.0.0.0 in a container,
 //!   so the test can reach them on the container's network address);
@@ -98,35 +98,21 @@ pub fn render(layout: &Layout) -> Result<Rendered, String> {
     }
 }
 
-/// The template's `${NAME}` variables replaced, with the rules of
-/// `scripts/render-envoy-config.sh` and `host_tests::envoy::render` (the
-/// plugin configuration sits in a single-quoted YAML scalar: `'` doubled).
-/// Upstream ports are placeholders until [`replace_endpoints`].
+/// The template rendered by the one renderer, [`envoy::render`], with the
+/// module and configuration of `layout`. Upstream ports are placeholders
+/// until [`replace_endpoints`].
 fn substitute(template: &str, layout: &Layout) -> Result<String, String> {
-    let vars = [
-        ("ADMIN_PORT", layout.admin_port.to_string()),
-        ("LISTEN_PORT", layout.listen_port.to_string()),
-        ("UPSTREAM1_PORT", SENTINEL_PORTS[0].to_string()),
-        ("UPSTREAM2_PORT", SENTINEL_PORTS[1].to_string()),
-        ("UPSTREAM3_PORT", SENTINEL_PORTS[2].to_string()),
-        ("FALLBACK_PORT", SENTINEL_PORTS[2].to_string()),
-        ("WASM_PATH", layout.wasm_path.clone()),
-        ("PLUGIN_CONFIG", layout.plugin_config.replace('\'', "''")),
-    ];
-    let mut out = template.to_string();
-    for (name, value) in vars {
-        out = out.replace(&format!("${{{name}}}"), &value);
-    }
-    if let Some(left) = out
-        .lines()
-        .find(|l| !l.trim_start().starts_with('#') && l.contains("${"))
-    {
-        return Err(format!(
-            "envoy/demo.yaml.tmpl has a variable the harness does not know: {}",
-            left.trim()
-        ));
-    }
-    Ok(out)
+    let vars = envoy::TemplateVars {
+        admin_port: layout.admin_port,
+        listen_port: layout.listen_port,
+        upstream_ports: SENTINEL_PORTS,
+        fallback_port: None,
+        wasm: Some(envoy::WasmPlugin {
+            wasm_path: layout.wasm_path.clone().into(),
+            config: layout.plugin_config.clone(),
+        }),
+    };
+    envoy::render(template, &vars)
 }
 
 fn replace_once(text: &str, from: &str, to: &str) -> Result<String, String> {
