@@ -43,12 +43,6 @@ macro_rules! test_paths {
     };
 }
 
-/// The path in `var`, or a panic saying how to get it.
-pub fn required_env_file(var: &str, what: &str, how: &str) -> PathBuf {
-    crate::required_file_from_env(var, what, &format!("Run `make test`, or {how}."))
-        .unwrap_or_else(|e| panic!("{e}"))
-}
-
 /// Three upstreams (u1, u2, u3: index 0, 1, 2) behind a real Envoy running
 /// meshguard, plus `fb`, the one host of the `fallback` cluster (reached
 /// only through the route on `x-meshguard-fallback`). Everything is stopped
@@ -81,16 +75,8 @@ impl ThreeUpstreams {
         plugin_config: &str,
         edit: impl FnOnce(String) -> Result<String, String>,
     ) -> Self {
-        let envoy_bin = required_env_file(
-            "MESHGUARD_ENVOY",
-            "the Envoy 1.40 binary",
-            "export MESHGUARD_ENVOY=$(scripts/ensure-envoy.sh)",
-        );
-        let wasm = required_env_file(
-            "MESHGUARD_WASM",
-            "the meshguard module (meshguard.wasm)",
-            "`make build` and export MESHGUARD_WASM=$PWD/target/wasm32-wasip1/release/meshguard.wasm",
-        );
+        let envoy_bin = crate::ENVOY_BIN.require();
+        let wasm = crate::MESHGUARD_WASM.require();
         let dir = paths.tmp_dir.join(test_name);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         let ups: Vec<Upstream> = UPSTREAM_NAMES

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::behaviour::Behaviour;
 use crate::envoy::{render, Envoy, TemplateVars, WasmPlugin, TEMPLATE};
-use crate::fixture::{required_env_file, TestPaths};
+use crate::fixture::TestPaths;
 use crate::http;
 use crate::upstream::{Fleet, HostStats};
 
@@ -359,18 +359,8 @@ impl EdsFleet {
     /// when meshguard is configured); waits until Envoy has the initial
     /// members. Works in `<tmp_dir>/<test_name>/`. Panics on setup failure.
     pub fn start(paths: TestPaths, test_name: &str, opts: FleetOptions) -> Self {
-        let envoy_bin = required_env_file(
-            "MESHGUARD_ENVOY",
-            "the Envoy 1.40 binary",
-            "export MESHGUARD_ENVOY=$(scripts/ensure-envoy.sh)",
-        );
-        let wasm_path = || {
-            required_env_file(
-                "MESHGUARD_WASM",
-                "the meshguard module (meshguard.wasm)",
-                "`make build` and export MESHGUARD_WASM=$PWD/target/wasm32-wasip1/release/meshguard.wasm",
-            )
-        };
+        let envoy_bin = crate::ENVOY_BIN.require();
+        let wasm_path = || crate::MESHGUARD_WASM.require();
         let wasm = opts.plugin_config.as_ref().map(|config| WasmPlugin {
             wasm_path: wasm_path(),
             config: config.clone(),

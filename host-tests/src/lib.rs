@@ -40,21 +40,54 @@ use std::path::PathBuf;
 /// times so detection, ejection and warm-up fit in seconds.
 pub const TEST_PLUGIN_CONFIG: &str = r#"{"detection":{"windowSize":20,"minRequests":10},"ejection":{"baseEjectionTime":"3s","maxEjectionTime":"30s","warmupDuration":"4s"}}"#;
 
-/// The path in environment variable `var`, which must name an existing file.
-/// `what` and `how` go into the error, so a missing prerequisite fails the
-/// test with instructions instead of passing silently.
-pub fn required_file_from_env(var: &str, what: &str, how: &str) -> Result<PathBuf, String> {
-    let value = std::env::var_os(var)
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| format!("{var} is not set: it must name {what}. {how}"))?;
-    let path = PathBuf::from(value);
-    if !path.is_file() {
-        return Err(format!(
-            "{var}={} does not exist: it must name {what}. {how}",
-            path.display()
-        ));
+/// A file named by an environment variable that a harness, a test or the
+/// bench cannot do without: the variable, what the file must be and how to
+/// get it, which go into the error, so a missing prerequisite fails with
+/// instructions instead of passing silently. [`ENVOY_BIN`] and
+/// [`MESHGUARD_WASM`] are the common ones.
+#[derive(Debug, Clone, Copy)]
+pub struct RequiredFile {
+    pub var: &'static str,
+    pub what: &'static str,
+    pub how: &'static str,
+}
+
+/// `MESHGUARD_ENVOY`: the Envoy binary.
+pub const ENVOY_BIN: RequiredFile = RequiredFile {
+    var: "MESHGUARD_ENVOY",
+    what: "the Envoy 1.40 binary",
+    how: "Run `make test`, or export MESHGUARD_ENVOY=$(scripts/ensure-envoy.sh).",
+};
+
+/// `MESHGUARD_WASM`: the built meshguard module.
+pub const MESHGUARD_WASM: RequiredFile = RequiredFile {
+    var: "MESHGUARD_WASM",
+    what: "the meshguard module (meshguard.opt.wasm)",
+    how: "Run `make test`, or `make build` and export \
+          MESHGUARD_WASM=$PWD/target/wasm32-wasip1/release/meshguard.opt.wasm.",
+};
+
+impl RequiredFile {
+    /// The path in the variable, which must name an existing file.
+    pub fn path(&self) -> Result<PathBuf, String> {
+        let RequiredFile { var, what, how } = self;
+        let value = std::env::var_os(var)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| format!("{var} is not set: it must name {what}. {how}"))?;
+        let path = PathBuf::from(value);
+        if !path.is_file() {
+            return Err(format!(
+                "{var}={} does not exist: it must name {what}. {how}",
+                path.display()
+            ));
+        }
+        Ok(path)
     }
-    Ok(path)
+
+    /// [`path`](Self::path), or a panic with its error (for tests).
+    pub fn require(&self) -> PathBuf {
+        self.path().unwrap_or_else(|e| panic!("{e}"))
+    }
 }
 
 pub use behaviour::{Behaviour, ErrorSpreader, Stats};

@@ -16,7 +16,6 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-use host_tests::fixture::required_env_file;
 
 /// The demo's ports, in the order of its knobs: listener with meshguard,
 /// Envoy alone, Envoy admin, three upstream data ports, three admin ports.
@@ -73,16 +72,8 @@ fn repo_root() -> PathBuf {
 
 /// The script with everything `make run` passes, in fast mode, on `ports`.
 fn demo_command(name: &str, ports: &Ports) -> (Command, PathBuf) {
-    let wasm = required_env_file(
-        "MESHGUARD_WASM",
-        "the built meshguard module",
-        "run `make build` and set it to target/wasm32-wasip1/release/meshguard.opt.wasm",
-    );
-    let envoy = required_env_file(
-        "MESHGUARD_ENVOY",
-        "the Envoy binary",
-        "set it to the path `scripts/ensure-envoy.sh` prints",
-    );
+    let wasm = host_tests::MESHGUARD_WASM.require();
+    let envoy = host_tests::ENVOY_BIN.require();
     let paths = host_tests::test_paths!();
     let run_dir = paths.tmp_dir.join("demo").join(name);
     let _ = std::fs::remove_dir_all(&run_dir);

@@ -55,15 +55,6 @@ fn send(s: &Sidecar, host: &str, path: &str, t: &mut Tally) {
         .or_default() += 1;
 }
 
-fn env_file(var: &str) -> PathBuf {
-    host_tests::required_file_from_env(
-        var,
-        var,
-        "Run `make test` (it sets MESHGUARD_ENVOY and MESHGUARD_WASM).",
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
-}
-
 /// meshguard's `host_state` gauge of the host on `port` in the override
 /// scope whose stat name contains `scope` (0 healthy, 1 degraded, 2
 /// unhealthy, 3 warming up); None if meshguard never graded it there.
@@ -103,8 +94,8 @@ fn find_route<'a>(config: &'a Value, name: &str) -> &'a Value {
 
 /// Three mg-upstreams and the ports and paths of a sidecar in front of them.
 fn setup(test: &str) -> (Vec<Upstream>, SidecarPorts, PathBuf, PathBuf) {
-    let envoy_bin = env_file("MESHGUARD_ENVOY");
-    let wasm = env_file("MESHGUARD_WASM");
+    let envoy_bin = host_tests::ENVOY_BIN.require();
+    let wasm = host_tests::MESHGUARD_WASM.require();
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(test);
     std::fs::create_dir_all(&dir).expect("work dir");
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_mg-upstream"));

@@ -14,12 +14,7 @@ use host_tests::traffic::{send_one, Tally};
 use host_tests::Upstream;
 
 fn envoy_bin() -> PathBuf {
-    host_tests::required_file_from_env(
-        "MESHGUARD_ENVOY",
-        "the Envoy 1.40 binary",
-        "Run `make test`, or export MESHGUARD_ENVOY=$(scripts/ensure-envoy.sh).",
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
+    host_tests::ENVOY_BIN.require()
 }
 
 fn work_dir(test: &str) -> PathBuf {
@@ -91,12 +86,7 @@ fn override_host_header_pins_requests_and_round_robin_otherwise() {
 #[test]
 fn demo_config_with_meshguard_validates() {
     let envoy_bin = envoy_bin();
-    let wasm = host_tests::required_file_from_env(
-        "MESHGUARD_WASM",
-        "the meshguard module (meshguard.wasm)",
-        "Run `make test`, or `make build` and export MESHGUARD_WASM=target/wasm32-wasip1/release/meshguard.wasm.",
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let wasm = host_tests::MESHGUARD_WASM.require();
     let dir = work_dir("validate");
     let yaml = envoy::render(
         envoy::TEMPLATE,

@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use host_tests::{RequiredFile, ENVOY_BIN, MESHGUARD_WASM};
 use incidents::{Outcome, Scenario};
 
 struct Config {
@@ -61,13 +62,14 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-fn file_env(name: &str) -> Result<PathBuf, String> {
-    let p = PathBuf::from(env(name).ok_or(format!("{name} is not set (run `make bench`)"))?);
-    if p.is_file() {
-        Ok(p)
-    } else {
-        Err(format!("{name}={} does not exist", p.display()))
+/// An input file of `make bench`, named by `var` (host_tests' one helper).
+fn file_env(var: &'static str, what: &'static str) -> Result<PathBuf, String> {
+    RequiredFile {
+        var,
+        what,
+        how: "Run `make bench`.",
     }
+    .path()
 }
 
 impl Config {
@@ -103,10 +105,10 @@ impl Config {
             })
         };
         Ok(Self {
-            envoy: file_env("MESHGUARD_ENVOY")?,
-            meshguard: file_env("MESHGUARD_WASM")?,
-            noop: file_env("NOOP_WASM")?,
-            mg_upstream: file_env("MG_UPSTREAM")?,
+            envoy: file_env(ENVOY_BIN.var, ENVOY_BIN.what)?,
+            meshguard: file_env(MESHGUARD_WASM.var, MESHGUARD_WASM.what)?,
+            noop: file_env("NOOP_WASM", "the do-nothing wasm filter (bench/noop-filter)")?,
+            mg_upstream: file_env("MG_UPSTREAM", "the mg-upstream binary")?,
             out: PathBuf::from(env("BENCH_OUT").unwrap_or_else(|| {
                 if quick {
                     "target/bench-quick"

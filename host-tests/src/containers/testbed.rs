@@ -175,12 +175,7 @@ impl Testbed {
 
     /// [`start`](Self::start), returning setup errors.
     pub fn try_start(spec: TestbedSpec, paths: TestPaths) -> Result<Self, String> {
-        let wasm = crate::required_file_from_env(
-            "MESHGUARD_WASM",
-            "the meshguard module",
-            "Run `make test`, or `make build` and export \
-             MESHGUARD_WASM=$PWD/target/wasm32-wasip1/release/meshguard.opt.wasm.",
-        )?;
+        let wasm = crate::MESHGUARD_WASM.path()?;
         let dir = paths.tmp_dir.join(&spec.name);
         // A fresh directory: stale logs would confuse the log readers.
         let _ = fs::remove_dir_all(&dir);
@@ -197,11 +192,7 @@ impl Testbed {
         wasm: &Path,
         dir: PathBuf,
     ) -> Result<Self, String> {
-        let envoy_bin = crate::required_file_from_env(
-            "MESHGUARD_ENVOY",
-            "the Envoy 1.40 binary",
-            "Run `make test`, or export MESHGUARD_ENVOY=$(scripts/ensure-envoy.sh).",
-        )?;
+        let envoy_bin = crate::ENVOY_BIN.path()?;
         let mut ups = Vec::new();
         let mut infos = Vec::new();
         for i in 0..spec.upstreams {

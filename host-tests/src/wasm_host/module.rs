@@ -20,9 +20,6 @@ struct Inner {
     pre: InstancePre<VmState>,
 }
 
-/// Environment variable naming the module the tests load (set by `make test`).
-pub const WASM_ENV: &str = "MESHGUARD_WASM";
-
 impl PluginModule {
     /// Compiles the module at `path` and links the host functions to it.
     pub fn load(path: &Path) -> Result<PluginModule, String> {
@@ -62,12 +59,7 @@ impl PluginModule {
         static CACHE: OnceLock<Result<PluginModule, String>> = OnceLock::new();
         CACHE
             .get_or_init(|| {
-                let path = crate::required_file_from_env(
-                    WASM_ENV,
-                    "the built meshguard.wasm",
-                    "Run the tests with `make test`, or build with `make build` and set \
-                     MESHGUARD_WASM=target/wasm32-wasip1/release/meshguard.wasm.",
-                )?;
+                let path = crate::MESHGUARD_WASM.path()?;
                 PluginModule::load(&path)
             })
             .clone()
