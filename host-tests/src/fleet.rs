@@ -611,13 +611,9 @@ impl EdsFleet {
             .collect()
     }
 
-    /// meshguard's transition lines for host `i`, oldest first.
+    /// meshguard's grade-change lines for host `i`, oldest first.
     pub fn transitions(&self, i: usize) -> Vec<String> {
-        let needle = format!(" host {}: ", self.addr(i));
-        self.meshguard_lines(&needle)
-            .into_iter()
-            .filter(|l| l.contains(" -> "))
-            .collect()
+        crate::harness::host_transitions(&self.envoy.log(), &self.addr(i).to_string())
     }
 
     /// Panics with `msg` and what is needed to debug it: membership, the

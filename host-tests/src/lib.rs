@@ -5,11 +5,15 @@
 //!   containers (testcontainers) or local processes, stats, cleanup;
 //! - [`upstream`]: start mg-upstream processes, change their behaviour, read stats;
 //! - [`envoy`]: render `envoy/demo.yaml.tmpl` and run the real Envoy on it;
+//! - [`harness`]: [`Harness`], the one API of the fixture and the testbed
+//!   (behaviour, counters, stats, meshguard's lines read with
+//!   `meshguard::events`, polling, the failure dump);
 //! - [`fixture`]: three upstreams behind Envoy with meshguard, for the real-Envoy tests;
 //! - [`fleet`]: a large service: one multi-host mg-upstream behind Envoy with
 //!   an EDS cluster fed from a watched file, membership changed at run time;
 //! - [`traffic`]: client traffic through Envoy, tallied per upstream and status;
-//! - [`http`]: a minimal blocking HTTP/1.1 client;
+//! - [`http`]: the one minimal HTTP/1.1 client (blocking and async; tests,
+//!   bench, mg-load);
 //! - [`istio`]: the manifests in `istio/` and an Istio-sidecar-shaped Envoy config built from them;
 //! - [`process`]: child processes killed on drop, also when a test panics.
 //! - [`waypoint`]: an Istio-ambient-waypoint-shaped Envoy config (internal
@@ -21,12 +25,17 @@ pub mod behaviour;
 #[cfg(feature = "containers")]
 pub mod containers;
 pub mod envoy;
+#[cfg(feature = "harness")]
 pub mod fixture;
+#[cfg(feature = "harness")]
 pub mod fleet;
+#[cfg(feature = "harness")]
+pub mod harness;
 pub mod http;
 #[cfg(feature = "containers")]
 pub mod istio;
 pub mod process;
+#[cfg(feature = "harness")]
 pub mod seconds;
 pub mod traffic;
 pub mod upstream;
@@ -91,4 +100,6 @@ impl RequiredFile {
 }
 
 pub use behaviour::{Behaviour, ErrorSpreader, Stats};
+#[cfg(feature = "harness")]
+pub use harness::Harness;
 pub use upstream::{Upstream, UpstreamAdmin};

@@ -23,6 +23,7 @@ use host_tests::containers::{Mode, Testbed, TestbedSpec};
 use host_tests::http;
 use host_tests::traffic::{burst, paced_second, Tally};
 use host_tests::Behaviour;
+use host_tests::Harness;
 
 const U2: usize = 1;
 const U3: usize = 2;

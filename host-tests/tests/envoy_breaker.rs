@@ -21,6 +21,7 @@ use host_tests::fixture::{ThreeUpstreams, FALLBACK_NAME};
 use host_tests::http;
 use host_tests::traffic::Tally;
 use host_tests::Behaviour;
+use host_tests::Harness;
 
 /// A breaker that trips after 10 calls at 50% failures and stays open 2 s,
 /// then 4 s, then 8 s; two probes at a time, two successes close it.

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use host_tests::fixture::ThreeUpstreams;
 use host_tests::traffic::{burst, Tally};
 use host_tests::Behaviour;
+use host_tests::Harness;
 
 /// Index of u2 in the fixture.
 const U2: usize = 1;

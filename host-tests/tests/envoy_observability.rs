@@ -11,6 +11,7 @@ use host_tests::fixture::ThreeUpstreams;
 use host_tests::http;
 use host_tests::traffic::{burst, prometheus_sample, Tally};
 use host_tests::Behaviour;
+use host_tests::Harness;
 
 const U2: usize = 1;
 /// Counters are added to Envoy's stats on meshguard's 100 ms tick.

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use host_tests::fixture::ThreeUpstreams;
 use host_tests::http;
+use host_tests::Harness;
 
 /// meshguard's test configuration plus a response header naming it.
 fn config(generation: &str) -> String {

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use host_tests::fixture::ThreeUpstreams;
 use host_tests::traffic::{burst, paced_second, Tally};
 use host_tests::Behaviour;
+use host_tests::Harness;
 
 /// Steady rate of the recovery phase.
 const RATE: u32 = 50;

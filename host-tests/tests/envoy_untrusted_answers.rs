@@ -17,6 +17,7 @@ use std::time::Duration;
 use host_tests::fixture::{ThreeUpstreams, FALLBACK_NAME};
 use host_tests::traffic::{burst, send_one, Tally};
 use host_tests::Behaviour;
+use host_tests::Harness;
 
 const U2: usize = 1;
 const STEERING_HEADER: &str = "x-meshguard-upstream";

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use host_tests::containers::{Mode, Testbed, TestbedSpec};
 use host_tests::traffic::burst;
 use host_tests::Behaviour;
+use host_tests::Harness;
 use meshguard::metrics::CATALOGUE;
 use serde_json::{json, Value};
 

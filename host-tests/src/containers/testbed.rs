@@ -2,6 +2,7 @@
 //! servers, as Docker containers or as local processes.
 //!
 //! ```text
+//! use host_tests::Harness; // the API it shares with the process fixture
 //! let tb = Testbed::start(TestbedSpec::new("grey", Mode::Docker), host_tests::test_paths!());
 //! tb.set_behaviour(1, &Behaviour::grey(503, 35));          // u2
 //! let t = traffic::burst(tb.listener, 300);
@@ -24,9 +25,8 @@
 //! run. Process mode uses [`ChildGuard`]s: killed on drop, and with
 //! PR_SET_PDEATHSIG when the test process dies.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -39,9 +39,9 @@ use testcontainers::{Container, GenericImage, ImageExt};
 
 use super::docker::{self, Images, LABEL_HARNESS, LABEL_PID};
 use super::layout::{self, Layout};
-use crate::behaviour::{Behaviour, Stats};
-use crate::envoy::{envoy_flags, free_ports, EnvoyProcess};
+use crate::envoy::{envoy_flags, free_ports, last_lines, EnvoyProcess};
 use crate::fixture::TestPaths;
+use crate::harness::{Harness, UpstreamRef};
 use crate::http;
 use crate::process::ChildGuard;
 use crate::upstream::{Upstream, UpstreamAdmin, READY_PREFIX};
@@ -125,6 +125,16 @@ pub struct UpstreamInfo {
     /// Its data address as Envoy (and meshguard's log lines) know it.
     pub data: SocketAddr,
     pub admin: UpstreamAdmin,
+}
+
+impl<'a> From<&'a UpstreamInfo> for UpstreamRef<'a> {
+    fn from(u: &'a UpstreamInfo) -> Self {
+        UpstreamRef {
+            name: &u.name,
+            data: u.data,
+            admin: u.admin,
+        }
+    }
 }
 
 enum Backend {
@@ -418,32 +428,6 @@ impl Testbed {
         }
     }
 
-    /// Upstream `i` (0 = u1).
-    pub fn upstream(&self, i: usize) -> &UpstreamInfo {
-        &self.upstreams[i]
-    }
-
-    /// Sets what upstream `i` does.
-    pub fn set_behaviour(&self, i: usize, b: &Behaviour) {
-        let u = self.upstream(i);
-        if let Err(e) = u.admin.set_behaviour(b) {
-            self.fail(&format!("cannot set {}'s behaviour: {e}", u.name));
-        }
-    }
-
-    /// Upstream `i`'s counters.
-    pub fn stats(&self, i: usize) -> Stats {
-        let u = self.upstream(i);
-        u.admin
-            .stats()
-            .unwrap_or_else(|e| self.fail(&format!("cannot read {}'s stats: {e}", u.name)))
-    }
-
-    /// Requests upstream `i` received.
-    pub fn requests(&self, i: usize) -> u64 {
-        self.stats(i).requests
-    }
-
     /// Stops upstream `i` as if its host went away: in Docker mode the
     /// container is stopped (kept until the testbed drops), in process mode
     /// the process is terminated.
@@ -459,101 +443,6 @@ impl Testbed {
                 }
             }
         }
-    }
-
-    /// `GET` on Envoy's admin; Err unless 200.
-    pub fn admin_get(&self, path: &str) -> io::Result<String> {
-        let r = http::get(self.admin, path, Duration::from_secs(5))?;
-        if r.status != 200 {
-            return Err(io::Error::other(format!(
-                "envoy admin {path}: {}",
-                r.status
-            )));
-        }
-        Ok(r.body_text())
-    }
-
-    /// Envoy's counters and gauges (`/stats?format=json`), by name.
-    pub fn envoy_stats(&self) -> BTreeMap<String, u64> {
-        let text = self
-            .admin_get("/stats?format=json")
-            .unwrap_or_else(|e| self.fail(&format!("cannot read envoy stats: {e}")));
-        parse_stats_json(&text).unwrap_or_else(|e| self.fail(&format!("envoy stats: {e}")))
-    }
-
-    /// One counter or gauge; 0 when Envoy does not list it.
-    pub fn envoy_stat(&self, name: &str) -> u64 {
-        self.envoy_stats().get(name).copied().unwrap_or(0)
-    }
-
-    /// The whole Envoy log so far.
-    pub fn log(&self) -> String {
-        fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    /// meshguard's transition lines for upstream `i`, oldest first.
-    pub fn transitions(&self, i: usize) -> Vec<String> {
-        let needle = format!(" host {}: ", self.upstream(i).data);
-        self.log()
-            .lines()
-            .filter(|l| l.contains("meshguard") && l.contains(&needle) && l.contains(" -> "))
-            .map(str::to_string)
-            .collect()
-    }
-
-    /// Upstream `i`'s grade according to meshguard's last transition line
-    /// (`Healthy` before any).
-    pub fn host_state(&self, i: usize) -> String {
-        self.transitions(i)
-            .last()
-            .and_then(|l| transition_target(l))
-            .unwrap_or_else(|| "Healthy".to_string())
-    }
-
-    /// meshguard's circuit breaker lines, oldest first.
-    pub fn breaker_transitions(&self) -> Vec<String> {
-        self.log()
-            .lines()
-            .filter(|l| {
-                l.contains("meshguard") && l.contains("circuit breaker: ") && l.contains(" -> ")
-            })
-            .map(str::to_string)
-            .collect()
-    }
-
-    /// Polls (for up to `limit`) until some line of `lines()` satisfies `pred`.
-    pub fn wait_for_line(
-        &self,
-        limit: Duration,
-        lines: impl Fn(&Self) -> Vec<String>,
-        pred: impl Fn(&str) -> bool,
-    ) -> Option<String> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(l) = lines(self).into_iter().find(|l| pred(l)) {
-                return Some(l);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Polls for a transition line of upstream `i` that satisfies `pred`.
-    pub fn wait_for_transition(
-        &self,
-        i: usize,
-        limit: Duration,
-        pred: impl Fn(&str) -> bool,
-    ) -> Option<String> {
-        self.wait_for_line(limit, |tb| tb.transitions(i), pred)
-    }
-
-    /// The last `n` access-log lines that `keep` accepts.
-    pub fn access_log_matching(&self, keep: impl Fn(&str) -> bool, n: usize) -> String {
-        let text = fs::read_to_string(&self.stderr_path).unwrap_or_default();
-        last_lines(&text, n, |l| l.starts_with("access ") && keep(l))
     }
 
     /// Replaces meshguard's configuration through the listener file (needs
@@ -573,64 +462,42 @@ impl Testbed {
             self.fail(&format!("cannot replace {}: {e}", file.display()));
         }
     }
+}
 
-    /// Panics with `msg` and what is needed to debug it: upstream counters,
-    /// Envoy's non-zero cluster/listener stats, meshguard's log lines, the
-    /// failed requests from the access log, the Envoy log tail and, in
-    /// Docker mode, the container names.
-    pub fn fail(&self, msg: &str) -> ! {
-        std::thread::sleep(Duration::from_millis(300)); // log flush interval
-        let ups: Vec<String> = self
-            .upstreams
-            .iter()
-            .map(|u| match u.admin.stats() {
-                Ok(s) => format!(
-                    "{} ({}): {} requests, {} errors",
-                    s.name, u.data, s.requests, s.errors
-                ),
-                Err(e) => format!("{} ({}): stats unavailable: {e}", u.name, u.data),
-            })
-            .collect();
-        let stats = match self
-            .admin_get("/stats?format=json")
-            .map_err(|e| e.to_string())
-            .and_then(|t| parse_stats_json(&t))
-        {
-            Ok(m) => m
-                .iter()
-                .filter(|(k, v)| {
-                    **v != 0
-                        && (k.starts_with("cluster.demo.")
-                            || k.starts_with("listener_manager.")
-                            || k.contains("wasm"))
-                })
-                .map(|(k, v)| format!("{k}: {v}"))
-                .collect::<Vec<_>>()
-                .join("\n"),
-            Err(e) => format!("unavailable: {e}"),
-        };
-        let containers = match &self.backend {
-            Backend::Docker { names, .. } => format!("\n\n--- containers\n{}", names.join("\n")),
-            Backend::Process { .. } => String::new(),
-        };
-        let log = self.log();
-        panic!(
-            "{msg}\n\n--- upstreams\n{}\n\n--- envoy stats (non-zero)\n{stats}\n\n\
-             --- meshguard log lines (last 40)\n{}\n\n\
-             --- access log, not-200 lines (last 20): start code flags upstream details\n{}\n\n\
-             --- envoy log (last 30 lines)\n{}{containers}\n\n(files: {})",
-            ups.join("\n"),
-            last_lines(&log, 40, |l| l.contains("meshguard")),
-            self.access_log_matching(|l| !l.contains(" 200 "), 20),
-            last_lines(&log, 30, |_| true),
-            self.dir.display()
-        );
+impl Harness for Testbed {
+    fn upstream(&self, i: usize) -> UpstreamRef<'_> {
+        UpstreamRef::from(&self.upstreams[i])
     }
 
-    /// [`fail`](Self::fail)s with `msg()` unless `ok`.
-    pub fn check(&self, ok: bool, msg: impl FnOnce() -> String) {
-        if !ok {
-            self.fail(&msg());
+    fn all_upstreams(&self) -> Vec<UpstreamRef<'_>> {
+        self.upstreams.iter().map(UpstreamRef::from).collect()
+    }
+
+    fn listener(&self) -> SocketAddr {
+        self.listener
+    }
+
+    fn envoy_admin(&self) -> SocketAddr {
+        self.admin
+    }
+
+    fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    fn stderr_path(&self) -> &Path {
+        &self.stderr_path
+    }
+
+    fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// In Docker mode, the container names.
+    fn dump_extra(&self) -> String {
+        match &self.backend {
+            Backend::Docker { names, .. } => format!("\n\n--- containers\n{}", names.join("\n")),
+            Backend::Process { .. } => String::new(),
         }
     }
 }
@@ -659,54 +526,4 @@ fn write_config(dir: &Path, layout: &Layout, lds_file: Option<&Path>) -> Result<
         fs::write(file, text).map_err(|e| setup_err("listener file", e))?;
     }
     Ok(())
-}
-
-/// `To` of a host's grade-change line or a breaker's state-change line
-/// (`meshguard::events`).
-pub fn transition_target(line: &str) -> Option<String> {
-    use meshguard::events::{BreakerChange, HostTransition};
-    HostTransition::parse(line)
-        .map(|t| t.to.to_string())
-        .or_else(|| BreakerChange::parse(line).map(|b| b.to.to_string()))
-}
-
-/// Counters and gauges of Envoy's `/stats?format=json`
-/// (`{"stats":[{"name":..,"value":..},..,{"histograms":..}]}`).
-pub fn parse_stats_json(text: &str) -> Result<BTreeMap<String, u64>, String> {
-    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("bad JSON: {e}"))?;
-    let list = v
-        .get("stats")
-        .and_then(|s| s.as_array())
-        .ok_or("no `stats` array")?;
-    Ok(list
-        .iter()
-        .filter_map(|s| {
-            Some((
-                s.get("name")?.as_str()?.to_string(),
-                s.get("value")?.as_u64()?,
-            ))
-        })
-        .collect())
-}
-
-fn last_lines(text: &str, n: usize, keep: impl Fn(&str) -> bool) -> String {
-    let lines: Vec<&str> = text.lines().filter(|l| keep(l)).collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_stats_and_transitions() {
-        let m = parse_stats_json(
-            r#"{"stats":[{"name":"a.b","value":3},{"name":"t","value":"text"},{"histograms":{}}]}"#,
-        )
-        .expect("parse");
-        assert_eq!(m.get("a.b"), Some(&3));
-        assert_eq!(m.len(), 1);
-        let l = "[..][info][wasm] wasm log meshguard meshguard: meshguard: demo host 1.2.3.4:8080: Healthy -> Unhealthy: 5 consecutive failures";
-        assert_eq!(transition_target(l).as_deref(), Some("Unhealthy"));
-    }
 }
