@@ -16,7 +16,6 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-
 /// The demo's ports, in the order of its knobs: listener with meshguard,
 /// Envoy alone, Envoy admin, three upstream data ports, three admin ports.
 struct Ports(Vec<u16>);

@@ -107,7 +107,10 @@ impl Config {
         Ok(Self {
             envoy: file_env(ENVOY_BIN.var, ENVOY_BIN.what)?,
             meshguard: file_env(MESHGUARD_WASM.var, MESHGUARD_WASM.what)?,
-            noop: file_env("NOOP_WASM", "the do-nothing wasm filter (bench/noop-filter)")?,
+            noop: file_env(
+                "NOOP_WASM",
+                "the do-nothing wasm filter (bench/noop-filter)",
+            )?,
             mg_upstream: file_env("MG_UPSTREAM", "the mg-upstream binary")?,
             out: PathBuf::from(env("BENCH_OUT").unwrap_or_else(|| {
                 if quick {
