@@ -30,6 +30,7 @@ pub(crate) mod ids;
 pub(crate) mod in_flight;
 pub mod metrics;
 pub mod model;
+pub(crate) mod roots;
 pub(crate) mod route_metadata;
 pub(crate) mod service;
 pub(crate) mod state;

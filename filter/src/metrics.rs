@@ -85,7 +85,7 @@ metrics! {
     LocalReplies => "local_replies", Counter, "service", "requests answered by the open breaker";
     ConfigRejected => "config_rejected", Counter, "", "plugin configurations refused";
     HostMetricsDropped => "host_metrics_dropped", Counter, "", "per-host metric updates dropped because a worker reached its bound of 2,048 per-host names (service-level metrics have their own)";
-    PluginInstancesDropped => "plugin_instances_dropped", Counter, "", "plugin instances a VM dropped at its limit of 64 live ones (configuration pushed faster than listeners drain); their requests pass through unobserved";
+    PluginInstancesDropped => "plugin_instances_dropped", Counter, "", "plugin instances a VM set aside at its limit of 64 running ones (configuration pushed faster than listeners drain): their tables are freed, and a request of one brings it back with its configuration and empty tables";
 }
 
 impl Metric {

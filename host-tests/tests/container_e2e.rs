@@ -635,8 +635,9 @@ fn until_generation(traffic: &Background, generation: &str) -> bool {
 /// (Envoy's default 600 s, so every old listener still drains): a rollback
 /// (v1, v2, then v1 again, which Envoy serves with v1's live plugin
 /// instance, no callback) takes effect, and 70 updates in a row (more than
-/// the 64 instances a VM keeps) never switch meshguard off: each one is in
-/// force in turn and the last stays.
+/// the 64 instances a VM runs) never switch meshguard off: each one is in
+/// force in turn. Then v1 once more: its instance was set aside at the
+/// limit, and its first request brings it back, so v1 is in force again.
 #[test]
 fn listener_updates_roll_back_and_never_switch_the_filter_off() {
     let _s = serial();
@@ -669,9 +670,18 @@ fn listener_updates_roll_back_and_never_switch_the_filter_off() {
             )
         });
     }
+    // A rollback past the limit: Envoy serves v1's draining root context
+    // again, which each VM set aside long ago.
+    tb.update_plugin_config(&generation_config("v1", ""));
+    tb.check(until_generation(&traffic, "v1"), || {
+        format!(
+            "v1 again after {updates} updates not in force after 10 s (its instance was set aside at the limit): serving {:?}",
+            traffic.last_generation()
+        )
+    });
     std::thread::sleep(Duration::from_secs(1));
     let seen = traffic.finish();
-    let last = format!("u{}", updates - 1);
+    let last = "v1";
     let failed: Vec<_> = seen.iter().filter(|(s, _)| *s != 200).take(5).collect();
     let log = tb.log();
     let not_started = log.lines().filter(|l| l.contains("not started")).count();
@@ -679,8 +689,9 @@ fn listener_updates_roll_back_and_never_switch_the_filter_off() {
         .lines()
         .filter(|l| l.contains("least recently used"))
         .count();
+    let back = log.lines().filter(|l| l.contains("brings it back")).count();
     println!(
-        "{} requests, {} failed; instances dropped at the limit: {dropped} log lines; meshguard_plugin_instances_dropped {}",
+        "{} requests, {} failed; instances set aside at the limit: {dropped} log lines, brought back: {back}; meshguard_plugin_instances_dropped {}",
         seen.len(),
         failed.len(),
         tb.envoy_stat("wasmcustom.meshguard.plugin_instances_dropped")
@@ -698,6 +709,15 @@ fn listener_updates_roll_back_and_never_switch_the_filter_off() {
         )
     });
     tb.check(dropped > 0, || {
-        "70 live configurations in one VM: the least recently used should have been dropped, and said so".into()
+        "72 live configurations in one VM: the least recently used should have been set aside, and said so".into()
+    });
+    tb.check(back > 0, || {
+        "v1 again: its instance set aside at the limit should have come back, and said so".into()
+    });
+    // Every request carried some configuration's header: none passed
+    // through unobserved.
+    let unobserved = seen.iter().filter(|(_, g)| *g == "-").count();
+    tb.check(unobserved == 0, || {
+        format!("{unobserved} requests passed through unobserved")
     });
 }

@@ -139,34 +139,11 @@ fn configure(root: &mut Root, size: usize) -> bool {
         }
     }
     match &mut root.worker {
-        Some(worker) => worker.reconfigure(config),
-        None => {
-            let now = host::now_ms().unwrap_or(0);
-            // Workers start within the same millisecond: seed each from
-            // the host's entropy, or request ids would repeat across them.
-            let seed = host::random_u64().unwrap_or(0) ^ now;
-            root.worker = Some(Worker::new(EnvoyHost, config, &root.name, now, seed));
-        }
+        Some(worker) => worker.reconfigure(Rc::clone(&config)),
+        None => root.worker = Some(new_worker(&config, &root.name)),
     }
-    // Request ids are keyed with 256 bits of the host's entropy, so that
-    // seeing ids does not reveal the next ones; drawn once, when a
-    // configuration first generates ids.
-    if let Some(worker) = &mut root.worker {
-        let base = worker.config_base();
-        let generates = base.headers.request_id.generate
-            || base
-                .overrides
-                .iter()
-                .any(|o| o.config.headers.request_id.generate);
-        if generates && !worker.request_ids_keyed() {
-            match id_key() {
-                Some(key) => worker.key_request_ids(key),
-                None => log::warn!(
-                    "meshguard: no randomness from the host: generated request ids are guessable"
-                ),
-            }
-        }
-    }
+    root.config = Some((config, bytes.len()));
+    key_request_ids(root);
     if let Err(status) = host::set_tick_period_ms(TICK_MS) {
         log::warn!(
             "meshguard: no tick period (status {}); grades will be slow to spread across workers",
@@ -174,4 +151,45 @@ fn configure(root: &mut Root, size: usize) -> bool {
         );
     }
     true
+}
+
+/// An instance set aside at the limit (`crate::roots`) gets a worker
+/// again, from the configuration it had.
+fn start(root: &mut Root) {
+    let Some((config, _)) = &root.config else {
+        return;
+    };
+    root.worker = Some(new_worker(config, &root.name));
+    key_request_ids(root);
+}
+
+fn new_worker(config: &Rc<Config>, name: &str) -> Worker {
+    let now = host::now_ms().unwrap_or(0);
+    // Workers start within the same millisecond: seed each from the host's
+    // entropy, or request ids would repeat across them.
+    let seed = host::random_u64().unwrap_or(0) ^ now;
+    Worker::new(EnvoyHost, Rc::clone(config), name, now, seed)
+}
+
+/// Request ids are keyed with 256 bits of the host's entropy, so that
+/// seeing ids does not reveal the next ones; drawn once, when a
+/// configuration first generates ids.
+fn key_request_ids(root: &mut Root) {
+    let Some(worker) = &mut root.worker else {
+        return;
+    };
+    let base = worker.config_base();
+    let generates = base.headers.request_id.generate
+        || base
+            .overrides
+            .iter()
+            .any(|o| o.config.headers.request_id.generate);
+    if generates && !worker.request_ids_keyed() {
+        match id_key() {
+            Some(key) => worker.key_request_ids(key),
+            None => log::warn!(
+                "meshguard: no randomness from the host: generated request ids are guessable"
+            ),
+        }
+    }
 }
