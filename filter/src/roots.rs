@@ -39,8 +39,9 @@ pub const MAX_ROOTS: usize = 64;
 pub const MAX_SET_ASIDE: usize = 256;
 /// Their configuration text (and plugin names), in bytes, at most.
 pub const MAX_SET_ASIDE_BYTES: usize = 4 << 20;
-/// Warnings about setting aside and bringing back come at most this often
-/// (instances beyond `MAX_ROOTS` that all serve requests take turns).
+/// Warnings about setting aside, and about bringing back, come each at
+/// most this often (instances beyond `MAX_ROOTS` that all serve requests
+/// take turns).
 const QUIET_MS: u64 = 1_000;
 
 pub struct Root<W> {
@@ -75,7 +76,9 @@ pub struct Roots<W> {
     set_aside_bytes: usize,
     /// Instances set aside since the last `take_dropped`.
     dropped: u32,
-    quiet_until_ms: u64,
+    /// Until when the warnings on setting aside (0) and bringing back (1)
+    /// stay quiet.
+    quiet_until_ms: [u64; 2],
 }
 
 impl<W> Default for Roots<W> {
@@ -85,7 +88,7 @@ impl<W> Default for Roots<W> {
             set_aside: Vec::new(),
             set_aside_bytes: 0,
             dropped: 0,
-            quiet_until_ms: 0,
+            quiet_until_ms: [0; 2],
         }
     }
 }
@@ -145,11 +148,14 @@ impl<W> Roots<W> {
         std::mem::take(&mut self.dropped)
     }
 
-    /// Whether a warning may be logged now (see `QUIET_MS`).
-    fn loud(&mut self, now: u64) -> bool {
-        let loud = now >= self.quiet_until_ms;
+    /// Whether a warning of this `kind` may be logged now (see `QUIET_MS`).
+    fn loud(&mut self, kind: usize, now: u64) -> bool {
+        let Some(until) = self.quiet_until_ms.get_mut(kind) else {
+            return false;
+        };
+        let loud = now >= *until;
         if loud {
-            self.quiet_until_ms = now.saturating_add(QUIET_MS);
+            *until = now.saturating_add(QUIET_MS);
         }
         loud
     }
@@ -163,7 +169,7 @@ impl<W> Roots<W> {
         let mut root = self.roots.remove(position);
         root.worker = None;
         self.dropped += 1;
-        if self.loud(now) {
+        if self.loud(0, now) {
             log::warn!(
                 "meshguard: {MAX_ROOTS} plugin configurations live in this VM (updates come faster than listeners drain); the one least recently used (context {}) is set aside: its tables are freed until a request of its own restarts it",
                 root.context_id
@@ -219,7 +225,7 @@ impl<W> Roots<W> {
             return None;
         }
         let root = self.take_set_aside(root_context_id)?;
-        if self.loud(now) {
+        if self.loud(1, now) {
             log::warn!(
                 "meshguard: a request of plugin instance {root_context_id} (set aside at the limit) brings it back: its configuration is in force again, its tables start empty"
             );
