@@ -316,20 +316,18 @@ impl Store {
         (keys, bytes)
     }
 
-    /// Every service record in shared data (for the status endpoint).
-    pub fn all(&self, host: &impl Host) -> Result<Vec<ServiceHealth>, StoreError> {
-        let (bytes, _) = host.shared_get(&self.index_key)?;
-        let index: Index = bytes
-            .and_then(|b| postcard::from_bytes(&b).ok())
-            .unwrap_or_default();
-        let mut records = Vec::with_capacity(index.slots.len());
+    /// Hands `f` every service record in shared data (for the status
+    /// endpoint), read one at a time: never all at once.
+    pub fn each(&self, host: &impl Host, mut f: impl FnMut(ServiceHealth)) {
+        let Ok((Some(bytes), _)) = host.shared_get(&self.index_key) else {
+            return;
+        };
+        let index: Index = postcard::from_bytes(&bytes).unwrap_or_default();
         for (position, entry) in index.slots.iter().enumerate() {
-            let slot = slot_of(&index, position);
-            if let Ok(record) = self.read(host, &entry.service, slot) {
-                records.push(record);
+            if let Ok(record) = self.read(host, &entry.service, slot_of(&index, position)) {
+                f(record);
             }
         }
-        Ok(records)
     }
 
     /// The service's current record (empty if none was written yet).

@@ -491,16 +491,18 @@ impl<H: Host> Worker<H> {
     }
 
     /// The status document: every record in shared data, not only the ones
-    /// this worker has seen.
+    /// this worker has seen (up to `status::MAX_STATUS_BYTES`).
     pub fn status_json(&self, now: u64) -> String {
-        let records = self.store.all(&self.host).unwrap_or_default();
-        let members = |record: &ServiceHealth| {
-            self.units
+        let mut document = crate::status::Document::new(now);
+        self.store.each(&self.host, |record| {
+            let members = self
+                .units
                 .iter()
                 .find(|u| u.key == record.service)
-                .map_or(record.size(), |u| u.members.len().max(record.size()))
-        };
-        crate::status::render(&records, now, &self.config, &members)
+                .map_or(record.size(), |u| u.members.len().max(record.size()));
+            document.add(&record, now, &self.config, members);
+        });
+        document.finish()
     }
 
     /// The status document's report on the answering VM (`vm`: a random
