@@ -384,11 +384,14 @@ pub struct Incident {
 }
 
 impl Incident {
-    fn host_window(&self, at: u64) -> bool {
+    /// Whether a request sent at `sent` and answered at `done` overlaps
+    /// the incident: answered after it began, sent before
+    /// [`HOST_GRACE`] after its end.
+    fn in_window(&self, sent: u64, done: u64) -> bool {
         let end = self
             .end_ms
             .map_or(u64::MAX, |e| e + HOST_GRACE.as_millis() as u64);
-        at >= self.start_ms && at <= end
+        done >= self.start_ms && sent <= end
     }
 }
 
@@ -396,7 +399,9 @@ impl Incident {
 #[derive(Debug, Clone)]
 struct Failure {
     id: String,
+    /// When it was sent, and when its answer (or error) came.
     at_ms: u64,
+    done_ms: u64,
     service: usize,
     path: String,
     status: u16,
@@ -1099,6 +1104,7 @@ fn client(
             log.failures.push(Failure {
                 id,
                 at_ms,
+                done_ms: epoch_ms(),
                 service,
                 path,
                 status,
@@ -1761,7 +1767,10 @@ impl Soak {
         let at = f.at_ms;
         if let Some(h) = host {
             for inc in self.incidents.iter_mut() {
-                if inc.kind == Kind::Service || !inc.hosts.contains(&h) || !inc.host_window(at) {
+                if inc.kind == Kind::Service
+                    || !inc.hosts.contains(&h)
+                    || !inc.in_window(at, f.done_ms)
+                {
                     continue;
                 }
                 return if inc.detected_ms.is_none_or(|d| at < d) {
@@ -1775,7 +1784,7 @@ impl Soak {
         }
         let local_reply = access.is_some_and(|a| a.details.contains("meshguard_circuit_open"));
         for inc in self.incidents.iter_mut() {
-            if inc.kind != Kind::Service || inc.service != f.service || at < inc.start_ms {
+            if inc.kind != Kind::Service || inc.service != f.service || f.done_ms < inc.start_ms {
                 continue;
             }
             let hosts_until = inc
