@@ -135,6 +135,8 @@ impl CallCounts {
 /// This is the wasmtime `Store` data; host calls read and write it.
 pub struct VmState {
     pub(super) shared: Shared,
+    /// Envoy's bound on a VM's linear memory ([`MAX_MEMORY_BYTES`]).
+    limits: wasmtime::StoreLimits,
     pub(super) memory: Option<Memory>,
     pub(super) alloc: Option<TypedFunc<i32, i32>>,
     /// Index of this VM among the proxy's workers.
@@ -258,6 +260,13 @@ struct Exports {
     on_delete: Option<F1>,
 }
 
+/// The most linear memory a VM may have, as in Envoy: proxy-wasm-cpp-host
+/// caps V8's wasm memory at `PROXY_WASM_HOST_MAX_WASM_MEMORY_SIZE_BYTES`
+/// (1 GiB, `include/proxy-wasm/limits.h`). Past it `memory.grow` fails, the
+/// module's allocator gives up and the VM traps, as it would in Envoy
+/// (issue 20's 512 MB allocation), instead of growing on in this host.
+pub const MAX_MEMORY_BYTES: usize = 1 << 30;
+
 /// Options for one VM.
 #[derive(Debug, Clone)]
 pub struct VmOptions {
@@ -317,6 +326,9 @@ impl Vm {
         properties.merge(&options.properties);
         let state = VmState {
             shared: shared.clone(),
+            limits: wasmtime::StoreLimitsBuilder::new()
+                .memory_size(MAX_MEMORY_BYTES)
+                .build(),
             memory: None,
             alloc: None,
             index,
@@ -343,6 +355,7 @@ impl Vm {
             stdout_line: Vec::new(),
         };
         let mut store = Store::new(module.engine(), state);
+        store.limiter(|state| &mut state.limits);
         let instance = module
             .instance_pre()
             .instantiate(&mut store)
