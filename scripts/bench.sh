@@ -8,8 +8,9 @@
 #   2. overhead: wrk through Envoy (1 worker) for plain Envoy, a do-nothing
 #      Rust wasm filter, meshguard healthy, meshguard steering; 5 rounds
 #      interleaved (wall clock);
-#   3. incidents: six scenarios at a fixed request rate over wall time,
-#      meshguard against Envoy's own outlier detection.
+#   3. incidents: at a fixed request rate over wall time, meshguard against
+#      Envoy's own outlier detection: twelve on Istio's default retries and
+#      circuit breakers (keys r*, first), six without retries (a-f).
 # Prints the tables; writes bench/results/{results.md,results.json,*.svg}.
 #
 # Inputs: MESHGUARD_WASM (the shipped module), MESHGUARD_ENVOY (Envoy 1.40).
@@ -18,7 +19,7 @@
 # list; the other parts' results already in BENCH_OUT are kept),
 # BENCH_INSTR_SIZES=3,100,1000, BENCH_INSTR_ROWS=Plain,Noop,Healthy,Upstream,Steering,Failure,
 # BENCH_INSTR_REPEATS, BENCH_INSTR_REQUESTS, BENCH_INSTR_WARMUP, BENCH_INSTR_IDLE_S,
-# BENCH_SCENARIOS=a,b, BENCH_ROUNDS, BENCH_SECONDS, BENCH_RATE, BENCH_PIN=0, BENCH_OUT.
+# BENCH_SCENARIOS=a,b,ra, BENCH_VARIANTS=retries,retries-mg (incident variant ids), BENCH_ROUNDS, BENCH_SECONDS, BENCH_RATE, BENCH_PIN=0, BENCH_OUT.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -305,16 +305,30 @@ fn to_eds(yaml: &str, eds_file: &Path, watched: &Path, retries: bool) -> Result<
         &format!("%UPSTREAM_CLUSTER% attempts=%UPSTREAM_REQUEST_ATTEMPT_COUNT% steer=%REQ({DIAG_STEER})% retry_on=%REQ({DIAG_RETRY_ON})%\\n\""),
     );
     if retries {
-        const ROUTE: &str = "route: { cluster: demo }";
-        if !out.contains(ROUTE) {
-            return Err(anchor(ROUTE));
-        }
-        out = out.replace(
-            ROUTE,
-            &format!("route: {{ cluster: demo, retry_policy: {ISTIO_RETRY_POLICY} }}"),
-        );
+        out = with_istio_retries(&out)?;
     }
     Ok(out)
+}
+
+/// Istio's default cluster circuit breakers (istiod's
+/// `getDefaultCircuitBreakerThresholds`: every threshold at its maximum), as
+/// the YAML flow mapping of a cluster's `circuit_breakers`.
+pub const ISTIO_CIRCUIT_BREAKERS: &str = "{ thresholds: [{ max_connections: 4294967295, \
+max_pending_requests: 4294967295, max_requests: 4294967295, max_retries: 4294967295, \
+track_remaining: true }] }";
+
+/// `yaml` (a demo-template configuration) with [`ISTIO_RETRY_POLICY`] on
+/// every route to cluster `demo`, as istiod puts it on every route it builds
+/// (a route's policy replaces the virtual host's).
+pub fn with_istio_retries(yaml: &str) -> Result<String, String> {
+    const ROUTE: &str = "route: { cluster: demo }";
+    if !yaml.contains(ROUTE) {
+        return Err(format!("envoy/demo.yaml.tmpl changed: no {ROUTE:?}"));
+    }
+    Ok(yaml.replace(
+        ROUTE,
+        &format!("route: {{ cluster: demo, retry_policy: {ISTIO_RETRY_POLICY} }}"),
+    ))
 }
 
 /// The EDS file's content: a `DiscoveryResponse` with one

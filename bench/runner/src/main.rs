@@ -9,6 +9,7 @@
 //! mg-bench serve --name u1 [--fail-first N]   static upstream for the overhead runs
 //! ```
 
+mod blackhole;
 mod chart;
 mod envoy;
 mod incidents;
@@ -41,6 +42,8 @@ struct Config {
     instructions: bool,
     instr: InstrConfig,
     scenarios: Vec<String>,
+    /// BENCH_VARIANTS: incident variant ids to run (empty: all).
+    variants: Vec<String>,
     rounds: usize,
     seconds: u32,
     connections: u32,
@@ -77,7 +80,8 @@ impl Config {
     /// BENCH_QUICK=1: a smoke run (1 round of 2 s, incidents at 1/5 length,
     /// instructions: 1 repeat of 300 requests at 3 and 100 hosts).
     /// BENCH_ONLY=instructions|overhead|incidents (comma list; the results
-    /// of the other parts already in BENCH_OUT are kept), BENCH_SCENARIOS=a,c,f,
+    /// of the other parts already in BENCH_OUT are kept), BENCH_SCENARIOS=a,c,f,ra,
+    /// BENCH_VARIANTS=retries,retries-mgup (incident variant ids; all when unset),
     /// BENCH_ROUNDS, BENCH_SECONDS (per wrk run), BENCH_CONNECTIONS,
     /// BENCH_RATE (req/s of the incidents), BENCH_PIN=0 (no CPU pinning),
     /// BENCH_OUT, BENCH_WORK. Instructions (callgrind): BENCH_INSTR_SIZES=3,100,1000,
@@ -149,6 +153,9 @@ impl Config {
                     as u32,
                 idle_s: num("BENCH_INSTR_IDLE_S", if quick { 4 } else { 10 })?.max(1),
             },
+            variants: env("BENCH_VARIANTS")
+                .map(|s| s.split(',').map(|x| x.trim().to_string()).collect())
+                .unwrap_or_default(),
             scenarios: env("BENCH_SCENARIOS")
                 .map(|s| s.split(',').map(|x| x.trim().to_string()).collect())
                 .unwrap_or_default(),
@@ -568,8 +575,10 @@ fn run(cfg: &Config) -> Result<(), String> {
     if cfg.incidents {
         let start = md.len();
         let scale = if cfg.quick { 0.2 } else { 1.0 };
-        let all: Vec<Scenario> = incidents::scenarios(scale)
+        // The Istio-shaped incidents (on Istio's default retries) first.
+        let all: Vec<Scenario> = incidents::retry_scenarios(scale)
             .into_iter()
+            .chain(incidents::scenarios(scale))
             .filter(|s| cfg.scenarios.is_empty() || cfg.scenarios.iter().any(|k| k == s.key))
             .collect();
         let s = incidents::Settings {
@@ -578,6 +587,7 @@ fn run(cfg: &Config) -> Result<(), String> {
             mg_upstream: cfg.mg_upstream.clone(),
             rate: cfg.rate,
             work: cfg.work.join("incidents"),
+            variants: cfg.variants.clone(),
         };
         let _ = writeln!(
             md,
@@ -594,16 +604,30 @@ fn run(cfg: &Config) -> Result<(), String> {
             cfg.rate
         );
         let mut outs: Vec<Outcome> = Vec::new();
+        let mut last_retries = None;
         for sc in &all {
+            let variants = incidents::selected_variants(sc, &cfg.variants);
+            if variants.is_empty() {
+                continue;
+            }
+            if last_retries != Some(sc.retries) {
+                last_retries = Some(sc.retries);
+                let _ = writeln!(md, "\n{}", incidents::group_intro(sc.retries));
+            }
             eprintln!(
                 "incident ({}) {}: {:.0} s, {} variants at once",
                 sc.key,
                 sc.title,
                 sc.duration_s,
-                incidents::variants(sc).len()
+                variants.len()
             );
             let o = incidents::run_scenario(&s, sc)?;
-            let table = incidents::table(sc, &o).markdown();
+            let table = if sc.retries {
+                incidents::retry_table(sc, &o)
+            } else {
+                incidents::table(sc, &o)
+            }
+            .markdown();
             println!("\n## ({}) {}: {}\n\n{table}", sc.key, sc.title, sc.what);
             let _ = writeln!(
                 md,
@@ -615,6 +639,7 @@ fn run(cfg: &Config) -> Result<(), String> {
                 "c" => &["mg-slow", "mg-slow0", "istio50"],
                 "e" => &["mg", "mg-graded", "tuned"],
                 "f" => &["mg", "tuned"],
+                _ if sc.retries => &["retries-mgup", "retries-mg", "retries-dr50"],
                 _ => &["mg", "tuned", "istio50"],
             };
             let panels: Vec<&Outcome> = ids
@@ -629,7 +654,8 @@ fn run(cfg: &Config) -> Result<(), String> {
             }
             outs.extend(o);
         }
-        let targets = incident_targets(&outs);
+        let mut targets = incidents::retry_targets(&outs);
+        targets.extend(incident_targets(&outs));
         if !targets.is_empty() {
             let _ = writeln!(md, "\n### Targets\n");
             println!("\n## Incident targets\n");
