@@ -17,7 +17,8 @@
 # Knobs (see bench/runner/src/main.rs): BENCH_QUICK=1 (smoke run, results in
 # target/bench-quick), BENCH_ONLY=instructions|overhead|incidents (comma
 # list; the other parts' results already in BENCH_OUT are kept),
-# BENCH_INSTR_SIZES=3,100,1000, BENCH_INSTR_ROWS=Plain,Noop,Healthy,Upstream,Steering,Failure,
+# BENCH_INSTR_SIZES=3,100,1000, BENCH_INSTR_ROWS=Plain,Noop,Bare,Diagnostic,Healthy,Upstream,Steering,Failure,
+# BENCH_INSTR_BARE_CALLS (host calls the Bare row makes, e.g. 'hdr::status'),
 # BENCH_INSTR_REPEATS, BENCH_INSTR_REQUESTS, BENCH_INSTR_WARMUP, BENCH_INSTR_IDLE_S,
 # BENCH_SCENARIOS=a,b,ra, BENCH_VARIANTS=retries,retries-mg (incident variant ids), BENCH_ROUNDS, BENCH_SECONDS, BENCH_RATE, BENCH_PIN=0, BENCH_OUT.
 set -euo pipefail
@@ -63,6 +64,14 @@ wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
     --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types \
     "$NOOP" -o "$NOOP_OPT"
 
+# The bare floor: meshguard's entry points, no SDK, same profile and flags.
+cargo build --release --target wasm32-wasip1 -p meshguard-bare-filter
+BARE="$TARGET/wasm32-wasip1/release/meshguard_bare_filter.wasm"
+BARE_OPT="$TARGET/wasm32-wasip1/release/meshguard_bare_filter.opt.wasm"
+wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+    --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types \
+    "$BARE" -o "$BARE_OPT"
+
 # mg-bench and mg-upstream (the incidents' upstreams and the instruction
 # runs' hosts: up to 1,000 from one process), optimised; host-tests without
 # its wasmtime and container harnesses, which neither needs.
@@ -76,6 +85,6 @@ bench_build -p host-tests --no-default-features --bin mg-upstream
 
 echo "bench: load average before the run: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 start=$(date +%s)
-NOOP_WASM="$NOOP_OPT" MG_UPSTREAM="$BENCH_TARGET/release/mg-upstream" BENCH_WORK="${BENCH_WORK:-$TARGET/bench-work}" \
+NOOP_WASM="$NOOP_OPT" BARE_WASM="$BARE_OPT" MG_UPSTREAM="$BENCH_TARGET/release/mg-upstream" BENCH_WORK="${BENCH_WORK:-$TARGET/bench-work}" \
     "$BENCH_TARGET/release/mg-bench" run
 echo "bench: finished in $(( $(date +%s) - start )) s (run only; builds before that)" >&2

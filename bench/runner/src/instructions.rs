@@ -33,6 +33,11 @@ pub struct Settings {
     pub envoy: PathBuf,
     pub meshguard: PathBuf,
     pub noop: PathBuf,
+    /// The bare floor: meshguard's entry points, no SDK, no logic.
+    pub bare: PathBuf,
+    /// Host calls the Bare row makes (`BENCH_INSTR_BARE_CALLS`, words of
+    /// `bench/bare-filter`), to price one call against the same entries.
+    pub bare_calls: String,
     pub mg_upstream: PathBuf,
     pub work: PathBuf,
     pub sizes: Vec<usize>,
@@ -49,7 +54,14 @@ pub struct Settings {
 pub enum Row {
     Plain,
     Noop,
+    /// A do-nothing filter with meshguard's entry points and no SDK.
+    Bare,
+    /// The SDK's do-nothing filter making meshguard's healthy-path host
+    /// calls and nothing else: the price of those calls.
+    Diagnostic,
     Healthy,
+    /// Healthy with `detection.successSampling: 16`.
+    Sampled,
     /// Healthy plus meshguard's upstream instance on the router.
     Upstream,
     Steering,
@@ -65,14 +77,25 @@ pub const BAD_HOST: usize = 1;
 pub const STEERING_CONFIG: &str =
     r#"{"ejection":{"baseEjectionTime":"300s","maxEjectionTime":"300s"}}"#;
 
+/// The Sampled row: defaults but sampled successes.
+pub const SAMPLED_CONFIG: &str = r#"{"detection":{"successSampling":16}}"#;
+
+/// How long the Sampled row keeps sending paced requests after the warm-up
+/// before counting: sampling starts once a worker has seen no new host
+/// (nor any failure) for 30 s (`EXACT_FOR_MS` in the filter).
+const SAMPLING_SETTLE: Duration = Duration::from_secs(33);
+
 /// The Upstream row's upstream instance: defaults but the mode.
 pub const UPSTREAM_CONFIG: &str = r#"{"mode":"upstream"}"#;
 
 impl Row {
-    pub const ALL: [Row; 6] = [
+    pub const ALL: [Row; 9] = [
         Row::Plain,
         Row::Noop,
+        Row::Bare,
+        Row::Diagnostic,
         Row::Healthy,
+        Row::Sampled,
         Row::Upstream,
         Row::Steering,
         Row::Failure,
@@ -82,7 +105,10 @@ impl Row {
         match self {
             Row::Plain => "plain Envoy",
             Row::Noop => "do-nothing Rust wasm filter",
+            Row::Bare => "do-nothing filter with meshguard's entry points (no SDK)",
+            Row::Diagnostic => "do-nothing filter + meshguard's 2 healthy-path host calls",
             Row::Healthy => "meshguard, defaults, all hosts healthy",
+            Row::Sampled => "meshguard, successSampling 16, all hosts healthy",
             Row::Upstream => "meshguard with the upstream instance, all hosts healthy",
             Row::Steering => "meshguard steering (one host answering 503, ejected)",
             Row::Failure => "meshguard failure path (one host failing 40 %)",
@@ -92,7 +118,7 @@ impl Row {
     fn meshguard(self) -> bool {
         matches!(
             self,
-            Row::Healthy | Row::Upstream | Row::Steering | Row::Failure
+            Row::Healthy | Row::Sampled | Row::Upstream | Row::Steering | Row::Failure
         )
     }
 
@@ -109,6 +135,14 @@ impl Row {
                 path: s.noop.clone(),
                 config: "{}".into(),
             },
+            Row::Bare => Filter::Wasm {
+                path: s.bare.clone(),
+                config: s.bare_calls.clone(),
+            },
+            Row::Diagnostic => Filter::Wasm {
+                path: s.noop.clone(),
+                config: "host-calls".into(),
+            },
             Row::Healthy | Row::Upstream | Row::Failure => Filter::Wasm {
                 path: s.meshguard.clone(),
                 config: "{}".into(),
@@ -116,6 +150,10 @@ impl Row {
             Row::Steering => Filter::Wasm {
                 path: s.meshguard.clone(),
                 config: STEERING_CONFIG.into(),
+            },
+            Row::Sampled => Filter::Wasm {
+                path: s.meshguard.clone(),
+                config: SAMPLED_CONFIG.into(),
             },
         }
     }
@@ -664,6 +702,11 @@ fn run_one(s: &Settings, row: Row, hosts: usize, repeat: usize) -> Result<Measur
     let main_warmup = s.warmup.max(2 * hosts as u32);
     client.send(main_warmup, Duration::ZERO)?;
     warmup += main_warmup;
+    if row == Row::Sampled {
+        let paced = 10 * SAMPLING_SETTLE.as_secs() as u32;
+        client.send(paced, Duration::from_millis(100))?;
+        warmup += paced;
+    }
     let before = envoy_stats(&envoy);
     let _ = fleet.admin.reset_stats();
     let connects_before = client.connects;

@@ -31,6 +31,7 @@ struct Config {
     envoy: PathBuf,
     meshguard: PathBuf,
     noop: PathBuf,
+    bare: PathBuf,
     mg_upstream: PathBuf,
     out: PathBuf,
     work: PathBuf,
@@ -76,7 +77,7 @@ fn file_env(var: &'static str, what: &'static str) -> Result<PathBuf, String> {
 }
 
 impl Config {
-    /// MESHGUARD_ENVOY, MESHGUARD_WASM, NOOP_WASM, MG_UPSTREAM: inputs.
+    /// MESHGUARD_ENVOY, MESHGUARD_WASM, NOOP_WASM, BARE_WASM, MG_UPSTREAM: inputs.
     /// BENCH_QUICK=1: a smoke run (1 round of 2 s, incidents at 1/5 length,
     /// instructions: 1 repeat of 300 requests at 3 and 100 hosts).
     /// BENCH_ONLY=instructions|overhead|incidents (comma list; the results
@@ -85,7 +86,8 @@ impl Config {
     /// BENCH_ROUNDS, BENCH_SECONDS (per wrk run), BENCH_CONNECTIONS,
     /// BENCH_RATE (req/s of the incidents), BENCH_PIN=0 (no CPU pinning),
     /// BENCH_OUT, BENCH_WORK. Instructions (callgrind): BENCH_INSTR_SIZES=3,100,1000,
-    /// BENCH_INSTR_ROWS=Plain,Noop,Healthy,Upstream,Steering,Failure, BENCH_INSTR_REPEATS (2),
+    /// BENCH_INSTR_ROWS=Plain,Noop,Bare,Diagnostic,Healthy,Upstream,Steering,Failure, BENCH_INSTR_BARE_CALLS
+    /// (host calls of the Bare row, to price one), BENCH_INSTR_REPEATS (2),
     /// BENCH_INSTR_WARMUP (1000), BENCH_INSTR_REQUESTS (2000), BENCH_INSTR_IDLE_S (10).
     fn from_env() -> Result<Self, String> {
         let quick = env("BENCH_QUICK").is_some_and(|v| v != "0");
@@ -114,6 +116,10 @@ impl Config {
             noop: file_env(
                 "NOOP_WASM",
                 "the do-nothing wasm filter (bench/noop-filter)",
+            )?,
+            bare: file_env(
+                "BARE_WASM",
+                "the do-nothing filter with meshguard's entry points (bench/bare-filter)",
             )?,
             mg_upstream: file_env("MG_UPSTREAM", "the mg-upstream binary")?,
             out: PathBuf::from(env("BENCH_OUT").unwrap_or_else(|| {
@@ -468,6 +474,8 @@ fn run(cfg: &Config) -> Result<(), String> {
             envoy: cfg.envoy.clone(),
             meshguard,
             noop: cfg.noop.clone(),
+            bare: cfg.bare.clone(),
+            bare_calls: env("BENCH_INSTR_BARE_CALLS").unwrap_or_default(),
             mg_upstream: cfg.mg_upstream.clone(),
             work,
             sizes: cfg.instr.sizes.clone(),
