@@ -3,14 +3,14 @@
 //! export, and each entry into the VM costs about as much as the rest of
 //! the filter's work per request (`make bench`). The SDK exports them all,
 //! so a do-nothing filter built on it enters the VM seven times per
-//! request; meshguard enters five times (context create, request headers,
-//! response headers, done, log), plus once per response body frame and
-//! for response trailers when there are any. `context_create` names the
+//! request; meshguard enters four times (context create, request headers,
+//! response headers, done), plus once per response body frame and for
+//! response trailers when there are any. `context_create` names the
 //! request's plugin instance (see `super::roots`: without it a
 //! configuration applied again is ignored while the old listener drains).
-//! `done` is for upstream instances (`mode: upstream`), whose attempts
-//! Envoy never logs, and for plugin instances Envoy shuts down; a request's
-//! stream returns from it at once.
+//! `done` records a request's outcome (and an upstream instance's
+//! attempt's, which Envoy never logs) and ends plugin instances Envoy shuts
+//! down; `proxy_on_log` is not exported.
 //!
 //! Every entry point catches a busy state (re-entry) and an unconfigured
 //! plugin by passing the request through untouched.
@@ -206,49 +206,24 @@ pub extern "C" fn proxy_on_response_body(context_id: u32, _body_size: usize, end
     CONTINUE
 }
 
-/// The request is over (Envoy's access-log phase, delivered for every
-/// stream): record its outcome and drop its state.
+/// A context's end: a request's (after its response went out, or the
+/// client left) or an attempt's, recorded here rather than at the log,
+/// which Envoy delivers only for requests and which would be one more VM
+/// entry per request (about 3k Envoy instructions, `make bench`). A plugin
+/// instance's end frees its slot at once.
 #[no_mangle]
-pub extern "C" fn proxy_on_log(context_id: u32) {
+pub extern "C" fn proxy_on_done(context_id: u32) -> u32 {
     with_filter(|filter| {
-        let mut stream = filter.streams.remove(context_id).unwrap_or_default();
+        let Some(mut stream) = filter.streams.remove(context_id) else {
+            filter.roots.remove(context_id);
+            return;
+        };
         if let Some(worker) = filter.roots.for_stream(&stream) {
-            // An attempt (upstream instance) ends at its log, should a host
-            // ever log one, or else at its done.
             if stream.attempt {
                 stream.on_attempt_done(worker);
             } else if !worker.sees_attempts() {
                 stream.on_log(worker);
             }
-        }
-    });
-}
-
-/// A context's end. Envoy never logs an upstream filter's streams (the
-/// attempts an upstream instance sees), so theirs are recorded here; a
-/// request's stream waits for its log, which comes later. A plugin
-/// instance's end frees its slot at once.
-#[no_mangle]
-pub extern "C" fn proxy_on_done(context_id: u32) -> u32 {
-    with_filter(|filter| {
-        let Some(stream) = filter.streams.get(context_id) else {
-            filter.roots.remove(context_id);
-            return;
-        };
-        if !stream.attempt {
-            // A request's stream waits for its log; but one whose instance
-            // has no configuration (dropped at the limit) has nothing to
-            // record and may be an attempt, which is never logged.
-            if !filter.roots.serves(stream) {
-                filter.streams.remove(context_id);
-            }
-            return;
-        }
-        let Some(mut stream) = filter.streams.remove(context_id) else {
-            return;
-        };
-        if let Some(worker) = filter.roots.for_stream(&stream) {
-            stream.on_attempt_done(worker);
         }
     });
     1

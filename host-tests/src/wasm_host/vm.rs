@@ -594,7 +594,14 @@ impl Vm {
     /// `proxy_on_done`; returns whether the plugin is done with the context.
     pub fn done(&mut self, id: u32) -> Result<bool, VmError> {
         match self.exports.on_done.clone() {
-            Some(f) => Ok(self.call("proxy_on_done", id, |s| f.call(s, id as i32))? != 0),
+            Some(f) => {
+                // The stream is over, as at the log: maps it never had
+                // are NotFound.
+                self.store.data_mut().in_log = true;
+                let result = self.call("proxy_on_done", id, |s| f.call(s, id as i32));
+                self.store.data_mut().in_log = false;
+                Ok(result? != 0)
+            }
             None => Ok(true),
         }
     }
