@@ -106,6 +106,12 @@ pub const MAX_PENDING_FAILURES: usize = 64;
 
 impl Pending {
     pub fn add(&mut self, observation: Observation) {
+        self.add_n(observation, 1);
+    }
+
+    /// Adds an observation; a success counts `n` times (a sampled one
+    /// standing for the others), a failure or probe once.
+    pub fn add_n(&mut self, observation: Observation, n: u16) {
         if observation.outcome.failed() || observation.probe {
             if self.ordered.len() == MAX_PENDING_FAILURES {
                 self.ordered.remove(0);
@@ -114,7 +120,7 @@ impl Pending {
         } else {
             let index =
                 usize::from(observation.outcome.slow) | usize::from(observation.breaker_slow) << 1;
-            self.successes[index] = self.successes[index].saturating_add(1);
+            self.successes[index] = self.successes[index].saturating_add(u32::from(n.max(1)));
         }
     }
 

@@ -32,7 +32,7 @@ const INVALID: &[(&str, &[u8], &str)] = &[
         "detection.windowSze: unknown field (expected one of: windowSize, minRequests, degradedFailurePercent, \
          unhealthyFailurePercent, recoveredFailurePercent, consecutive5xxErrors, consecutiveGatewayErrors, \
          consecutiveLocalOriginFailures, failureStatusCodes, grpcFailureCodes, slowCallThreshold, slowCallPercent, \
-         countClientCancellations)",
+         countClientCancellations, successSampling)",
     ),
     ("wrong type", br#"{"detection":{"windowSize":"ten"}}"#, "detection.windowSize: expected a whole number, not a string"),
     ("below range", br#"{"detection":{"windowSize":0}}"#, "detection.windowSize: 0 is out of range (1-1000)"),

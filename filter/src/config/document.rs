@@ -224,6 +224,12 @@ pub struct Detection {
     /// Default false.
     #[schemars(extend("default" = false))]
     pub count_client_cancellations: Option<bool>,
+    /// While a worker has seen no failure, slow call or new host for 30 s
+    /// and nothing is steered, one plain success in this many is attributed
+    /// to its host, counting for this many (failures always are); 1
+    /// attributes every success. Default 1.
+    #[schemars(extend("default" = 1))]
+    pub success_sampling: Option<Int<1, 256>>,
 }
 
 /// How long ejections last and how returning hosts are eased back in.

@@ -163,7 +163,14 @@ pub struct Detection {
     /// A client that gives up is usually not the host's fault; some teams
     /// want it counted anyway (a client timeout often means a slow host).
     pub count_client_cancellations: bool,
+    /// While a worker sees nothing wrong, one plain success in this many is
+    /// attributed to its host (counting for this many); 1 attributes every
+    /// one. See `state::worker::Worker::sample_success`.
+    pub success_sampling: u16,
 }
+
+/// Upper bound of `successSampling`.
+pub const MAX_SUCCESS_SAMPLING: u16 = 256;
 
 impl Default for Detection {
     fn default() -> Self {
@@ -181,6 +188,7 @@ impl Default for Detection {
             slow_call_threshold: Millis(0),
             slow_call_percent: 50,
             count_client_cancellations: false,
+            success_sampling: 1,
         }
     }
 }
@@ -481,6 +489,7 @@ impl Detection {
             "slowCallThreshold",
             "slowCallPercent",
             "countClientCancellations",
+            "successSampling",
         ])?;
         let window_max = u64::from(MAX_WINDOW_SIZE);
         o.number("windowSize", &mut self.window_size, 1, window_max)?;
@@ -537,6 +546,12 @@ impl Detection {
         o.bool(
             "countClientCancellations",
             &mut self.count_client_cancellations,
+        )?;
+        o.number(
+            "successSampling",
+            &mut self.success_sampling,
+            1,
+            u64::from(MAX_SUCCESS_SAMPLING),
         )
     }
 }

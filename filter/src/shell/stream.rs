@@ -16,7 +16,7 @@ use crate::classify::{self, FailureKind, LocalOrigin, ResponseFacts};
 use crate::config::{BreakerMode, Config, Encoding};
 use crate::headers::{self, Action, Facts};
 use crate::service::Observation;
-use crate::state::worker::{Route, Routed, Steer};
+use crate::state::worker::{Route, Routed, Sampled, Steer};
 use crate::template::Values;
 
 /// What a callback tells Envoy (the ABI's `FilterHeadersStatus`).
@@ -264,16 +264,13 @@ impl Stream {
         CONTINUE
     }
 
-    /// The request is over: its outcome counts against the host it went to.
+    /// The request is over: its outcome counts against the host it went to
+    /// (called at `proxy_on_done`).
     pub fn on_log(&mut self, worker: &mut Worker) {
         // Our own local replies never count against anyone.
         if self.local_reply {
             return;
         }
-        // A request that never reached a host says nothing about any host.
-        let Some(address) = props::upstream_address() else {
-            return;
-        };
         let config = match &self.config {
             Some(config) => Rc::clone(config),
             None => worker.config_for(None).0,
@@ -295,6 +292,32 @@ impl Stream {
         let Ok(mut outcome) = classify::classify(&facts, &config.detection) else {
             return;
         };
+        let breaker = &config.circuit_breaker;
+        let breaker_slow = breaker.slow_calls_enabled()
+            && duration_ms.is_some_and(|ms| ms > breaker.slow_call_threshold.0);
+        let routed = match (self.steered_to.is_empty(), self.discovery) {
+            (false, _) => Routed::To(&self.steered_to),
+            (true, true) => Routed::Discovery,
+            (true, false) => Routed::Envoy,
+        };
+        // A plain success Envoy's balancer placed may go unattributed,
+        // which saves the address read (see `Worker::sample_success`).
+        let plain = !outcome.failed() && !outcome.slow && !breaker_slow && !self.probe;
+        let sampled = if plain && routed == Routed::Envoy {
+            worker.sample_success(&config)
+        } else {
+            Sampled::Record {
+                weight: 1,
+                attempts: None,
+            }
+        };
+        if sampled == Sampled::Skip {
+            return;
+        }
+        // A request that never reached a host says nothing about any host.
+        let Some(address) = props::upstream_address() else {
+            return;
+        };
         if outcome.failure == Some(FailureKind::LocalOrigin(LocalOrigin::ConnectFailure)) {
             // Envoy flags a refused connection and a connect timeout alike
             // (UF); they differ in what a retry elsewhere costs.
@@ -303,24 +326,19 @@ impl Stream {
                 outcome.failure = Some(FailureKind::LocalOrigin(LocalOrigin::Timeout));
             }
         }
-        let breaker = &config.circuit_breaker;
         let observation = Observation {
             outcome,
-            breaker_slow: breaker.slow_calls_enabled()
-                && duration_ms.is_some_and(|ms| ms > breaker.slow_call_threshold.0),
+            breaker_slow,
             probe: self.probe,
         };
-        worker.observe_request(
+        worker.observe_sampled(
             self.cluster.as_deref(),
             &self.scope,
             &config,
             &address,
             observation,
-            match (self.steered_to.is_empty(), self.discovery) {
-                (false, _) => Routed::To(&self.steered_to),
-                (true, true) => Routed::Discovery,
-                (true, false) => Routed::Envoy,
-            },
+            routed,
+            sampled,
         );
     }
 

@@ -59,16 +59,16 @@ pub struct Members {
 
 impl Members {
     /// `address` answered a request at `now`, successfully or not.
-    pub fn saw(&mut self, address: &str, now: u64, capacity: usize, success: bool) -> Seen {
+    /// A host answered (`successes`: how many plain successes this stands
+    /// for, 0 for anything else).
+    pub fn saw(&mut self, address: &str, now: u64, capacity: usize, successes: u16) -> Seen {
         if let Some(&slot) = self.index.get(address) {
             let member = &mut self.slots[slot];
             if member.last_seen_ms < now {
                 member.last_seen_ms = now;
             }
             member.answered_ms = member.answered_ms.max(now);
-            if success {
-                member.successes = member.successes.saturating_add(1);
-            }
+            member.successes = member.successes.saturating_add(successes);
             return Seen::Known;
         }
         if self.slots.len() >= capacity {
@@ -81,7 +81,7 @@ impl Members {
             address,
             last_seen_ms: now,
             answered_ms: now,
-            successes: u16::from(success),
+            successes,
         });
         self.changed = true;
         Seen::New
@@ -233,21 +233,21 @@ mod tests {
     #[test]
     fn learns_bounded_and_forgets() {
         let mut m = Members::default();
-        assert_eq!(m.saw("a:1", 0, 2, true), Seen::New);
-        assert_eq!(m.saw("a:1", 5, 2, true), Seen::Known);
-        assert_eq!(m.saw("b:1", 5, 2, true), Seen::New);
-        assert_eq!(m.saw("c:1", 5, 2, true), Seen::Full, "bounded");
+        assert_eq!(m.saw("a:1", 0, 2, 1), Seen::New);
+        assert_eq!(m.saw("a:1", 5, 2, 1), Seen::Known);
+        assert_eq!(m.saw("b:1", 5, 2, 1), Seen::New);
+        assert_eq!(m.saw("c:1", 5, 2, 1), Seen::Full, "bounded");
         assert!(m.take_changed());
         assert!(!m.take_changed());
         assert_eq!(m.take_successes("a:1"), 2, "two successes so far");
         assert_eq!(m.take_successes("a:1"), 0, "handed over once");
-        m.saw("b:1", 6, 2, false);
+        m.saw("b:1", 6, 2, 0);
         assert_eq!(m.take_successes("b:1"), 1, "the success before the failure");
         m.left("a:1", 10);
         assert!(!m.contains("a:1"));
         assert!(m.is_gone("a:1", 11));
         assert!(m.contains("b:1"), "the moved slot is still indexed");
-        assert_eq!(m.saw("a:1", 12, 2, true), Seen::New, "seen again: back");
+        assert_eq!(m.saw("a:1", 12, 2, 1), Seen::New, "seen again: back");
         assert!(!m.is_gone("a:1", 12));
         // b last seen at 5, a at 12: an idle sweep at 1000+5 forgets b only.
         let mut forgotten = Vec::new();
@@ -262,7 +262,7 @@ mod tests {
     fn a_sweep_that_forgets_everyone_stops() {
         let mut m = Members::default();
         for i in 0..5 {
-            m.saw(&format!("10.0.0.{i}:80"), 0, 16, true);
+            m.saw(&format!("10.0.0.{i}:80"), 0, 16, 1);
         }
         let mut forgotten = Vec::new();
         m.sweep(10_000, 1000, &mut forgotten);
@@ -275,7 +275,7 @@ mod tests {
     fn a_sweep_costs_a_bounded_number_of_steps() {
         let mut m = Members::default();
         for i in 0..1000 {
-            m.saw(&format!("10.0.{}.{}:80", i / 250, i % 250), 0, 4096, true);
+            m.saw(&format!("10.0.{}.{}:80", i / 250, i % 250), 0, 4096, 1);
         }
         let mut forgotten = Vec::new();
         m.sweep(10_000, 1000, &mut forgotten);

@@ -851,4 +851,98 @@ fn vm_report_counts_the_tables_and_every_shared_key() {
     assert_eq!(vm["hosts"], 3, "{report}");
     assert_eq!(json["sharedData"]["keys"], shared.keys().len(), "{report}");
     assert_eq!(json["sharedData"]["bytes"], shared.bytes(), "{report}");
+
+/// With `successSampling`, successes of a worker that sees nothing wrong
+/// are sampled: one in that many is recorded, standing for that many, so a
+/// host's window and the service's counts keep their proportions. A
+/// failure, or a host the worker had not seen, makes every outcome exact
+/// again for `EXACT_FOR_MS`. Off by default.
+#[test]
+fn successes_are_sampled_while_nothing_is_wrong_and_exact_after_a_failure() {
+    use super::worker::{Sampled, EXACT_FOR_MS};
+    let exact = Sampled::Record {
+        weight: 1,
+        attempts: None,
+    };
+    let shared = Rc::new(SharedData::default());
+    let sampling = config(r#"{"detection":{"successSampling":16}}"#);
+    let mut w = worker(&shared, Rc::clone(&sampling), 1);
+    let mut now = u64::from(TICK_MS);
+    w.tick(now);
+    let mut recorded = 0u32;
+    let mut weights = 0u32;
+    for _ in 0..1600 {
+        match w.sample_success(&sampling) {
+            Sampled::Skip => {}
+            Sampled::Record { weight, attempts } => {
+                assert_eq!(attempts, None, "no retries here");
+                recorded += 1;
+                weights += u32::from(weight);
+            }
+        }
+    }
+    assert_eq!(recorded, 100, "one in 16 recorded");
+    assert_eq!(weights, 1600, "each stands for 16");
+
+    // A host this worker had not seen: exact while it learns the service.
+    let first = address(0);
+    w.observe_sampled(
+        Some(CLUSTER),
+        "",
+        &sampling,
+        &first,
+        ok(),
+        Routed::Envoy,
+        Sampled::Record {
+            weight: 16,
+            attempts: None,
+        },
+    );
+    assert!((0..64).all(|_| w.sample_success(&sampling) == exact));
+    now += EXACT_FOR_MS + 1_000;
+    w.tick(now);
+    assert!((0..64).any(|_| w.sample_success(&sampling) == Sampled::Skip));
+
+    // A failure: every success counts exactly until EXACT_FOR_MS later.
+    let bad = address(1);
+    w.observe_request(Some(CLUSTER), "", &sampling, &bad, fail(), Routed::Envoy);
+    for _ in 0..100 {
+        assert_eq!(w.sample_success(&sampling), exact);
+    }
+    now += EXACT_FOR_MS + 1_000;
+    w.tick(now);
+    let skipped = (0..32)
+        .filter(|_| w.sample_success(&sampling) == Sampled::Skip)
+        .count();
+    assert_eq!(skipped, 30, "sampling again after the quiet stretch");
+
+    // By default every success is recorded.
+    let plain = defaults();
+    let mut e = worker(&shared, Rc::clone(&plain), 2);
+    e.tick(u64::from(TICK_MS));
+    assert!((0..64).all(|_| e.sample_success(&plain) == exact));
+}
+
+/// A skipped success still asks, one in eight, whether retries hid
+/// failures (as recorded requests do), and is recorded when they did.
+#[test]
+fn skipped_successes_still_catch_retries() {
+    use super::worker::Sampled;
+    let shared = Rc::new(SharedData::default());
+    let sampling = config(r#"{"detection":{"successSampling":16}}"#);
+    let mut w = worker(&shared, Rc::clone(&sampling), 1);
+    w.tick(u64::from(TICK_MS));
+    w.host().attempts.set(Some(2));
+    let retried = (0..160)
+        .filter(|_| {
+            matches!(
+                w.sample_success(&sampling),
+                Sampled::Record {
+                    attempts: Some(2),
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(retried, 18, "one in eight of the skipped ones is asked");
 }

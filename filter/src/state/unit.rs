@@ -149,7 +149,15 @@ impl Unit {
 
     /// Queues a host's outcome for the next write, if it can move a grade
     /// (a failure, a slow call) or the host is watched already.
-    pub fn record_outcome(&mut self, address: &str, observation: Observation, config: &Config) {
+    /// Records an outcome against its host; a sampled success counts
+    /// `weight` times (see `Worker::sample_success`).
+    pub fn record_outcome(
+        &mut self,
+        address: &str,
+        observation: Observation,
+        weight: u16,
+        config: &Config,
+    ) {
         let watched = self.snapshot.host(address).is_some();
         let evidence = observation.outcome.failed() || observation.outcome.slow;
         // The successes before this evidence: a host's history when this
@@ -163,7 +171,7 @@ impl Unit {
             return;
         }
         if let Some(pending) = self.pending.get_mut(address) {
-            pending.add(observation);
+            pending.add_n(observation, weight);
             return;
         }
         if self.pending.len() >= usize::from(config.limits.max_watched_hosts_per_service) {
@@ -183,7 +191,7 @@ impl Unit {
             let cap = config.detection.window_size.saturating_sub(1);
             pending.history = u32::from(before.min(cap));
         }
-        pending.add(observation);
+        pending.add_n(observation, weight);
         self.pending.insert(key, pending);
     }
 

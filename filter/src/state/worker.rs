@@ -155,7 +155,32 @@ pub struct Worker<H: Host> {
     active: bool,
     last_request_ms: u64,
     idle_ticks: bool,
+    /// Until when every success is attributed: a minute after the last
+    /// failure or slow call this worker saw (see `sample_success`).
+    exact_until_ms: u64,
+    /// Plain successes met while sampling, to pick one in
+    /// `successSampling`; and those left unattributed, to ask one in
+    /// `ATTEMPT_SAMPLE` whether retries hid failures.
+    sampled: u32,
+    unattributed: u16,
 }
+
+/// A success left unattributed, or one to record and for how many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sampled {
+    /// Not recorded: Envoy's balancer spreads requests evenly, and the
+    /// one in `successSampling` that is recorded stands for the rest.
+    Skip,
+    /// Recorded as this many successes (1 outside sampling). `attempts`:
+    /// the request's attempt count, when it was read to decide.
+    Record { weight: u16, attempts: Option<u64> },
+}
+
+/// How long every success is attributed after a failure, a slow call, a
+/// retry that hid failures, or a host this worker had not seen: the windows
+/// and streaks of the hosts involved stay exact meanwhile, and a worker
+/// learns a service's hosts (which steering needs) before it samples.
+pub const EXACT_FOR_MS: u64 = 30_000;
 
 fn position(units: &[Unit], cluster: &str, scope: &str) -> Option<usize> {
     units
@@ -191,6 +216,9 @@ impl<H: Host> Worker<H> {
             active: false,
             last_request_ms: now,
             idle_ticks: false,
+            exact_until_ms: 0,
+            sampled: 0,
+            unattributed: 0,
         };
         worker.reconfigure(config);
         worker
@@ -551,6 +579,46 @@ impl<H: Host> Worker<H> {
     /// `cluster` is known when the request path read it; otherwise it comes
     /// from the address cache, or from the host when the cache cannot say.
     /// `routed` says what steering decided for it.
+    /// Whether a plain success (not a failure, not slow, not steered, not
+    /// a probe) Envoy's balancer sent somewhere is recorded. Reading its
+    /// host costs more than the rest of the filter's work per request, so
+    /// while nothing is wrong on this worker (no unit steers or holds a
+    /// breaker, no failure or slow call for `EXACT_FOR_MS`)
+    /// one in `successSampling` is recorded and counts for that many. A
+    /// window then holds the same mix of outcomes in expectation; the
+    /// first failure ends sampling before it is recorded, so streaks and
+    /// the windows of failing hosts are exact. One skipped success in
+    /// `ATTEMPT_SAMPLE` is still asked whether retries hid failures (as
+    /// recorded ones are), and recorded when they did.
+    pub fn sample_success(&mut self, config: &Config) -> Sampled {
+        let every = config.detection.success_sampling.max(1);
+        let exact = Sampled::Record {
+            weight: 1,
+            attempts: None,
+        };
+        if every == 1 || self.active || self.clock_ms < self.exact_until_ms || self.sees_attempts()
+        {
+            return exact;
+        }
+        self.sampled = self.sampled.wrapping_add(1);
+        if self.sampled % u32::from(every) == 0 {
+            return Sampled::Record {
+                weight: every,
+                attempts: None,
+            };
+        }
+        self.unattributed = self.unattributed.wrapping_add(1);
+        if self.unattributed % ATTEMPT_SAMPLE == 0 {
+            if let Some(n) = self.host.attempt_count().filter(|n| *n > 1) {
+                return Sampled::Record {
+                    weight: 1,
+                    attempts: Some(n),
+                };
+            }
+        }
+        Sampled::Skip
+    }
+
     pub fn observe_request(
         &mut self,
         cluster: Option<&str>,
@@ -560,6 +628,29 @@ impl<H: Host> Worker<H> {
         observation: Observation,
         routed: Routed<'_>,
     ) {
+        let exact = Sampled::Record {
+            weight: 1,
+            attempts: None,
+        };
+        self.observe_sampled(cluster, scope, config, address, observation, routed, exact);
+    }
+
+    /// [`Worker::observe_request`] for a request [`Worker::sample_success`]
+    /// chose to record (`Skip` records nothing).
+    #[allow(clippy::too_many_arguments)]
+    pub fn observe_sampled(
+        &mut self,
+        cluster: Option<&str>,
+        scope: &str,
+        config: &Rc<Config>,
+        address: &str,
+        observation: Observation,
+        routed: Routed<'_>,
+        sampled: Sampled,
+    ) {
+        let Sampled::Record { weight, attempts } = sampled else {
+            return;
+        };
         let read;
         let cluster = match cluster {
             Some(cluster) => {
@@ -573,7 +664,14 @@ impl<H: Host> Worker<H> {
                     Lookup::Cached(cached) => {
                         let now = self.clock_ms;
                         if let Some(position) = known_unit(&mut self.units, cached, scope, now) {
-                            return self.observe_at(position, config, address, observation, routed);
+                            return self.observe_at(
+                                position,
+                                config,
+                                address,
+                                observation,
+                                routed,
+                                (weight, attempts),
+                            );
                         }
                         read = cached.to_string();
                     }
@@ -591,9 +689,18 @@ impl<H: Host> Worker<H> {
         let Some(position) = self.unit(cluster, scope, config, self.clock_ms) else {
             return;
         };
-        self.observe_at(position, config, address, observation, routed);
+        self.observe_at(
+            position,
+            config,
+            address,
+            observation,
+            routed,
+            (weight, attempts),
+        );
     }
 
+    /// `sampled`: how many successes this one stands for, and the
+    /// request's attempt count when already read.
     fn observe_at(
         &mut self,
         position: usize,
@@ -601,21 +708,31 @@ impl<H: Host> Worker<H> {
         address: &str,
         observation: Observation,
         routed: Routed<'_>,
+        sampled: (u16, Option<u64>),
     ) {
+        let (weight, attempts) = sampled;
         let now = self.clock_ms;
+        if observation.outcome.failed() || observation.outcome.slow {
+            self.exact_until_ms = now.saturating_add(EXACT_FOR_MS);
+        }
         let limits = &config.limits;
         let upstream = self.sees_attempts();
         let unit = &mut self.units[position];
         // An upstream instance grades this service's hosts from every
         // attempt: a downstream one leaves them to it.
         let fed = !upstream && unit.snapshot.attempts_until_ms > now;
-        unit.counts.requests += 1;
+        unit.counts.requests += u64::from(weight);
         if let Some(kind) = observation.outcome.failure {
             unit.counts.failures[names::failure_index(kind)] += 1;
         }
         let success = !observation.outcome.failed();
         let capacity = usize::from(limits.max_hosts_per_service);
-        let seen = unit.members.saw(address, now, capacity, success);
+        let seen = unit
+            .members
+            .saw(address, now, capacity, if success { weight } else { 0 });
+        if seen == Seen::New {
+            self.exact_until_ms = now.saturating_add(EXACT_FOR_MS);
+        }
         match seen {
             Seen::Full => unit.counts.not_tracked += 1,
             Seen::New if unit.members_found.len() < capacity => {
@@ -688,12 +805,17 @@ impl<H: Host> Worker<H> {
             // retried is most likely explained by that host.
             Routed::Envoy if !fed && !upstream => {
                 unit.unsampled += 1;
-                if unit.unsampled >= ATTEMPT_SAMPLE {
+                let count = if attempts.is_some() {
+                    attempts
+                } else if unit.unsampled >= ATTEMPT_SAMPLE {
                     unit.unsampled = 0;
-                    if self.host.attempt_count().is_some_and(|n| n > 1) {
-                        unit.counts.unattributed_retries += 1;
-                        attribute = true;
-                    }
+                    self.host.attempt_count()
+                } else {
+                    None
+                };
+                if count.is_some_and(|n| n > 1) {
+                    unit.counts.unattributed_retries += 1;
+                    attribute = true;
                 }
             }
             _ => {}
@@ -705,7 +827,7 @@ impl<H: Host> Worker<H> {
             unit.attribute_until_ms = now.saturating_add(ATTRIBUTE_FOR_MS);
         }
         if config.circuit_breaker.enabled {
-            unit.breaker_pending.add(observation);
+            unit.breaker_pending.add_n(observation, weight);
         }
         let quiet = fed
             || unit
@@ -713,11 +835,15 @@ impl<H: Host> Worker<H> {
                 .host(address)
                 .is_none_or(|h| h.health.is_quiet());
         if !fed {
-            unit.record_outcome(address, observation, config);
+            unit.record_outcome(address, observation, weight, config);
         }
         for host in &failed_attempts {
             unit.counts.inferred_attempts += 1;
-            unit.record_outcome(host, Observation::plain(RETRIED_ATTEMPT), config);
+            unit.record_outcome(host, Observation::plain(RETRIED_ATTEMPT), 1, config);
+        }
+        if !failed_attempts.is_empty() || attribute {
+            // Retries hid failures: their hosts' windows must be exact.
+            self.exact_until_ms = now.saturating_add(EXACT_FOR_MS);
         }
         // Write at once whatever could change a grade or the breaker; let a
         // quiet host's successes wait for the tick.
