@@ -82,6 +82,7 @@ impl<T: Default> InFlight<T> {
     }
 
     /// The state of stream `id`, if it has any (never creates it).
+    #[cfg(test)]
     pub fn get(&self, id: u32) -> Option<&T> {
         self.map.get(&id).map(|(_, state)| state)
     }

@@ -268,6 +268,7 @@ impl<W> Roots<W> {
         self.roots[position].worker.as_mut()
     }
 
+    #[cfg(test)]
     pub fn serves(&self, root: Option<u32>) -> bool {
         self.serving(root)
             .is_some_and(|p| self.roots[p].worker.is_some())

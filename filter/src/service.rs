@@ -105,6 +105,7 @@ pub struct Pending {
 pub const MAX_PENDING_FAILURES: usize = 64;
 
 impl Pending {
+    #[cfg(test)]
     pub fn add(&mut self, observation: Observation) {
         self.add_n(observation, 1);
     }

@@ -57,10 +57,6 @@ impl Roots {
         self.0.for_root(stream.root)
     }
 
-    pub fn serves(&self, stream: &Stream) -> bool {
-        self.0.serves(stream.root)
-    }
-
     /// Wall-clock time for bookkeeping, without a host call when a worker
     /// already knows it.
     pub fn clock_ms(&self) -> u64 {

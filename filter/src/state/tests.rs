@@ -851,6 +851,7 @@ fn vm_report_counts_the_tables_and_every_shared_key() {
     assert_eq!(vm["hosts"], 3, "{report}");
     assert_eq!(json["sharedData"]["keys"], shared.keys().len(), "{report}");
     assert_eq!(json["sharedData"]["bytes"], shared.bytes(), "{report}");
+}
 
 /// With `successSampling`, successes of a worker that sees nothing wrong
 /// are sampled: one in that many is recorded, standing for that many, so a

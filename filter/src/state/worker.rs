@@ -601,14 +601,14 @@ impl<H: Host> Worker<H> {
             return exact;
         }
         self.sampled = self.sampled.wrapping_add(1);
-        if self.sampled % u32::from(every) == 0 {
+        if self.sampled.is_multiple_of(u32::from(every)) {
             return Sampled::Record {
                 weight: every,
                 attempts: None,
             };
         }
         self.unattributed = self.unattributed.wrapping_add(1);
-        if self.unattributed % ATTEMPT_SAMPLE == 0 {
+        if self.unattributed.is_multiple_of(ATTEMPT_SAMPLE) {
             if let Some(n) = self.host.attempt_count().filter(|n| *n > 1) {
                 return Sampled::Record {
                     weight: 1,
