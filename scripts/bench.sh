@@ -55,22 +55,20 @@ if part instructions; then need valgrind valgrind; need callgrind_control valgri
 command -v taskset >/dev/null || echo "bench: taskset missing; running without CPU pinning" >&2
 command -v taskset >/dev/null || export BENCH_PIN=0
 
-# The do-nothing filter: same SDK, target, release profile and wasm-opt
-# flags as the module that ships.
-cargo build --release --target wasm32-wasip1 -p meshguard-noop-filter
-NOOP="$TARGET/wasm32-wasip1/release/meshguard_noop_filter.wasm"
+# The two floors, built like the module that ships (target, release
+# profile, wasm-opt flags): the do-nothing filter on the SDK, and the bare
+# one with meshguard's entry points and no SDK.
+floor() {
+    cargo build --release --target wasm32-wasip1 -p "$1"
+    local wasm="$TARGET/wasm32-wasip1/release/${1//-/_}"
+    wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+        --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types \
+        "$wasm.wasm" -o "$wasm.opt.wasm"
+}
+floor meshguard-noop-filter
+floor meshguard-bare-filter
 NOOP_OPT="$TARGET/wasm32-wasip1/release/meshguard_noop_filter.opt.wasm"
-wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
-    --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types \
-    "$NOOP" -o "$NOOP_OPT"
-
-# The bare floor: meshguard's entry points, no SDK, same profile and flags.
-cargo build --release --target wasm32-wasip1 -p meshguard-bare-filter
-BARE="$TARGET/wasm32-wasip1/release/meshguard_bare_filter.wasm"
 BARE_OPT="$TARGET/wasm32-wasip1/release/meshguard_bare_filter.opt.wasm"
-wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
-    --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types \
-    "$BARE" -o "$BARE_OPT"
 
 # mg-bench and mg-upstream (the incidents' upstreams and the instruction
 # runs' hosts: up to 1,000 from one process), optimised; host-tests without

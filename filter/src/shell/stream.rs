@@ -306,10 +306,7 @@ impl Stream {
         let sampled = if plain && routed == Routed::Envoy {
             worker.sample_success(&config)
         } else {
-            Sampled::Record {
-                weight: 1,
-                attempts: None,
-            }
+            Sampled::EXACT
         };
         if sampled == Sampled::Skip {
             return;

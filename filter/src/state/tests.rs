@@ -861,10 +861,7 @@ fn vm_report_counts_the_tables_and_every_shared_key() {
 #[test]
 fn successes_are_sampled_while_nothing_is_wrong_and_exact_after_a_failure() {
     use super::worker::{Sampled, EXACT_FOR_MS};
-    let exact = Sampled::Record {
-        weight: 1,
-        attempts: None,
-    };
+    let exact = Sampled::EXACT;
     let shared = Rc::new(SharedData::default());
     let sampling = config(r#"{"detection":{"successSampling":16}}"#);
     let mut w = worker(&shared, Rc::clone(&sampling), 1);

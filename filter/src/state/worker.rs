@@ -176,6 +176,15 @@ pub enum Sampled {
     Record { weight: u16, attempts: Option<u64> },
 }
 
+impl Sampled {
+    /// Recorded as itself: outside sampling, and for anything not a plain
+    /// success.
+    pub const EXACT: Sampled = Sampled::Record {
+        weight: 1,
+        attempts: None,
+    };
+}
+
 /// How long every success is attributed after a failure, a slow call, a
 /// retry that hid failures, or a host this worker had not seen: the windows
 /// and streaks of the hosts involved stay exact meanwhile, and a worker
@@ -592,10 +601,7 @@ impl<H: Host> Worker<H> {
     /// recorded ones are), and recorded when they did.
     pub fn sample_success(&mut self, config: &Config) -> Sampled {
         let every = config.detection.success_sampling.max(1);
-        let exact = Sampled::Record {
-            weight: 1,
-            attempts: None,
-        };
+        let exact = Sampled::EXACT;
         if every == 1 || self.active || self.clock_ms < self.exact_until_ms || self.sees_attempts()
         {
             return exact;
@@ -628,10 +634,7 @@ impl<H: Host> Worker<H> {
         observation: Observation,
         routed: Routed<'_>,
     ) {
-        let exact = Sampled::Record {
-            weight: 1,
-            attempts: None,
-        };
+        let exact = Sampled::EXACT;
         self.observe_sampled(cluster, scope, config, address, observation, routed, exact);
     }
 
