@@ -406,7 +406,13 @@ pub fn admin_get(admin: SocketAddr, path: &str, timeout: Duration) -> io::Result
 /// not list it.
 pub fn stat(admin: SocketAddr, name: &str) -> io::Result<u64> {
     let filter = format!("/stats?filter=^{}$", name.replace('.', "\\."));
-    Ok(admin_get(admin, &filter, ADMIN_TIMEOUT)?
+    Ok(stat_in(&admin_get(admin, &filter, ADMIN_TIMEOUT)?, name))
+}
+
+/// Counter or gauge `name` in the text of Envoy's `/stats` (`name: value`
+/// lines); 0 when absent.
+pub fn stat_in(stats: &str, name: &str) -> u64 {
+    stats
         .lines()
         .find_map(|l| {
             l.strip_prefix(name)?
@@ -415,7 +421,7 @@ pub fn stat(admin: SocketAddr, name: &str) -> io::Result<u64> {
                 .parse()
                 .ok()
         })
-        .unwrap_or(0))
+        .unwrap_or(0)
 }
 
 /// The last `n` lines of an Envoy log. Once Envoy has started, only lines

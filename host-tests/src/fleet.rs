@@ -334,6 +334,11 @@ pub fn with_istio_retries(yaml: &str) -> Result<String, String> {
 /// The EDS file's content: a `DiscoveryResponse` with one
 /// `ClusterLoadAssignment` for `demo` listing `members`.
 pub fn eds_document(version: u64, members: &[SocketAddr]) -> String {
+    eds_document_for("demo", version, members)
+}
+
+/// [`eds_document`] for the cluster `cluster`.
+pub fn eds_document_for(cluster: &str, version: u64, members: &[SocketAddr]) -> String {
     let endpoints: Vec<serde_json::Value> = members
         .iter()
         .map(|a| {
@@ -345,7 +350,7 @@ pub fn eds_document(version: u64, members: &[SocketAddr]) -> String {
         "version_info": version.to_string(),
         "resources": [{
             "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
-            "cluster_name": "demo",
+            "cluster_name": cluster,
             "endpoints": [{"lb_endpoints": endpoints}],
         }],
     })

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use host_tests::envoy::stat_in;
 use host_tests::http;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -638,7 +639,7 @@ impl Counts {
     /// From Envoy's `/stats` text, its `/clusters` text and the upstreams'
     /// request counts.
     pub fn parse(stats: &str, clusters: &str, ports: [u16; 3], host_requests: [u64; 3]) -> Self {
-        let c = |name: &str| counter(stats, &format!("cluster.demo.{name}"));
+        let c = |name: &str| stat_in(stats, &format!("cluster.demo.{name}"));
         let mut host_connect_fail = [0; 3];
         for (i, p) in ports.iter().enumerate() {
             host_connect_fail[i] = host_counter(clusters, "demo", *p, "cx_connect_fail");
@@ -653,20 +654,6 @@ impl Counts {
             host_connect_fail,
         }
     }
-}
-
-/// Counter `name` of Envoy's `/stats` text (`name: value` lines); 0 when absent.
-pub fn counter(stats: &str, name: &str) -> u64 {
-    stats
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(name)?
-                .strip_prefix(": ")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
 }
 
 /// Host counter `name` of `cluster`'s host on port `port` in Envoy's
@@ -1506,8 +1493,8 @@ mod tests {
     fn parses_envoy_counters_and_counts_the_incident() {
         let stats = "cluster.demo.upstream_rq_retry: 12\ncluster.demo.upstream_rq_retry_success: 10\n\
                      cluster.demo.upstream_rq_total: 300\ncluster.demo.upstream_cx_connect_fail: 4\n";
-        assert_eq!(counter(stats, "cluster.demo.upstream_rq_retry"), 12);
-        assert_eq!(counter(stats, "cluster.demo.upstream_rq_retry_overflow"), 0);
+        assert_eq!(stat_in(stats, "cluster.demo.upstream_rq_retry"), 12);
+        assert_eq!(stat_in(stats, "cluster.demo.upstream_rq_retry_overflow"), 0);
         let clusters = "demo::outlier::success_rate_average::-1\n\
                         demo::127.0.0.1:11::cx_connect_fail::0\ndemo::127.0.0.1:12::cx_connect_fail::7\n\
                         demo::127.0.0.1:12::rq_total::90\nfallback::127.0.0.1:12::cx_connect_fail::99\n";

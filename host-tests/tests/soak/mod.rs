@@ -44,6 +44,7 @@ use meshguard::events::{BreakerChange, HostTransition};
 use host_tests::behaviour::Behaviour;
 use host_tests::envoy::{free_ports, EnvoyProcess};
 use host_tests::fixture::TestPaths;
+use host_tests::fleet::eds_document_for;
 use host_tests::http;
 use host_tests::process::ChildGuard;
 use host_tests::upstream::Fleet;
@@ -937,26 +938,6 @@ pub fn listener(
         config = config.replace('\'', "''"),
         wasm = wasm.display()
     )
-}
-
-/// The EDS file of `cluster` listing `members` (as `host_tests::fleet::eds_document`).
-pub fn eds_document_for(cluster: &str, version: u64, members: &[SocketAddr]) -> String {
-    let endpoints: Vec<serde_json::Value> = members
-        .iter()
-        .map(|a| {
-            serde_json::json!({"endpoint": {"address": {"socket_address": {
-                "address": a.ip().to_string(), "port_value": a.port()}}}})
-        })
-        .collect();
-    serde_json::json!({
-        "version_info": version.to_string(),
-        "resources": [{
-            "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
-            "cluster_name": cluster,
-            "endpoints": [{"lb_endpoints": endpoints}],
-        }],
-    })
-    .to_string()
 }
 
 fn write_atomically(path: &Path, content: &str) -> std::io::Result<()> {
