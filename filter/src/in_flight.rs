@@ -1,11 +1,11 @@
 //! Per-request state between Envoy's callbacks, keyed by context id.
 //!
 //! A request's state is created at `proxy_on_context_create` (or its first
-//! callback, should a host not call that) and dropped at `proxy_on_log`,
-//! which Envoy delivers for every finished stream; meshguard does not
-//! export `proxy_on_delete` (each exported callback is one more VM entry
-//! per request). The table is bounded all the same: a stream whose log never came
-//! must not grow memory.
+//! callback, should a host not call that) and dropped at `proxy_on_done`,
+//! which Envoy delivers for every finished stream; meshguard exports
+//! neither `proxy_on_log` nor `proxy_on_delete` (each exported callback is
+//! one more VM entry per request). The table is bounded all the same: a
+//! stream whose done never came must not grow memory.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};

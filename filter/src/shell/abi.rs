@@ -222,7 +222,7 @@ pub extern "C" fn proxy_on_done(context_id: u32) -> u32 {
             if stream.attempt {
                 stream.on_attempt_done(worker);
             } else if !worker.sees_attempts() {
-                stream.on_log(worker);
+                stream.on_done(worker);
             }
         }
     });

@@ -1,9 +1,10 @@
 //! One request's way through the filter: the breaker and steering on the
 //! request headers, the response's status and header rules on the response
-//! headers, and the outcome recorded against its host at log time.
+//! headers, and the outcome recorded against its host when the stream is
+//! done.
 //!
 //! The healthy path is kept to two host calls per request (`:status` on
-//! the response, `upstream.address` at log time); the cluster comes from
+//! the response, `upstream.address` at done); the cluster comes from
 //! the worker's address cache (see `crate::address_clusters`).
 
 use std::rc::Rc;
@@ -208,7 +209,7 @@ impl Stream {
 
     pub fn on_response_headers(&mut self, worker: &Worker, end_of_stream: bool) -> u32 {
         // The status is read here, where it is a header lookup, rather than
-        // as the `response.code` property at log time, which costs more.
+        // as the `response.code` property at done, which costs more.
         self.status =
             props::header_text(Map::ResponseHeaders, ":status").and_then(|s| s.parse().ok());
         self.response_ended = end_of_stream;
@@ -264,9 +265,9 @@ impl Stream {
         CONTINUE
     }
 
-    /// The request is over: its outcome counts against the host it went to
-    /// (called at `proxy_on_done`).
-    pub fn on_log(&mut self, worker: &mut Worker) {
+    /// The request is over (`proxy_on_done`): its outcome counts against
+    /// the host it went to.
+    pub fn on_done(&mut self, worker: &mut Worker) {
         // Our own local replies never count against anyone.
         if self.local_reply {
             return;

@@ -584,15 +584,12 @@ impl<H: Host> Worker<H> {
         self.clock_ms
     }
 
-    /// Records one finished request against its host and the breaker.
-    /// `cluster` is known when the request path read it; otherwise it comes
-    /// from the address cache, or from the host when the cache cannot say.
-    /// `routed` says what steering decided for it.
     /// Whether a plain success (not a failure, not slow, not steered, not
     /// a probe) Envoy's balancer sent somewhere is recorded. Reading its
     /// host costs more than the rest of the filter's work per request, so
     /// while nothing is wrong on this worker (no unit steers or holds a
-    /// breaker, no failure or slow call for `EXACT_FOR_MS`)
+    /// breaker, no failure, slow call, hidden retry or new host for
+    /// `EXACT_FOR_MS`)
     /// one in `successSampling` is recorded and counts for that many. A
     /// window then holds the same mix of outcomes in expectation; the
     /// first failure ends sampling before it is recorded, so streaks and
@@ -601,10 +598,9 @@ impl<H: Host> Worker<H> {
     /// recorded ones are), and recorded when they did.
     pub fn sample_success(&mut self, config: &Config) -> Sampled {
         let every = config.detection.success_sampling.max(1);
-        let exact = Sampled::EXACT;
         if every == 1 || self.active || self.clock_ms < self.exact_until_ms || self.sees_attempts()
         {
-            return exact;
+            return Sampled::EXACT;
         }
         self.sampled = self.sampled.wrapping_add(1);
         if self.sampled.is_multiple_of(u32::from(every)) {
@@ -625,6 +621,10 @@ impl<H: Host> Worker<H> {
         Sampled::Skip
     }
 
+    /// Records one finished request against its host and the breaker.
+    /// `cluster` is known when the request path read it; otherwise it comes
+    /// from the address cache, or from the host when the cache cannot say.
+    /// `routed` says what steering decided for it.
     pub fn observe_request(
         &mut self,
         cluster: Option<&str>,
