@@ -3,15 +3,15 @@
 //! do-nothing filter (`bench/noop-filter`) exports every callback and
 //! Envoy enters it seven times per request; this one exports exactly what
 //! the shipped module exports (context create, request headers, response
-//! headers, response body, response trailers, done, log, tick), so
-//! meshguard minus this floor is the price of meshguard's own logic and
-//! host calls.
+//! headers, response body, response trailers, done, tick; no log, which
+//! meshguard records at done instead), so meshguard minus this floor is
+//! the price of meshguard's own logic and host calls.
 //!
 //! With a plugin configuration of words it also makes host calls, to price
 //! them against the same entries: `hdr:NAME` reads a response header in
-//! the response-headers callback, `prop:a.b` reads a property at log time,
-//! `done-prop:a.b` reads a property at done. `host-calls` stands for
-//! meshguard's healthy path (`hdr::status prop:upstream.address`).
+//! the response-headers callback, `prop:a.b` reads a property at done.
+//! `host-calls` stands for meshguard's exact healthy path
+//! (`hdr::status prop:upstream.address`).
 
 #[cfg(target_arch = "wasm32")]
 mod filter {
@@ -24,7 +24,6 @@ mod filter {
     #[derive(Default)]
     struct Calls {
         response_headers: Vec<Vec<u8>>,
-        log_properties: Vec<Vec<u8>>,
         done_properties: Vec<Vec<u8>>,
     }
 
@@ -85,10 +84,8 @@ mod filter {
         for word in text.split_whitespace() {
             if let Some(name) = word.strip_prefix("hdr:") {
                 calls.response_headers.push(name.as_bytes().to_vec());
-            } else if let Some(p) = word.strip_prefix("done-prop:") {
-                calls.done_properties.push(path(p));
             } else if let Some(p) = word.strip_prefix("prop:") {
-                calls.log_properties.push(path(p));
+                calls.done_properties.push(path(p));
             }
         }
         calls
@@ -159,15 +156,6 @@ mod filter {
             }
         });
         1
-    }
-
-    #[no_mangle]
-    pub extern "C" fn proxy_on_log(_context: u32) {
-        CALLS.with(|c| {
-            for p in &c.borrow().log_properties {
-                drop(property(p));
-            }
-        });
     }
 
     #[no_mangle]
