@@ -921,26 +921,48 @@ fn successes_are_sampled_while_nothing_is_wrong_and_exact_after_a_failure() {
     assert!((0..64).all(|_| e.sample_success(&plain) == exact));
 }
 
-/// A skipped success still asks, one in eight, whether retries hid
-/// failures (as recorded requests do), and is recorded when they did.
+/// A skipped success still asks whether retries hid failures, and is
+/// recorded when they did: one in 64 of them, or the first after a second
+/// without asking (so a quiet worker with little traffic still asks).
 #[test]
 fn skipped_successes_still_catch_retries() {
     use super::worker::Sampled;
     let shared = Rc::new(SharedData::default());
     let sampling = config(r#"{"detection":{"successSampling":16}}"#);
     let mut w = worker(&shared, Rc::clone(&sampling), 1);
-    w.tick(u64::from(TICK_MS));
+    let mut now = u64::from(TICK_MS);
+    w.tick(now);
     w.host().attempts.set(Some(2));
-    let retried = (0..160)
-        .filter(|_| {
-            matches!(
-                w.sample_success(&sampling),
-                Sampled::Record {
-                    attempts: Some(2),
-                    ..
-                }
-            )
-        })
-        .count();
-    assert_eq!(retried, 18, "one in eight of the skipped ones is asked");
+    let mut retried = || {
+        (0..1600)
+            .filter(|_| {
+                matches!(
+                    w.sample_success(&sampling),
+                    Sampled::Record {
+                        attempts: Some(2),
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    // 1,500 skipped within the same tick: one in 64.
+    assert_eq!(
+        retried(),
+        1500 / 64,
+        "one in 64 of the skipped ones is asked"
+    );
+    // A second later the next skipped success is asked at once.
+    now += 1_000;
+    w.tick(now);
+    let first = (0..15).position(|_| {
+        matches!(
+            w.sample_success(&sampling),
+            Sampled::Record {
+                attempts: Some(2),
+                ..
+            }
+        )
+    });
+    assert_eq!(first, Some(0), "asked after a second without asking");
 }

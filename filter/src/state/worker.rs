@@ -96,6 +96,13 @@ const DISCOVERY_SAMPLE: u16 = 64;
 /// `Plan::alternates`) for `ATTRIBUTE_FOR_MS`, renewed by every retried
 /// request, and each retried request then says whose attempts failed.
 const ATTEMPT_SAMPLE: u16 = 8;
+/// While successes are sampled (nothing has been wrong on the worker for
+/// `EXACT_FOR_MS`), a skipped success is asked only one time in this
+/// many, and at least every `SAMPLING_ATTEMPT_EVERY_MS`: the read costs as
+/// much as the address read sampling saves (about 12k Envoy instructions),
+/// so at one in eight it alone would cost 1.7k per request.
+const SAMPLING_ATTEMPT_SAMPLE: u16 = 64;
+const SAMPLING_ATTEMPT_EVERY_MS: u64 = 1_000;
 const ATTRIBUTE_FOR_MS: u64 = 30_000;
 /// Hosts a steered request names: its own and two for retries (Istio's
 /// default route retries twice).
@@ -160,9 +167,11 @@ pub struct Worker<H: Host> {
     exact_until_ms: u64,
     /// Plain successes met while sampling, to pick one in
     /// `successSampling`; and those left unattributed, to ask one in
-    /// `ATTEMPT_SAMPLE` whether retries hid failures.
+    /// `SAMPLING_ATTEMPT_SAMPLE` (and when it last asked) whether retries
+    /// hid failures.
     sampled: u32,
     unattributed: u16,
+    attempts_asked_ms: u64,
 }
 
 /// A success left unattributed, or one to record and for how many.
@@ -228,6 +237,7 @@ impl<H: Host> Worker<H> {
             exact_until_ms: 0,
             sampled: 0,
             unattributed: 0,
+            attempts_asked_ms: 0,
         };
         worker.reconfigure(config);
         worker
@@ -594,8 +604,9 @@ impl<H: Host> Worker<H> {
     /// window then holds the same mix of outcomes in expectation; the
     /// first failure ends sampling before it is recorded, so streaks and
     /// the windows of failing hosts are exact. One skipped success in
-    /// `ATTEMPT_SAMPLE` is still asked whether retries hid failures (as
-    /// recorded ones are), and recorded when they did.
+    /// `SAMPLING_ATTEMPT_SAMPLE` (and one at least every
+    /// `SAMPLING_ATTEMPT_EVERY_MS`) is still asked whether retries hid
+    /// failures, as recorded ones are, and recorded when they did.
     pub fn sample_success(&mut self, config: &Config) -> Sampled {
         let every = config.detection.success_sampling.max(1);
         if every == 1 || self.active || self.clock_ms < self.exact_until_ms || self.sees_attempts()
@@ -610,7 +621,12 @@ impl<H: Host> Worker<H> {
             };
         }
         self.unattributed = self.unattributed.wrapping_add(1);
-        if self.unattributed.is_multiple_of(ATTEMPT_SAMPLE) {
+        let now = self.clock_ms;
+        if self.unattributed.is_multiple_of(SAMPLING_ATTEMPT_SAMPLE)
+            || now.saturating_sub(self.attempts_asked_ms) >= SAMPLING_ATTEMPT_EVERY_MS
+        {
+            self.unattributed = 0;
+            self.attempts_asked_ms = now;
             if let Some(n) = self.host.attempt_count().filter(|n| *n > 1) {
                 return Sampled::Record {
                     weight: 1,
