@@ -17,7 +17,7 @@
 # Knobs (see bench/runner/src/main.rs): BENCH_QUICK=1 (smoke run, results in
 # target/bench-quick), BENCH_ONLY=instructions|overhead|incidents (comma
 # list; the other parts' results already in BENCH_OUT are kept),
-# BENCH_INSTR_SIZES=3,100,1000, BENCH_INSTR_ROWS=Plain,Noop,Bare,Diagnostic,Healthy,Upstream,Steering,Failure,
+# BENCH_INSTR_SIZES=3,100,1000, BENCH_INSTR_ROWS=Plain,Noop,Bare,Diagnostic,Healthy,Sampled,Sampled64,Upstream,Steering,Failure,
 # BENCH_INSTR_BARE_CALLS (host calls the Bare row makes, e.g. 'hdr::status'),
 # BENCH_INSTR_REPEATS, BENCH_INSTR_REQUESTS, BENCH_INSTR_WARMUP, BENCH_INSTR_IDLE_S,
 # BENCH_SCENARIOS=a,b,ra, BENCH_VARIANTS=retries,retries-mg (incident variant ids), BENCH_ROUNDS, BENCH_SECONDS, BENCH_RATE, BENCH_PIN=0, BENCH_OUT.

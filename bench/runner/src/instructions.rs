@@ -62,6 +62,8 @@ pub enum Row {
     Healthy,
     /// Healthy with `detection.successSampling: 16`.
     Sampled,
+    /// Healthy with `detection.successSampling: 64`.
+    Sampled64,
     /// Healthy plus meshguard's upstream instance on the router.
     Upstream,
     Steering,
@@ -79,6 +81,8 @@ pub const STEERING_CONFIG: &str =
 
 /// The Sampled row: defaults but sampled successes.
 pub const SAMPLED_CONFIG: &str = r#"{"detection":{"successSampling":16}}"#;
+/// The Sampled64 row: one success in 64 attributed.
+pub const SAMPLED64_CONFIG: &str = r#"{"detection":{"successSampling":64}}"#;
 
 /// How long the Sampled row keeps sending paced requests after the warm-up
 /// before counting: sampling starts once a worker has seen no new host
@@ -89,13 +93,14 @@ const SAMPLING_SETTLE: Duration = Duration::from_secs(33);
 pub const UPSTREAM_CONFIG: &str = r#"{"mode":"upstream"}"#;
 
 impl Row {
-    pub const ALL: [Row; 9] = [
+    pub const ALL: [Row; 10] = [
         Row::Plain,
         Row::Noop,
         Row::Bare,
         Row::Diagnostic,
         Row::Healthy,
         Row::Sampled,
+        Row::Sampled64,
         Row::Upstream,
         Row::Steering,
         Row::Failure,
@@ -109,6 +114,7 @@ impl Row {
             Row::Diagnostic => "do-nothing filter + meshguard's 2 healthy-path host calls",
             Row::Healthy => "meshguard, defaults, all hosts healthy",
             Row::Sampled => "meshguard, successSampling 16, all hosts healthy",
+            Row::Sampled64 => "meshguard, successSampling 64, all hosts healthy",
             Row::Upstream => "meshguard with the upstream instance, all hosts healthy",
             Row::Steering => "meshguard steering (one host answering 503, ejected)",
             Row::Failure => "meshguard failure path (one host failing 40 %)",
@@ -118,7 +124,12 @@ impl Row {
     fn meshguard(self) -> bool {
         matches!(
             self,
-            Row::Healthy | Row::Sampled | Row::Upstream | Row::Steering | Row::Failure
+            Row::Healthy
+                | Row::Sampled
+                | Row::Sampled64
+                | Row::Upstream
+                | Row::Steering
+                | Row::Failure
         )
     }
 
@@ -154,6 +165,10 @@ impl Row {
             Row::Sampled => Filter::Wasm {
                 path: s.meshguard.clone(),
                 config: SAMPLED_CONFIG.into(),
+            },
+            Row::Sampled64 => Filter::Wasm {
+                path: s.meshguard.clone(),
+                config: SAMPLED64_CONFIG.into(),
             },
         }
     }
@@ -221,8 +236,20 @@ pub struct Measurement {
     /// Envoy's instructions per second while idle (main thread and the one
     /// worker together).
     pub idle_per_second: f64,
-    /// (fast_ir - busy_per_second x fast_seconds) / requests, last triple.
+    /// Instructions per request: the difference between two stretches of
+    /// the same duration, one with `requests` and one with half as many
+    /// (see [`even_stretch`]), less `busy_per_second` x their difference
+    /// in seconds.
     pub per_request: f64,
+    /// (fast_ir - busy_per_second x fast_seconds) / requests, last triple:
+    /// the estimate before the even pair, which moved by up to 2 % between
+    /// launches where ticks are busy.
+    #[serde(default)]
+    pub per_request_triple: f64,
+    /// The even pair: half the requests, then all of them, over the same
+    /// time.
+    #[serde(default)]
+    pub even: Option<(Stretch, Stretch)>,
     /// (fast_ir - idle_per_second x fast_seconds) / requests: what the
     /// idle rate alone would subtract (for comparison).
     pub per_request_idle_rate: f64,
@@ -340,6 +367,30 @@ impl KeepAlive {
     }
 
     /// `n` requests, `pause` between them; the number that were not 200.
+    /// Sends `n` requests on a schedule spread evenly over `total` (the
+    /// i-th at i x total / n from now), so two stretches of different
+    /// sizes last the same time.
+    fn send_over(&mut self, n: u32, total: Duration) -> Result<u32, String> {
+        let start = Instant::now();
+        let step = total / n.max(1);
+        let mut bad = 0;
+        for i in 0..n {
+            let due = start + step * i;
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            match self.get() {
+                Ok(200) => {}
+                Ok(_) => bad += 1,
+                Err(e) => return Err(format!("request through Envoy failed: {e}")),
+            }
+        }
+        if let Some(wait) = (start + total).checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        Ok(bad)
+    }
+
     fn send(&mut self, n: u32, pause: Duration) -> Result<u32, String> {
         let mut bad = 0;
         for i in 0..n {
@@ -597,6 +648,45 @@ fn stretch(
     })
 }
 
+/// How long each stretch of the even pair lasts, in back-to-back stretches.
+const EVEN_SPAN_OF_FAST: f64 = 2.5;
+
+/// The even pair: after the F P F triples have settled, `requests / 2`
+/// and then `requests` requests, each spread over the same time
+/// (`EVEN_SPAN_OF_FAST` times the last back-to-back stretch, so the
+/// larger one runs at under half the rate Envoy manages under callgrind
+/// and timers fire on time in both). Work that comes with time (Envoy's
+/// timers, meshguard's 100 ms ticks, which while serving cost about 1 M
+/// instructions a second) is then the same in both and cancels; the
+/// triples' fit leaves it to depend on how long the back-to-back stretch
+/// took, which on a loaded machine moved the per-request figure of the
+/// rows with busy ticks by up to 2 % between launches.
+fn even_stretch(
+    cg: &Callgrind,
+    client: &mut KeepAlive,
+    requests: u32,
+    span: Duration,
+    non_200: &mut u32,
+) -> Result<Stretch, String> {
+    let t0 = cg.control(&["-z"])?;
+    *non_200 += client.send_over(requests, span)?;
+    let (ir, t1) = cg.dump()?;
+    Ok(Stretch {
+        ir,
+        seconds: (t1 - t0).as_secs_f64(),
+        paced: true,
+    })
+}
+
+/// Instructions per request from an even pair: what the `requests - requests / 2`
+/// more requests cost, less the busy rate for any difference in duration.
+pub fn even_per_request(half: Stretch, full: Stretch, requests: u32, busy: f64) -> f64 {
+    let extra = f64::from(requests - requests / 2);
+    let seconds = full.seconds - half.seconds;
+    let busy = if busy.is_finite() { busy } else { 0.0 };
+    (full.ir as f64 - half.ir as f64 - busy * seconds) / extra
+}
+
 fn run_one(s: &Settings, row: Row, hosts: usize, repeat: usize) -> Result<Measurement, String> {
     let started = Instant::now();
     let dir = s.work.join(format!("{row:?}-{hosts}-{repeat}"));
@@ -702,7 +792,7 @@ fn run_one(s: &Settings, row: Row, hosts: usize, repeat: usize) -> Result<Measur
     let main_warmup = s.warmup.max(2 * hosts as u32);
     client.send(main_warmup, Duration::ZERO)?;
     warmup += main_warmup;
-    if row == Row::Sampled {
+    if matches!(row, Row::Sampled | Row::Sampled64) {
         let paced = 10 * SAMPLING_SETTLE.as_secs() as u32;
         client.send(paced, Duration::from_millis(100))?;
         warmup += paced;
@@ -749,12 +839,22 @@ fn run_one(s: &Settings, row: Row, hosts: usize, repeat: usize) -> Result<Measur
         }
     }
     let steady = steady_of(&triples(&stretches, s.requests));
+    // The even pair (EVEN_PAIR): both paced, over the same time.
+    let (per_request_triple, busy_per_second) = triples(&stretches, s.requests)
+        .last()
+        .copied()
+        .unwrap_or((f64::NAN, f64::NAN));
+    let fast_last = stretches[stretches.len() - 1].seconds;
+    let span = Duration::from_secs_f64(fast_last * EVEN_SPAN_OF_FAST);
+    let half = even_stretch(&cg, &mut client, s.requests / 2, span, &mut non_200)?;
+    let full = even_stretch(&cg, &mut client, s.requests, span, &mut non_200)?;
+    let per_request = even_per_request(half, full, s.requests, busy_per_second);
     let n3 = stretches.len() - 3;
     let (f1, p, f2) = (stretches[n3], stretches[n3 + 1], stretches[n3 + 2]);
     let fast_ir = (f1.ir + f2.ir) / 2;
     let fast_seconds = (f1.seconds + f2.seconds) / 2.0;
     let (paced_ir, paced_seconds) = (p.ir, p.seconds);
-    let counted = s.requests * stretches.len() as u32;
+    let counted = s.requests * stretches.len() as u32 + s.requests + s.requests / 2;
     let reconnects = client.connects - connects_before;
     let bad_host_requests = bad
         .as_ref()
@@ -777,10 +877,6 @@ fn run_one(s: &Settings, row: Row, hosts: usize, repeat: usize) -> Result<Measur
     let idle_seconds = (t3 - t2).as_secs_f64();
     let idle_per_second = idle_ir as f64 / idle_seconds;
     let n = f64::from(s.requests);
-    let (per_request, busy_per_second) = triples(&stretches, s.requests)
-        .last()
-        .copied()
-        .unwrap_or((f64::NAN, f64::NAN));
     let per_request_idle_rate = (fast_ir as f64 - idle_per_second * fast_seconds) / n;
     let m = Measurement {
         row,
@@ -799,6 +895,8 @@ fn run_one(s: &Settings, row: Row, hosts: usize, repeat: usize) -> Result<Measur
         idle_seconds,
         idle_per_second,
         per_request,
+        per_request_triple,
+        even: Some((half, full)),
         per_request_idle_rate,
         warmup_requests: warmup,
         non_200,
@@ -833,11 +931,12 @@ pub fn run(s: &Settings) -> Result<Vec<Measurement>, String> {
             for &row in &s.rows {
                 let m = run_one(s, row, hosts, repeat)?;
                 eprintln!(
-                    "  instructions {}/{total} {:>4} hosts {:<9} {:>9.0} instr/req ({:.0} with the idle rate)  busy {:.3} M/s  idle {:.3} M/s  {} stretches of {} req, {:.1} s back to back, {:.1} s paced (warm-up {}), run {:.0} s{}{}{}",
+                    "  instructions {}/{total} {:>4} hosts {:<9} {:>9.0} instr/req (triple {:.0}, {:.0} with the idle rate)  busy {:.3} M/s  idle {:.3} M/s  {} stretches of {} req, {:.1} s back to back, {:.1} s paced (warm-up {}), run {:.0} s{}{}{}",
                     out.len() + 1,
                     hosts,
                     format!("{row:?}"),
                     m.per_request,
+                    m.per_request_triple,
                     m.per_request_idle_rate,
                     m.busy_per_second / 1e6,
                     m.idle_per_second / 1e6,
@@ -1258,14 +1357,20 @@ pub fn section(meta: &Meta, runs: &[Measurement]) -> (String, serde_json::Value)
          part (at most {max_triples} triples); then {idle} s idle (from 3 s after the last request) measured the same \
          way. Under callgrind a request takes ~50x longer than natively, so work done per second while serving \
          (Envoy's timers, meshguard's 100 ms busy tick) would weigh ~50x too much per request: each triple separates \
-         it (instructions = per request x requests + busy x seconds, the two F bracketing P); the table shows the \
-         per-request part of the last triple. Each cell is the median of {repeats} runs (separate Envoy processes, \
+         it (instructions = per request x requests + busy x seconds, the two F bracketing P). The table's figure comes \
+         after that, from an even pair: {half} requests and then {requests}, each spread evenly over {span} times the last F \
+         stretch's duration, so that the per-second work is the same in both and cancels (per request = the difference in \
+         instructions, less the triple's busy rate times any difference in seconds, over {half}); the triple's own figure \
+         moved by up to 2 % between launches where meshguard's ticks are busy, because it depends on how long F took on a \
+         loaded machine. Each cell is the median of {repeats} runs (separate Envoy processes, \
          interleaved); ± is half their range. **not steady**: the last two triples still differed by more than \
          {steady} %. Instructions do not depend on the machine's load, unlike the wall-clock tables below.\n",
         date = meta.date,
         module = meta.module,
         warmup = meta.warmup,
         requests = meta.requests,
+        half = meta.requests / 2,
+        span = EVEN_SPAN_OF_FAST,
         max_triples = MAX_TRIPLES,
         steady = STEADY * 100.0,
         idle = meta.idle_s,
@@ -1306,6 +1411,27 @@ pub fn section(meta: &Meta, runs: &[Measurement]) -> (String, serde_json::Value)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Time-bound work (the busy rate) cancels between the pair's two
+    /// stretches; only the extra requests are counted, and a difference in
+    /// duration is charged at the busy rate.
+    #[test]
+    fn even_pair_counts_only_the_extra_requests() {
+        let busy = 1_000_000.0;
+        let stretch = |requests: u32, seconds: f64| Stretch {
+            ir: (200_000.0 * f64::from(requests) + busy * seconds) as u64,
+            seconds,
+            paced: true,
+        };
+        let per = even_per_request(stretch(1000, 20.0), stretch(2000, 20.0), 2000, busy);
+        assert!((per - 200_000.0).abs() < 1e-6, "{per}");
+        // A pair that ran 0.5 s apart in length, the busy rate known.
+        let per = even_per_request(stretch(1000, 20.0), stretch(2000, 20.5), 2000, busy);
+        assert!((per - 200_000.0).abs() < 1e-6, "{per}");
+        // Without a busy rate the difference is charged to requests.
+        let per = even_per_request(stretch(1000, 20.0), stretch(2000, 20.5), 2000, f64::NAN);
+        assert!((per - 200_500.0).abs() < 1e-6, "{per}");
+    }
 
     #[test]
     fn reads_callgrind_summary() {
@@ -1368,6 +1494,8 @@ mod tests {
             idle_seconds: 1.0,
             idle_per_second: 0.0,
             per_request: 0.0,
+            per_request_triple: 0.0,
+            even: None,
             per_request_idle_rate: 0.0,
             warmup_requests: 0,
             non_200: 0,

@@ -86,7 +86,7 @@ impl Config {
     /// BENCH_ROUNDS, BENCH_SECONDS (per wrk run), BENCH_CONNECTIONS,
     /// BENCH_RATE (req/s of the incidents), BENCH_PIN=0 (no CPU pinning),
     /// BENCH_OUT, BENCH_WORK. Instructions (callgrind): BENCH_INSTR_SIZES=3,100,1000,
-    /// BENCH_INSTR_ROWS=Plain,Noop,Bare,Diagnostic,Healthy,Upstream,Steering,Failure, BENCH_INSTR_BARE_CALLS
+    /// BENCH_INSTR_ROWS=Plain,Noop,Bare,Diagnostic,Healthy,Sampled,Sampled64,Upstream,Steering,Failure, BENCH_INSTR_BARE_CALLS
     /// (host calls of the Bare row, to price one), BENCH_INSTR_REPEATS (2),
     /// BENCH_INSTR_WARMUP (1000), BENCH_INSTR_REQUESTS (2000), BENCH_INSTR_IDLE_S (10).
     fn from_env() -> Result<Self, String> {
