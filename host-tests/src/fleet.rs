@@ -243,8 +243,42 @@ pub fn render_eds_config(
     to_eds(&yaml, eds_file, watched, retries)
 }
 
-/// The rendered template with cluster `demo` turned into an EDS cluster.
+/// The rendered template with cluster `demo` turned into an EDS cluster,
+/// with the fixture's access-log diagnostics and optionally Istio's retries.
 fn to_eds(yaml: &str, eds_file: &Path, watched: &Path, retries: bool) -> Result<String, String> {
+    let mut out = with_eds_cluster(yaml, eds_file, watched)?;
+    // Diagnostics in the access log: how many attempts a request took, where
+    // meshguard steered it and whether it carried discovery's retry header.
+    // The router and the cluster's upstream filter remove both headers before
+    // the access log runs, so a header_mutation filter between meshguard and
+    // the router copies them first (it changes nothing else).
+    const ROUTER: &str = "          - name: envoy.filters.http.router\n";
+    if out.matches(ROUTER).count() != 1 {
+        return Err(format!(
+            "envoy/demo.yaml.tmpl changed: cannot find {ROUTER:?} to add the diagnostics"
+        ));
+    }
+    out = out.replace(
+        ROUTER,
+        &format!(
+            "          - name: envoy.filters.http.header_mutation\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation\n              mutations:\n                request_mutations:\n                - append: {{ header: {{ key: {DIAG_STEER}, value: \"%REQ(x-meshguard-upstream)%\" }}, append_action: OVERWRITE_IF_EXISTS_OR_ADD }}\n                - append: {{ header: {{ key: {DIAG_RETRY_ON}, value: \"%REQ(x-envoy-retry-on)%\" }}, append_action: OVERWRITE_IF_EXISTS_OR_ADD }}\n{ROUTER}"
+        ),
+    );
+    out = out.replace(
+        "%UPSTREAM_CLUSTER%\\n\"",
+        &format!("%UPSTREAM_CLUSTER% attempts=%UPSTREAM_REQUEST_ATTEMPT_COUNT% steer=%REQ({DIAG_STEER})% retry_on=%REQ({DIAG_RETRY_ON})%\\n\""),
+    );
+    if retries {
+        out = with_istio_retries(&out)?;
+    }
+    Ok(out)
+}
+
+/// `yaml` (a rendered demo template) with cluster `demo` turned from
+/// `STATIC` into `EDS` fed from `eds_file` (a path config source watched
+/// through `watched`), and the node id and cluster Envoy needs for that;
+/// nothing else changes. The bench's rolling deployment uses it as is.
+pub fn with_eds_cluster(yaml: &str, eds_file: &Path, watched: &Path) -> Result<String, String> {
     const HEAD: &str = "\n  - name: demo\n    type: STATIC\n";
     const ASSIGNMENT: &str = "    load_assignment:\n      cluster_name: demo\n";
     let anchor = |what: &str| {
@@ -285,28 +319,6 @@ fn to_eds(yaml: &str, eds_file: &Path, watched: &Path, retries: bool) -> Result<
     out.push_str(&yaml[head + HEAD.len()..la]);
     out.push_str(&eds);
     out.push_str(&yaml[end..]);
-    // Diagnostics in the access log: how many attempts a request took, where
-    // meshguard steered it and whether it carried discovery's retry header.
-    // The router and the cluster's upstream filter remove both headers before
-    // the access log runs, so a header_mutation filter between meshguard and
-    // the router copies them first (it changes nothing else).
-    const ROUTER: &str = "          - name: envoy.filters.http.router\n";
-    if out.matches(ROUTER).count() != 1 {
-        return Err(anchor(ROUTER));
-    }
-    out = out.replace(
-        ROUTER,
-        &format!(
-            "          - name: envoy.filters.http.header_mutation\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation\n              mutations:\n                request_mutations:\n                - append: {{ header: {{ key: {DIAG_STEER}, value: \"%REQ(x-meshguard-upstream)%\" }}, append_action: OVERWRITE_IF_EXISTS_OR_ADD }}\n                - append: {{ header: {{ key: {DIAG_RETRY_ON}, value: \"%REQ(x-envoy-retry-on)%\" }}, append_action: OVERWRITE_IF_EXISTS_OR_ADD }}\n{ROUTER}"
-        ),
-    );
-    out = out.replace(
-        "%UPSTREAM_CLUSTER%\\n\"",
-        &format!("%UPSTREAM_CLUSTER% attempts=%UPSTREAM_REQUEST_ATTEMPT_COUNT% steer=%REQ({DIAG_STEER})% retry_on=%REQ({DIAG_RETRY_ON})%\\n\""),
-    );
-    if retries {
-        out = with_istio_retries(&out)?;
-    }
     Ok(out)
 }
 
@@ -733,7 +745,7 @@ impl EdsFleet {
 
 /// Writes `path` the way a control plane swaps a file: a temp file in the
 /// same (watched) directory, then a rename over the old one.
-fn write_atomically(path: &Path, content: &str) -> std::io::Result<()> {
+pub fn write_atomically(path: &Path, content: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, content)?;
     std::fs::rename(&tmp, path)
