@@ -17,6 +17,10 @@ use crate::stats::{quantiles, Table};
 use crate::upstreams::Upstream;
 
 pub const HOSTS: [&str; 3] = ["u1", "u2", "u3"];
+/// The replacements of a rolling deployment with new addresses
+/// ([`Scenario::replace`]): upstreams 3..6, counted in the slot of the host
+/// they replace (v1 as u1, ...).
+pub const NEW_HOSTS: [&str; 3] = ["v1", "v2", "v3"];
 const BREAKER: u8 = 3;
 const OTHER_LOCAL: u8 = 4;
 const TRANSPORT: u8 = 5;
@@ -88,9 +92,14 @@ pub struct Scenario {
     pub connect_timeout_s: u32,
     /// The client's timeout in seconds (0: [`REQUEST_TIMEOUT`]).
     pub client_timeout_s: u64,
-    /// The "meshguard tuned" variant's `detection` (JSON object text; empty:
-    /// defaults).
-    pub tuned_detection: &'static str,
+    /// A rolling deployment with new addresses: cluster `demo` is an EDS
+    /// cluster fed from a watched file, three more upstreams (indices 3..6,
+    /// [`NEW_HOSTS`]) start with the others, and [`Scenario::eds`] changes
+    /// the membership; steps address hosts 0..6.
+    pub replace: bool,
+    /// EDS membership changes (seconds after the start, upstream indices),
+    /// with [`Scenario::replace`].
+    pub eds: Vec<(f64, Vec<usize>)>,
 }
 
 /// The native failure-percentage threshold of the "tuned" variant, and the
@@ -98,15 +107,35 @@ pub struct Scenario {
 /// degradedFailurePercent, the rate at which meshguard first acts.
 pub const TUNED_THRESHOLD: u32 = 30;
 
+/// "meshguard tuned": one configuration for every incident (never one per
+/// incident), what docs/performance.md recommends against each loss:
+/// eject at the degrade threshold (grey failure), slow-call detection at
+/// 100 ms and Degraded hosts starved to a trickle (slow host). With the
+/// upstream instance; the `ejection` object is completed per scenario.
+pub const TUNED_DETECTION: &str = r#""detection":{"degradedFailurePercent":30,"unhealthyFailurePercent":30,"slowCallThreshold":"100ms"}"#;
+pub const TUNED_EJECTION: &str = r#""degradedWeightPercent":0"#;
+
 /// The Istio-shaped variants: every one has Istio's default route retry
 /// policy and cluster circuit breakers ([`host_tests::fleet::ISTIO_RETRY_POLICY`],
 /// [`host_tests::fleet::ISTIO_CIRCUIT_BREAKERS`]); then what a user can add:
 /// a DestinationRule's outlier detection (Istio's defaults, and
-/// maxEjectionPercent 50), meshguard at defaults (the WasmPlugin alone), or
-/// meshguard tuned: its upstream instance on the router
+/// maxEjectionPercent 50), meshguard at defaults (the WasmPlugin alone),
+/// meshguard with its upstream instance on the router
 /// (`istio/envoyfilter-upstream.yaml`, docs/istio-retries.md), which sees
-/// every attempt, with the scenario's `tuned_detection`.
+/// every attempt, at defaults, and meshguard tuned: the upstream instance
+/// with [`TUNED_DETECTION`] and [`TUNED_EJECTION`], the same in every
+/// incident.
 pub fn retry_variants(sc: &Scenario) -> Vec<VariantDef> {
+    let mut v = retry_variants_with(sc, &[]);
+    v.retain(|v| !v.id.contains("-d0"));
+    v
+}
+
+/// [`retry_variants`] and, when named in `only`, the variants that run only
+/// when asked for: `retries-mg-d0`, `retries-mgup-d0` and
+/// `retries-mgtuned-d0`, the same with `"steering":{"discoveryPercent":0}`
+/// (nothing left to Envoy's balancer while steering).
+fn retry_variants_with(sc: &Scenario, only: &[String]) -> Vec<VariantDef> {
     let b = sc.base_ejection_s;
     let od = |pct: u32| {
         format!(
@@ -123,7 +152,11 @@ pub fn retry_variants(sc: &Scenario) -> Vec<VariantDef> {
         let v: Vec<&str> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
         format!("{{{}}}", v.join(","))
     };
-    let tuned = sc.tuned_detection;
+    let tuned_ejection = if b == 30 {
+        format!(r#""ejection":{{{TUNED_EJECTION}}}"#)
+    } else {
+        format!(r#""ejection":{{{TUNED_EJECTION},"baseEjectionTime":"{b}s"}}"#)
+    };
     let v =
         |id, label: String, meshguard: Option<String>, outlier, up: Option<String>| VariantDef {
             id,
@@ -133,7 +166,9 @@ pub fn retry_variants(sc: &Scenario) -> Vec<VariantDef> {
             retries: true,
             upstream_instance: up,
         };
-    vec![
+    const UP: &str = r#""mode":"upstream""#;
+    const D0: &str = r#""steering":{"discoveryPercent":0}"#;
+    let mut all = vec![
         v("retries", "Istio retries alone".into(), None, None, None),
         v(
             "retries-dr10",
@@ -158,25 +193,58 @@ pub fn retry_variants(sc: &Scenario) -> Vec<VariantDef> {
         ),
         v(
             "retries-mgup",
-            format!(
-                "+ meshguard tuned: upstream instance (mode: upstream){}",
-                if tuned.is_empty() {
-                    String::new()
-                } else {
-                    format!(", {tuned}")
-                }
-            ),
-            Some(join(&[tuned, &ejection])),
+            "+ meshguard defaults, upstream instance (mode: upstream)".into(),
+            Some(join(&[&ejection])),
             None,
-            Some(join(&[r#""mode":"upstream""#, tuned, &ejection])),
+            Some(join(&[UP, &ejection])),
         ),
-    ]
+        v(
+            "retries-mgtuned",
+            format!("+ meshguard tuned: upstream instance, {TUNED_DETECTION}, {tuned_ejection}"),
+            Some(join(&[TUNED_DETECTION, &tuned_ejection])),
+            None,
+            Some(join(&[UP, TUNED_DETECTION, &tuned_ejection])),
+        ),
+    ];
+    let asked = |id: &str| only.iter().any(|o| o == id);
+    if asked("retries-mg-d0") {
+        all.push(v(
+            "retries-mg-d0",
+            "+ meshguard defaults, discoveryPercent 0".into(),
+            Some(join(&[&ejection, D0])),
+            None,
+            None,
+        ));
+    }
+    if asked("retries-mgup-d0") {
+        all.push(v(
+            "retries-mgup-d0",
+            "+ meshguard upstream instance, discoveryPercent 0".into(),
+            Some(join(&[&ejection, D0])),
+            None,
+            Some(join(&[UP, &ejection])),
+        ));
+    }
+    if asked("retries-mgtuned-d0") {
+        all.push(v(
+            "retries-mgtuned-d0",
+            "+ meshguard tuned, discoveryPercent 0".into(),
+            Some(join(&[TUNED_DETECTION, &tuned_ejection, D0])),
+            None,
+            Some(join(&[UP, TUNED_DETECTION, &tuned_ejection])),
+        ));
+    }
+    all
 }
 
 /// The variants of `sc` whose ids are in `only` (all when empty).
 pub fn selected_variants(sc: &Scenario, only: &[String]) -> Vec<VariantDef> {
-    variants(sc)
-        .into_iter()
+    let all = if sc.retries {
+        retry_variants_with(sc, only)
+    } else {
+        variants(sc)
+    };
+    all.into_iter()
         .filter(|v| only.is_empty() || only.iter().any(|o| o == v.id))
         .collect()
 }
@@ -347,10 +415,7 @@ pub fn retry_scenarios(scale: f64) -> Vec<Scenario> {
         on_u2("rg", "504 hard (not retried)", format!("u2 answers 504 to every request from {}s to {}s", s(5.0), s(25.0)), r#"{"status":504}"#, Some(25.0), 40.0),
         blackhole("rh", "blackholed host, Istio's 10 s connect timeout", 10),
         blackhole("ri", "blackholed host, 1 s connect timeout", 1),
-        Scenario {
-            tuned_detection: r#""detection":{"slowCallThreshold":"100ms"}"#,
-            ..on_u2("rj", "slow host", format!("u2 answers 200 ms late from {}s to {}s", s(5.0), s(35.0)), r#"{"latencyMs":200}"#, Some(35.0), 45.0)
-        },
+        on_u2("rj", "slow host", format!("u2 answers 200 ms late from {}s to {}s", s(5.0), s(35.0)), r#"{"latencyMs":200}"#, Some(35.0), 45.0),
         Scenario {
             base_ejection_s: 5,
             ..on_u2(
@@ -379,7 +444,7 @@ pub fn retry_scenarios(scale: f64) -> Vec<Scenario> {
         },
         Scenario {
             key: "rm",
-            title: "rolling deployment under load",
+            title: "rolling restart in place",
             what: format!(
                 "u1, u2, u3 restart in turn, each refusing connections for {} s, from {}s to {}s (same addresses: a pod restarted in place)",
                 s(5.0),
@@ -398,6 +463,45 @@ pub fn retry_scenarios(scale: f64) -> Vec<Scenario> {
                         .filter(|h| *h + 1 == i || *h == i)
                         .map(|h| (h, if h == i { r#"{"refuse":true}"#.into() } else { healthy() }))
                         .collect(),
+                })
+                .collect(),
+            base_ejection_s: 30,
+            retries: true,
+            ..Scenario::default()
+        },
+        Scenario {
+            key: "ro",
+            title: "rolling deployment, new addresses",
+            what: format!(
+                "u1, u2, u3 replaced in turn by v1, v2, v3 at new addresses through EDS (a watched file), one every {} s \
+                 from {}s: the new host joins, 1 s later the old one stops (refuses connections, pooled ones \
+                 closed: no preStop drain), 1 s after that EDS removes it (the control plane's delay); heal at {}s",
+                s(5.0),
+                s(5.0),
+                s(20.0)
+            ),
+            duration_s: s(35.0),
+            incident_s: s(5.0),
+            heal_s: Some(s(20.0)),
+            bad: None,
+            initial: all_healthy(),
+            steps: (0..3)
+                .map(|i| Step {
+                    at_s: s(6.0 + 5.0 * i as f64),
+                    set: vec![(i, r#"{"refuse":true}"#.into())],
+                })
+                .collect(),
+            replace: true,
+            eds: (0..3)
+                .flat_map(|i| {
+                    let at = 5.0 + 5.0 * i as f64;
+                    // Before: v1..v(i) and u(i+1)..u3; the new one joins,
+                    // then the old one leaves.
+                    let before: Vec<usize> = (0..3).map(|h| if h < i { h + 3 } else { h }).collect();
+                    let mut joined = before.clone();
+                    joined.push(i + 3);
+                    let left: Vec<usize> = joined.iter().copied().filter(|&h| h != i).collect();
+                    [(s(at), joined), (s(at + 2.0), left)]
                 })
                 .collect(),
             base_ejection_s: 30,
@@ -637,12 +741,15 @@ impl Counts {
     }
 
     /// From Envoy's `/stats` text, its `/clusters` text and the upstreams'
-    /// request counts.
-    pub fn parse(stats: &str, clusters: &str, ports: [u16; 3], host_requests: [u64; 3]) -> Self {
+    /// request counts. `ports` are the upstreams' data ports; upstream `j`
+    /// counts in slot `j % 3` (a replacement in the slot of the host it
+    /// replaced). Envoy's `/clusters` lists only current members, so the
+    /// per-host connect failures of a host EDS removed are gone from it.
+    pub fn parse(stats: &str, clusters: &str, ports: &[u16], host_requests: [u64; 3]) -> Self {
         let c = |name: &str| stat_in(stats, &format!("cluster.demo.{name}"));
         let mut host_connect_fail = [0; 3];
         for (i, p) in ports.iter().enumerate() {
-            host_connect_fail[i] = host_counter(clusters, "demo", *p, "cx_connect_fail");
+            host_connect_fail[i % 3] += host_counter(clusters, "demo", *p, "cx_connect_fail");
         }
         Counts {
             retry: c("upstream_rq_retry"),
@@ -674,7 +781,7 @@ pub fn host_counter(clusters: &str, cluster: &str, port: u16, name: &str) -> u64
 fn read_counts(
     envoy_admin: std::net::SocketAddr,
     ups_admin: &[std::net::SocketAddr],
-    ports: [u16; 3],
+    ports: &[u16],
 ) -> Counts {
     let t = Duration::from_secs(3);
     let stats =
@@ -682,8 +789,8 @@ fn read_counts(
             .unwrap_or_default();
     let clusters = host_tests::envoy::admin_get(envoy_admin, "/clusters", t).unwrap_or_default();
     let mut host_requests = [0; 3];
-    for (i, a) in ups_admin.iter().enumerate().take(3) {
-        host_requests[i] = host_tests::upstream::UpstreamAdmin::new(*a)
+    for (i, a) in ups_admin.iter().enumerate() {
+        host_requests[i % 3] += host_tests::upstream::UpstreamAdmin::new(*a)
             .stats()
             .map_or(0, |s| s.requests);
     }
@@ -721,7 +828,8 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
 }
 
 /// meshguard transition lines `[epoch.ms] ... host 127.0.0.1:PORT: A -> B: ...`.
-pub fn meshguard_states(log: &str, ports: [u16; 3], t0_epoch_ms: i64) -> Vec<StateChange> {
+/// Upstream `j` of `ports` is host slot `j % 3`.
+pub fn meshguard_states(log: &str, ports: &[u16], t0_epoch_ms: i64) -> Vec<StateChange> {
     let mut out = Vec::new();
     for l in log.lines() {
         let Some(rest) = l.strip_prefix('[') else {
@@ -741,7 +849,7 @@ pub fn meshguard_states(log: &str, ports: [u16; 3], t0_epoch_ms: i64) -> Vec<Sta
         if let Some(h) = ports.iter().position(|p| Some(*p) == port) {
             out.push(StateChange {
                 t_ms: (ts * 1000.0).round() as i64 - t0_epoch_ms,
-                host: h,
+                host: h % 3,
                 state: line.to.to_string(),
             });
         }
@@ -750,7 +858,8 @@ pub fn meshguard_states(log: &str, ports: [u16; 3], t0_epoch_ms: i64) -> Vec<Sta
 }
 
 /// Envoy's outlier event log (JSON lines): EJECT / UNEJECT per host.
-pub fn native_states(log: &str, ports: [u16; 3], t0_epoch_ms: i64) -> Vec<StateChange> {
+/// Upstream `j` of `ports` is host slot `j % 3`.
+pub fn native_states(log: &str, ports: &[u16], t0_epoch_ms: i64) -> Vec<StateChange> {
     let mut out = Vec::new();
     for l in log.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(l) else {
@@ -770,7 +879,7 @@ pub fn native_states(log: &str, ports: [u16; 3], t0_epoch_ms: i64) -> Vec<StateC
         };
         out.push(StateChange {
             t_ms: t - t0_epoch_ms,
-            host: h,
+            host: h % 3,
             state: state.into(),
         });
     }
@@ -782,6 +891,8 @@ struct Live {
     envoy: Envoy,
     ups: Vec<Upstream>,
     event_log: PathBuf,
+    /// Cluster `demo`'s EDS file ([`Scenario::replace`]).
+    eds_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -824,8 +935,8 @@ pub fn istio_shaped(yaml: &str, retries: bool, connect_timeout_s: u32) -> Result
 fn start_variant(s: &Settings, sc: &Scenario, def: &VariantDef) -> Result<Live, String> {
     let dir = s.work.join(format!("incident-{}-{}", sc.key, def.id));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let ups: Vec<Upstream> = HOSTS
-        .iter()
+    let names = HOSTS.iter().chain(NEW_HOSTS.iter().filter(|_| sc.replace));
+    let ups: Vec<Upstream> = names
         .map(|n| Upstream::mg_upstream(&s.mg_upstream, n, &dir))
         .collect::<Result<_, _>>()
         .map_err(|e| format!("{}: {e}", def.id))?;
@@ -850,20 +961,62 @@ fn start_variant(s: &Settings, sc: &Scenario, def: &VariantDef) -> Result<Live, 
         upstream_instance: def.upstream_instance.clone(),
     };
     let (retries, ct) = (def.retries, sc.connect_timeout_s);
+    // A rolling deployment's cluster is fed by EDS from a watched file,
+    // listing the first three upstreams to begin with.
+    let eds_file = sc.replace.then(|| dir.join("eds").join("demo.json"));
+    if let Some(f) = &eds_file {
+        let eds_dir = dir.join("eds");
+        std::fs::create_dir_all(&eds_dir).map_err(|e| e.to_string())?;
+        let first: Vec<std::net::SocketAddr> = ups.iter().take(3).map(|u| u.data).collect();
+        host_tests::fleet::write_atomically(f, &host_tests::fleet::eds_document(1, &first))
+            .map_err(|e| format!("{}: {e}", f.display()))?;
+    }
     let envoy = Envoy::launch(
         &s.envoy,
         &dir,
         spec.concurrency,
-        |admin, listen| istio_shaped(&render(&spec, admin, listen)?, retries, ct),
+        |admin, listen| {
+            let y = istio_shaped(&render(&spec, admin, listen)?, retries, ct)?;
+            match &eds_file {
+                Some(f) => host_tests::fleet::with_eds_cluster(&y, f, &dir.join("eds")),
+                None => Ok(y),
+            }
+        },
         &Launch::native(None),
     )
     .map_err(|e| format!("{} ({}): {e}", def.id, dir.display()))?;
+    if sc.replace {
+        wait_for_members(&envoy, &ups[..3]).map_err(|e| format!("{}: {e}", def.id))?;
+    }
     Ok(Live {
         def: def.clone(),
         envoy,
         ups,
         event_log,
+        eds_file,
     })
+}
+
+/// Waits (up to 10 s) until Envoy lists exactly `members` in cluster `demo`.
+fn wait_for_members(envoy: &Envoy, members: &[Upstream]) -> Result<(), String> {
+    let want: std::collections::BTreeSet<std::net::SocketAddr> =
+        members.iter().map(|u| u.data).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let have: std::collections::BTreeSet<std::net::SocketAddr> = envoy
+            .admin_get("/clusters", Duration::from_secs(2))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.strip_prefix("demo::")?.split("::").next()?.parse().ok())
+            .collect();
+        if have == want {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("Envoy lists {have:?} for demo, want {want:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
 }
 
 async fn load(
@@ -893,6 +1046,7 @@ async fn load(
                         Some(n) => HOSTS
                             .iter()
                             .position(|h| *h == n)
+                            .or_else(|| NEW_HOSTS.iter().position(|h| *h == n))
                             .map_or(OTHER_LOCAL, |i| i as u8),
                         None if reply.header("retry-after").is_some() => BREAKER,
                         None => OTHER_LOCAL,
@@ -923,6 +1077,8 @@ enum Action {
     /// Counters of every variant (the incident's start or end).
     Count,
     Step(Vec<(usize, String)>),
+    /// Cluster `demo`'s EDS members become these upstreams (indices).
+    Members(Vec<usize>),
 }
 
 /// `PUT /behaviour` on an mg-upstream admin (async, through a blocking task).
@@ -988,10 +1144,11 @@ pub fn run_scenario(s: &Settings, sc: &Scenario) -> Result<Vec<Outcome>, String>
         .iter()
         .map(|l| l.ups.iter().map(|u| u.data).collect())
         .collect();
-    let ports: Vec<[u16; 3]> = ups_data
+    let ports: Vec<Vec<u16>> = ups_data
         .iter()
-        .map(|d| [d[0].port(), d[1].port(), d[2].port()])
+        .map(|d| d.iter().map(|a| a.port()).collect())
         .collect();
+    let eds_files: Vec<Option<PathBuf>> = live.iter().map(|l| l.eds_file.clone()).collect();
     // The timeline: the incident's start and end counted (before the steps
     // at those moments), the steps applied.
     let window_end = sc.heal_s.unwrap_or(sc.duration_s).min(sc.duration_s);
@@ -1001,6 +1158,9 @@ pub fn run_scenario(s: &Settings, sc: &Scenario) -> Result<Vec<Outcome>, String>
     }
     for st in &sc.steps {
         timeline.push((st.at_s, Action::Step(st.set.clone())));
+    }
+    for (at, members) in &sc.eds {
+        timeline.push((*at, Action::Members(members.clone())));
     }
     // Stable: a count before a step at the same moment.
     timeline.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -1014,7 +1174,7 @@ pub fn run_scenario(s: &Settings, sc: &Scenario) -> Result<Vec<Outcome>, String>
             (envoy_admins.clone(), ups_admin.clone(), ports.clone());
         move || -> Vec<Counts> {
             (0..envoy_admins.len())
-                .map(|i| read_counts(envoy_admins[i], &ups_admin[i], ports[i]))
+                .map(|i| read_counts(envoy_admins[i], &ups_admin[i], &ports[i]))
                 .collect()
         }
     };
@@ -1026,9 +1186,24 @@ pub fn run_scenario(s: &Settings, sc: &Scenario) -> Result<Vec<Outcome>, String>
             let stepper = tokio::spawn(async move {
                 let mut counted = Vec::new();
                 let mut holes = Vec::new();
+                let mut version = 1;
                 for (at, action) in timeline {
                     tokio::time::sleep_until(t0 + Duration::from_secs_f64(at)).await;
                     match action {
+                        Action::Members(members) => {
+                            version += 1;
+                            for (file, data) in eds_files.iter().zip(&ups_data) {
+                                let Some(file) = file else { continue };
+                                let addrs: Vec<std::net::SocketAddr> = members
+                                    .iter()
+                                    .filter_map(|&h| data.get(h).copied())
+                                    .collect();
+                                let doc = host_tests::fleet::eds_document(version, &addrs);
+                                if let Err(e) = host_tests::fleet::write_atomically(file, &doc) {
+                                    eprintln!("  WARNING: EDS update {}: {e}", file.display());
+                                }
+                            }
+                        }
                         Action::Count => {
                             let c = counts_of.clone();
                             counted.push(tokio::task::spawn_blocking(c).await.unwrap_or_default());
@@ -1079,7 +1254,7 @@ pub fn run_scenario(s: &Settings, sc: &Scenario) -> Result<Vec<Outcome>, String>
     std::thread::sleep(Duration::from_millis(400)); // Envoy log flush
     let mut outcomes = Vec::new();
     for (i, (l, samples)) in live.iter_mut().zip(results).enumerate() {
-        let ports = ports[i];
+        let ports = &ports[i];
         let states = if l.def.meshguard.is_some() {
             meshguard_states(&l.envoy.log(), ports, t0_epoch_ms)
         } else {
@@ -1294,7 +1469,9 @@ pub fn retry_table(sc: &Scenario, outs: &[Outcome]) -> Table {
             c.retry.to_string(),
             match o.bad_attempts {
                 Some(n) => n.to_string(),
-                None => (c.host_attempts(0) + c.host_attempts(1) + c.host_attempts(2)).to_string(),
+                // Envoy's cluster-wide connect failures: per-host ones vanish
+                // with a host that EDS removed.
+                None => (c.host_requests.iter().sum::<u64>() + c.connect_fail).to_string(),
             },
             o.detect_s.map_or("never".into(), |d| format!("{d:.2}")),
         ]);
@@ -1324,7 +1501,7 @@ pub fn group_intro(retries: bool) -> String {
 
 /// The variants an Istio user reaches without meshguard, and meshguard's.
 pub const ISTIO_REACHABLE: [&str; 3] = ["retries", "retries-dr10", "retries-dr50"];
-pub const MESHGUARD_ON_RETRIES: [&str; 2] = ["retries-mg", "retries-mgup"];
+pub const MESHGUARD_ON_RETRIES: [&str; 3] = ["retries-mg", "retries-mgup", "retries-mgtuned"];
 /// Most upstream attempts per client request meshguard may cause during an
 /// incident (issue 13).
 pub const MAX_AMPLIFICATION: f64 = 1.05;
@@ -1442,14 +1619,14 @@ mod tests {
         );
         let log = "[1000.250] [wasm log meshguard] meshguard: demo host 127.0.0.1:12: Healthy -> Degraded: failure 34% over 100 >= 30%\n\
                    [1001.000] other line\n";
-        let st = meshguard_states(log, [11, 12, 13], 1_000_000);
+        let st = meshguard_states(log, &[11, 12, 13], 1_000_000);
         assert_eq!(st.len(), 1);
         assert_eq!(
             (st[0].t_ms, st[0].host, st[0].state.as_str()),
             (250, 1, "Degraded")
         );
         let ev = r#"{"type":"CONSECUTIVE_5XX","cluster_name":"demo","upstream_url":"127.0.0.1:13","action":"EJECT","num_ejections":1,"enforced":true,"timestamp":"1970-01-01T00:00:02Z"}"#;
-        let st = native_states(ev, [11, 12, 13], 1000);
+        let st = native_states(ev, &[11, 12, 13], 1000);
         assert_eq!(
             (st[0].t_ms, st[0].host, st[0].state.as_str()),
             (1000, 2, "Ejected")
@@ -1500,7 +1677,7 @@ mod tests {
                         demo::127.0.0.1:12::rq_total::90\nfallback::127.0.0.1:12::cx_connect_fail::99\n";
         assert_eq!(host_counter(clusters, "demo", 12, "cx_connect_fail"), 7);
         assert_eq!(host_counter(clusters, "demo", 13, "cx_connect_fail"), 0);
-        let before = Counts::parse(stats, clusters, [11, 12, 13], [5, 6, 7]);
+        let before = Counts::parse(stats, clusters, &[11, 12, 13], [5, 6, 7]);
         assert_eq!(
             (
                 before.retry,
@@ -1570,19 +1747,65 @@ mod tests {
         assert_eq!(istio_shaped(y, false, 0).expect("plain"), y);
         assert!(istio_shaped("nothing", true, 1).is_err());
         let all = retry_scenarios(1.0);
+        let mut tuned_configs = std::collections::BTreeSet::new();
         for sc in &all {
             let v = retry_variants(sc);
             assert!(v.iter().all(|v| v.retries), "{}", sc.key);
-            let tuned = v.iter().find(|v| v.id == "retries-mgup").expect("tuned");
-            let up = tuned
-                .upstream_instance
-                .as_deref()
-                .expect("upstream instance");
-            assert!(up.starts_with(r#"{"mode":"upstream""#), "{up}");
-            for c in [up, tuned.meshguard.as_deref().expect("downstream")] {
-                serde_json::from_str::<serde_json::Value>(c).expect(c);
+            let ids: Vec<&str> = v.iter().map(|v| v.id).collect();
+            assert_eq!(
+                ids,
+                [
+                    "retries",
+                    "retries-dr10",
+                    "retries-dr50",
+                    "retries-mg",
+                    "retries-mgup",
+                    "retries-mgtuned"
+                ],
+                "{}",
+                sc.key
+            );
+            for id in ["retries-mgup", "retries-mgtuned"] {
+                let m = v.iter().find(|v| v.id == id).expect(id);
+                let up = m.upstream_instance.as_deref().expect("upstream instance");
+                assert!(up.starts_with(r#"{"mode":"upstream""#), "{up}");
+                for c in [up, m.meshguard.as_deref().expect("downstream")] {
+                    let j: serde_json::Value = serde_json::from_str(c).expect(c);
+                    // Only the sections an upstream instance takes.
+                    assert!(!c.contains("steering") || !c.contains("upstream"), "{c}");
+                    if id == "retries-mgtuned" {
+                        assert_eq!(j["detection"]["unhealthyFailurePercent"], 30, "{c}");
+                        assert_eq!(j["detection"]["slowCallThreshold"], "100ms", "{c}");
+                        assert_eq!(j["ejection"]["degradedWeightPercent"], 0, "{c}");
+                    } else {
+                        assert!(j.get("detection").is_none(), "{c}");
+                    }
+                }
             }
+            // One tuned configuration for every incident: only the base
+            // ejection time, which every variant of a scenario shares, varies.
+            let t = v.iter().find(|v| v.id == "retries-mgtuned").expect("tuned");
+            tuned_configs.insert(
+                t.upstream_instance
+                    .clone()
+                    .unwrap_or_default()
+                    .replace(r#","baseEjectionTime":"5s""#, ""),
+            );
         }
+        assert_eq!(tuned_configs.len(), 1, "{tuned_configs:?}");
+        // Variants that run only when named.
+        let rb = &all[1];
+        assert!(!retry_variants(rb).iter().any(|v| v.id.ends_with("-d0")));
+        let d0 = selected_variants(rb, &["retries-mg-d0".into(), "retries-mgup-d0".into()]);
+        assert_eq!(d0.len(), 2);
+        assert!(d0.iter().all(|v| v
+            .meshguard
+            .as_deref()
+            .is_some_and(|c| c.contains(r#""steering":{"discoveryPercent":0}"#))));
+        assert!(d0[1]
+            .upstream_instance
+            .as_deref()
+            .is_some_and(|c| !c.contains("steering")));
         let rk = all.iter().find(|s| s.key == "rk").expect("rk");
         assert!(
             retry_variants(rk)[3].meshguard.as_deref()
@@ -1595,6 +1818,28 @@ mod tests {
             .map(|s| s.set.iter().map(|x| x.0).collect())
             .collect();
         assert_eq!(sets, vec![vec![0], vec![0, 1], vec![1, 2], vec![2]]);
+        // The rolling deployment with new addresses: each new host joins
+        // before its old one stops, which EDS removes a second later.
+        let ro = all.iter().find(|s| s.key == "ro").expect("ro");
+        assert!(ro.replace && ro.bad.is_none());
+        let eds: Vec<(f64, Vec<usize>)> = ro.eds.clone();
+        assert_eq!(
+            eds,
+            vec![
+                (5.0, vec![0, 1, 2, 3]),
+                (7.0, vec![1, 2, 3]),
+                (10.0, vec![3, 1, 2, 4]),
+                (
+                    12.0,
+                    vec![3, 1, 2, 4].into_iter().filter(|&h| h != 1).collect()
+                ),
+                (15.0, vec![3, 4, 2, 5]),
+                (17.0, vec![3, 4, 5]),
+            ]
+        );
+        let stops: Vec<(f64, usize)> = ro.steps.iter().map(|s| (s.at_s, s.set[0].0)).collect();
+        assert_eq!(stops, vec![(6.0, 0), (11.0, 1), (16.0, 2)]);
+        assert!(ro.heal_s.is_some_and(|h| h > 17.0));
         let only = selected_variants(rk, &["retries".into(), "retries-mg".into()]);
         assert_eq!(only.len(), 2);
         // The old scenarios keep their variants.
@@ -1609,8 +1854,10 @@ mod tests {
             outcome("rb", "retries-dr50", 5, 5.0, Some(1.0)),
             outcome("rb", "retries-mg", 3, 5.0, Some(1.0)),
             outcome("rb", "retries-mgup", 8, 5.0, Some(1.2)),
+            outcome("rb", "retries-mgtuned", 2, 5.0, Some(1.004)),
             outcome("rj", "retries", 0, 200.0, Some(1.0)),
-            outcome("rj", "retries-mgup", 0, 15.0, Some(1.0)),
+            outcome("rj", "retries-mgup", 0, 150.0, Some(1.0)),
+            outcome("rj", "retries-mgtuned", 0, 15.0, Some(1.0)),
         ];
         let t = retry_targets(&outs);
         let line = |p: &str| {
@@ -1626,7 +1873,11 @@ mod tests {
         assert!(line("(rb) retries-mgup fails fewer").ends_with("**missed**"));
         assert!(line("(rb) retries-mgup attempts").ends_with("**missed**"));
         assert!(line("(rb) retries-mgup no worse").ends_with("**missed**"));
-        assert!(line("(rj) retries-mgup p99").ends_with(": met"), "{t:?}");
+        assert!(line("(rb) retries-mgtuned fails fewer").ends_with(": met"));
+        assert!(line("(rb) retries-mgtuned attempts").ends_with(": met"));
+        assert!(line("(rb) retries-mgtuned no worse").ends_with(": met"));
+        assert!(line("(rj) retries-mgtuned p99").ends_with(": met"), "{t:?}");
+        assert!(line("(rj) retries-mgup p99").ends_with("**missed**"));
         assert!(!t.iter().any(|l| l.starts_with("(rj) retries-mg ")));
     }
 }

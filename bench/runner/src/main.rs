@@ -647,7 +647,7 @@ fn run(cfg: &Config) -> Result<(), String> {
                 "c" => &["mg-slow", "mg-slow0", "istio50"],
                 "e" => &["mg", "mg-graded", "tuned"],
                 "f" => &["mg", "tuned"],
-                _ if sc.retries => &["retries-mgup", "retries-mg", "retries-dr50"],
+                _ if sc.retries => &["retries-mgtuned", "retries-mg", "retries-dr50"],
                 _ => &["mg", "tuned", "istio50"],
             };
             let panels: Vec<&Outcome> = ids
