@@ -170,7 +170,7 @@ impl Stream {
         let steering = &config.steering;
         let mut steered = false;
         if steering.enabled {
-            match worker.steer(&cluster, &self.scope) {
+            match worker.steer_request(&cluster, &self.scope, &idempotent) {
                 Some(Steer::To {
                     value,
                     hosts,
@@ -189,8 +189,10 @@ impl Stream {
                 }
                 Some(Steer::Discover { retry_on }) => {
                     self.discovery = true;
-                    if !self.probe {
-                        ask_for_retries(retry_on);
+                    // Idempotent (see `Worker::steer_request`): an error
+                    // answer of the ejected host is retried too.
+                    if !self.probe && !retry_on.is_empty() {
+                        ask_for_retries(&format!("{retry_on},5xx"));
                     }
                 }
                 None => {}
@@ -495,6 +497,14 @@ impl Stream {
 
 /// The status endpoint's answer to a request carrying X-Forwarded-For.
 const FORWARDED_REFUSAL: &str = "meshguard: status requests carrying X-Forwarded-For are refused: Envoy may take source.address from that header. Call the endpoint without it, or set status.useRemoteAddress when the listener has use_remote_address: true.\n";
+
+/// GET, HEAD and OPTIONS: a request Envoy may retry after any 5xx.
+fn idempotent() -> bool {
+    matches!(
+        props::header_text(Map::RequestHeaders, ":method").as_deref(),
+        Some("GET" | "HEAD" | "OPTIONS")
+    )
+}
 
 /// A request steered or left to Envoy's load balancer while some host is
 /// ejected may land there: ask Envoy to retry it elsewhere (on top of the route's own

@@ -564,6 +564,39 @@ fn discovery_pauses_while_a_host_is_ejected_for_timeouts_or_resets() {
 }
 
 #[test]
+fn only_idempotent_requests_are_left_to_envoy_while_a_host_is_ejected() {
+    let shared = Rc::new(SharedData::default());
+    let mut w = worker(&shared, defaults(), 23);
+    let mut cluster = Cluster::new(3);
+    let bad = address(1);
+    let outcome = |a: &str| if a == bad { fail() } else { ok() };
+    let now = rounds(&mut w, &mut cluster, 10, 30, 1_000, &outcome);
+    assert_eq!(state(&w, &bad), HostState::Unhealthy);
+    w.host().now.set(now);
+    // Half the requests are POSTs: an error answer of the ejected host
+    // would not be retried for them, so none is left to Envoy; the GETs
+    // get discovery's whole share.
+    let (mut posts, mut gets) = (0, 0);
+    for i in 0..4000 {
+        let post = i % 2 == 0;
+        match w.steer_request(CLUSTER, "", &|| !post) {
+            Some(Steer::Discover { retry_on }) => {
+                assert!(!retry_on.is_empty());
+                if post {
+                    posts += 1;
+                } else {
+                    gets += 1;
+                }
+            }
+            Some(Steer::To { .. }) => {}
+            None => panic!("steering stopped"),
+        }
+    }
+    assert_eq!(posts, 0);
+    assert!((20..=250).contains(&gets), "{gets}");
+}
+
+#[test]
 fn the_request_after_the_breaker_opens_is_rejected() {
     use crate::breaker::Admission;
     let shared = Rc::new(SharedData::default());

@@ -466,8 +466,21 @@ impl<H: Host> Worker<H> {
     }
 
     /// What to do with the next request to this unit, when some of its
-    /// hosts are below full weight.
+    /// hosts are below full weight, for a request of an idempotent method.
+    #[cfg(test)]
     pub fn steer(&mut self, cluster: &str, scope: &str) -> Option<Steer<'_>> {
+        self.steer_request(cluster, scope, &|| true)
+    }
+
+    /// [`steer`](Self::steer); `idempotent` tells (asked only when the
+    /// request would be left to Envoy while a host is ejected) whether the
+    /// request's method may be retried after any 5xx.
+    pub fn steer_request(
+        &mut self,
+        cluster: &str,
+        scope: &str,
+        idempotent: &dyn Fn() -> bool,
+    ) -> Option<Steer<'_>> {
         let position = self.find(cluster, scope)?;
         let Unit {
             plan,
@@ -493,7 +506,7 @@ impl<H: Host> Worker<H> {
         } else {
             *discovery_per_mille
         };
-        let per_mille = discovery.max(unknown);
+        let mut per_mille = discovery.max(unknown);
         // While a host is ejected, a request may land there anyway: left to
         // Envoy, or steered to a host that has just left (Envoy falls back
         // to its balancer). Ask Envoy to retry such a one elsewhere; steered
@@ -505,6 +518,14 @@ impl<H: Host> Worker<H> {
             ""
         };
         let steered_retry_on = if plan.mostly_healthy { retry_on } else { "" };
+        // A request left to Envoy may land on the ejected host, whose error
+        // answer (a 500, a 504) `retry_on` does not retry: only idempotent
+        // ones are left to Envoy then, asking to retry any 5xx (see the
+        // shell); the others are steered, and discovery waits for the next
+        // idempotent request.
+        if !retry_on.is_empty() && plan.discovery_due(per_mille) && !idempotent() {
+            per_mille = 0;
+        }
         // While retries hide failures, name the hosts of its retries too,
         // so that a retried request says whose attempts failed (never when
         // an upstream instance sees every attempt, nor in base64: a session
