@@ -1450,6 +1450,7 @@ pub fn retry_table(sc: &Scenario, outs: &[Outcome]) -> Table {
         "p50 ms",
         "p99 ms",
         "max ms",
+        "requests > 100 ms",
         "attempts per request (incident)",
         "retries (incident)",
         bad,
@@ -1464,6 +1465,7 @@ pub fn retry_table(sc: &Scenario, outs: &[Outcome]) -> Table {
             format!("{:.2}", o.p50_ms),
             format!("{:.1}", o.p99_ms),
             format!("{:.0}", o.max_ms),
+            o.slow.to_string(),
             o.attempts_per_request
                 .map_or("-".into(), |a| format!("{a:.3}")),
             c.retry.to_string(),
