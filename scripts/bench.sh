@@ -9,7 +9,7 @@
 #      Rust wasm filter, meshguard healthy, meshguard steering; 5 rounds
 #      interleaved (wall clock);
 #   3. incidents: at a fixed request rate over wall time, meshguard against
-#      Envoy's own outlier detection: twelve on Istio's default retries and
+#      Envoy's own outlier detection: thirteen on Istio's default retries and
 #      circuit breakers (keys r*, first), six without retries (a-f).
 # Prints the tables; writes bench/results/{results.md,results.json,*.svg}.
 #
@@ -20,7 +20,7 @@
 # BENCH_INSTR_SIZES=3,100,1000, BENCH_INSTR_ROWS=Plain,Noop,Bare,Diagnostic,Healthy,Sampled,Sampled64,Upstream,Steering,Failure,
 # BENCH_INSTR_BARE_CALLS (host calls the Bare row makes, e.g. 'hdr::status'),
 # BENCH_INSTR_REPEATS, BENCH_INSTR_REQUESTS, BENCH_INSTR_WARMUP, BENCH_INSTR_IDLE_S,
-# BENCH_SCENARIOS=a,b,ra, BENCH_VARIANTS=retries,retries-mg (incident variant ids), BENCH_ROUNDS, BENCH_SECONDS, BENCH_RATE, BENCH_PIN=0, BENCH_OUT.
+# BENCH_SCENARIOS=a,b,ra, BENCH_VARIANTS=retries,retries-mg (incident variant ids; the discoveryPercent-0 ones, retries-mg-d0, retries-mgup-d0 and retries-mgtuned-d0, run only when named), BENCH_ROUNDS, BENCH_SECONDS, BENCH_RATE, BENCH_PIN=0, BENCH_OUT.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -82,7 +82,8 @@ impl Config {
     /// instructions: 1 repeat of 300 requests at 3 and 100 hosts).
     /// BENCH_ONLY=instructions|overhead|incidents (comma list; the results
     /// of the other parts already in BENCH_OUT are kept), BENCH_SCENARIOS=a,c,f,ra,
-    /// BENCH_VARIANTS=retries,retries-mgup (incident variant ids; all when unset),
+    /// BENCH_VARIANTS=retries,retries-mgup (incident variant ids; all when unset;
+    /// retries-mg-d0, retries-mgup-d0, retries-mgtuned-d0 run only when named),
     /// BENCH_ROUNDS, BENCH_SECONDS (per wrk run), BENCH_CONNECTIONS,
     /// BENCH_RATE (req/s of the incidents), BENCH_PIN=0 (no CPU pinning),
     /// BENCH_OUT, BENCH_WORK. Instructions (callgrind): BENCH_INSTR_SIZES=3,100,1000,
