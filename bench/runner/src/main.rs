@@ -609,8 +609,10 @@ fn run(cfg: &Config) -> Result<(), String> {
              from the heal until the bad host keeps ≥ 90% of its fair share to the end of the run (`> n` = not within the run). \
              Charts: share of each second's requests per host and failed, for meshguard and native variants; the bar on \
              top is the bad host's state (meshguard: its transition log lines, rate-limited to 6 per host per minute, so \
-             quick flapping can be missing; native: Envoy's outlier event log).\n",
-            cfg.rate
+             quick flapping can be missing; native: Envoy's outlier event log).\n\n\
+             Measured {date} (load average {load_start}), module {}.\n",
+            cfg.rate,
+            module_info(&cfg.meshguard)
         );
         let mut outs: Vec<Outcome> = Vec::new();
         let mut last_retries = None;
