@@ -238,7 +238,7 @@ pub struct Measurement {
     pub idle_per_second: f64,
     /// Instructions per request: the difference between two stretches of
     /// the same duration, one with `requests` and one with half as many
-    /// (see [`even_stretch`]), less `busy_per_second` x their difference
+    /// (see `EVEN_SPAN_OF_FAST`), less `busy_per_second` x their difference
     /// in seconds.
     pub per_request: f64,
     /// (fast_ir - busy_per_second x fast_seconds) / requests, last triple:
@@ -367,16 +367,20 @@ impl KeepAlive {
     }
 
     /// `n` requests, `pause` between them; the number that were not 200.
-    /// Sends `n` requests on a schedule spread evenly over `total` (the
-    /// i-th at i x total / n from now), so two stretches of different
-    /// sizes last the same time.
-    fn send_over(&mut self, n: u32, total: Duration) -> Result<u32, String> {
+    /// Sends `n` requests, paced as `pace` says; returns how many were
+    /// answered with something other than a 200.
+    fn send(&mut self, n: u32, pace: Pace) -> Result<u32, String> {
         let start = Instant::now();
-        let step = total / n.max(1);
         let mut bad = 0;
         for i in 0..n {
-            let due = start + step * i;
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            let wait = match pace {
+                Pace::Pause(pause) if i > 0 => pause,
+                Pace::Pause(_) => Duration::ZERO,
+                Pace::Over(total) => {
+                    (start + total / n.max(1) * i).saturating_duration_since(Instant::now())
+                }
+            };
+            if !wait.is_zero() {
                 std::thread::sleep(wait);
             }
             match self.get() {
@@ -385,26 +389,24 @@ impl KeepAlive {
                 Err(e) => return Err(format!("request through Envoy failed: {e}")),
             }
         }
-        if let Some(wait) = (start + total).checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
+        if let Pace::Over(total) = pace {
+            if let Some(wait) = (start + total).checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
         }
         Ok(bad)
     }
+}
 
-    fn send(&mut self, n: u32, pause: Duration) -> Result<u32, String> {
-        let mut bad = 0;
-        for i in 0..n {
-            if i > 0 && !pause.is_zero() {
-                std::thread::sleep(pause);
-            }
-            match self.get() {
-                Ok(200) => {}
-                Ok(_) => bad += 1,
-                Err(e) => return Err(format!("request through Envoy failed: {e}")),
-            }
-        }
-        Ok(bad)
-    }
+/// How a stretch's requests are spaced.
+#[derive(Debug, Clone, Copy)]
+enum Pace {
+    /// This long between one answer and the next request (zero: back to
+    /// back).
+    Pause(Duration),
+    /// The i-th of n requests leaves at i x total / n, and the stretch
+    /// lasts `total`: two stretches of different sizes last the same time.
+    Over(Duration),
 }
 
 /// Callgrind's interactive control of one process.
@@ -635,48 +637,32 @@ fn stretch(
     cg: &Callgrind,
     client: &mut KeepAlive,
     requests: u32,
-    pause: Duration,
+    pace: Pace,
     non_200: &mut u32,
 ) -> Result<Stretch, String> {
     let t0 = cg.control(&["-z"])?;
-    *non_200 += client.send(requests, pause)?;
+    *non_200 += client.send(requests, pace)?;
     let (ir, t1) = cg.dump()?;
     Ok(Stretch {
         ir,
         seconds: (t1 - t0).as_secs_f64(),
-        paced: !pause.is_zero(),
+        paced: !matches!(pace, Pace::Pause(p) if p.is_zero()),
     })
 }
 
 /// How long each stretch of the even pair lasts, in back-to-back stretches.
 const EVEN_SPAN_OF_FAST: f64 = 2.5;
 
-/// The even pair: after the F P F triples have settled, `requests / 2`
-/// and then `requests` requests, each spread over the same time
-/// (`EVEN_SPAN_OF_FAST` times the last back-to-back stretch, so the
-/// larger one runs at under half the rate Envoy manages under callgrind
-/// and timers fire on time in both). Work that comes with time (Envoy's
-/// timers, meshguard's 100 ms ticks, which while serving cost about 1 M
-/// instructions a second) is then the same in both and cancels; the
-/// triples' fit leaves it to depend on how long the back-to-back stretch
-/// took, which on a loaded machine moved the per-request figure of the
-/// rows with busy ticks by up to 2 % between launches.
-fn even_stretch(
-    cg: &Callgrind,
-    client: &mut KeepAlive,
-    requests: u32,
-    span: Duration,
-    non_200: &mut u32,
-) -> Result<Stretch, String> {
-    let t0 = cg.control(&["-z"])?;
-    *non_200 += client.send_over(requests, span)?;
-    let (ir, t1) = cg.dump()?;
-    Ok(Stretch {
-        ir,
-        seconds: (t1 - t0).as_secs_f64(),
-        paced: true,
-    })
-}
+// The even pair: after the F P F triples have settled, `requests / 2`
+// and then `requests` requests, each spread over the same time
+// (`EVEN_SPAN_OF_FAST` times the last back-to-back stretch, so the
+// larger one runs at under half the rate Envoy manages under callgrind
+// and timers fire on time in both). Work that comes with time (Envoy's
+// timers, meshguard's 100 ms ticks, which while serving cost about 1 M
+// instructions a second) is then the same in both and cancels; the
+// triples' fit leaves it to depend on how long the back-to-back stretch
+// took, which on a loaded machine moved the per-request figure of the
+// rows with busy ticks by up to 2 % between launches.
 
 /// Instructions per request from an even pair: what the `requests - requests / 2`
 /// more requests cost, less the busy rate for any difference in duration.
@@ -774,7 +760,7 @@ fn run_one(s: &Settings, row: Row, hosts: usize, repeat: usize) -> Result<Measur
         let cap = s.warmup + per_host;
         let mut seen = false;
         while warmup < cap {
-            client.send(100, Duration::ZERO)?;
+            client.send(100, Pace::Pause(Duration::ZERO))?;
             warmup += 100;
             std::thread::sleep(Duration::from_millis(300)); // log flush
             if envoy.log().lines().any(|l| graded(l, want)) {
@@ -790,11 +776,11 @@ fn run_one(s: &Settings, row: Row, hosts: usize, repeat: usize) -> Result<Measur
         }
     }
     let main_warmup = s.warmup.max(2 * hosts as u32);
-    client.send(main_warmup, Duration::ZERO)?;
+    client.send(main_warmup, Pace::Pause(Duration::ZERO))?;
     warmup += main_warmup;
     if matches!(row, Row::Sampled | Row::Sampled64) {
         let paced = 10 * SAMPLING_SETTLE.as_secs() as u32;
-        client.send(paced, Duration::from_millis(100))?;
+        client.send(paced, Pace::Pause(Duration::from_millis(100)))?;
         warmup += paced;
     }
     let before = envoy_stats(&envoy);
@@ -817,19 +803,25 @@ fn run_one(s: &Settings, row: Row, hosts: usize, repeat: usize) -> Result<Measur
         &cg,
         &mut client,
         s.requests,
-        Duration::ZERO,
+        Pace::Pause(Duration::ZERO),
         &mut non_200,
     )?);
     loop {
         let last = stretches[stretches.len() - 1];
         let pause = Duration::from_secs_f64(last.seconds / f64::from(s.requests))
             .max(Duration::from_millis(1));
-        stretches.push(stretch(&cg, &mut client, s.requests, pause, &mut non_200)?);
         stretches.push(stretch(
             &cg,
             &mut client,
             s.requests,
-            Duration::ZERO,
+            Pace::Pause(pause),
+            &mut non_200,
+        )?);
+        stretches.push(stretch(
+            &cg,
+            &mut client,
+            s.requests,
+            Pace::Pause(Duration::ZERO),
             &mut non_200,
         )?);
         let est = triples(&stretches, s.requests);
@@ -846,8 +838,14 @@ fn run_one(s: &Settings, row: Row, hosts: usize, repeat: usize) -> Result<Measur
         .unwrap_or((f64::NAN, f64::NAN));
     let fast_last = stretches[stretches.len() - 1].seconds;
     let span = Duration::from_secs_f64(fast_last * EVEN_SPAN_OF_FAST);
-    let half = even_stretch(&cg, &mut client, s.requests / 2, span, &mut non_200)?;
-    let full = even_stretch(&cg, &mut client, s.requests, span, &mut non_200)?;
+    let half = stretch(
+        &cg,
+        &mut client,
+        s.requests / 2,
+        Pace::Over(span),
+        &mut non_200,
+    )?;
+    let full = stretch(&cg, &mut client, s.requests, Pace::Over(span), &mut non_200)?;
     let per_request = even_per_request(half, full, s.requests, busy_per_second);
     let n3 = stretches.len() - 3;
     let (f1, p, f2) = (stretches[n3], stretches[n3 + 1], stretches[n3 + 2]);
