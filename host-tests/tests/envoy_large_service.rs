@@ -585,18 +585,26 @@ fn e_rolling_replacement_of_100_hosts_with_one_bad() {
             .collect();
         let bad_member = members.contains(&BAD);
         s.set_members(&members);
-        let secs = d.run(&format!("e. batch {k}"), 4, Some(BAD));
+        // The first batch comes after 15 s of steering over a membership
+        // that did not change, so discovery's share has decayed to its
+        // floor (a tenth of discoveryPercent) and the first new host is
+        // met about 3 s in, at random (then the share is boosted and the
+        // others follow); later batches find discovery still boosted.
+        // The first batch is watched 2 s longer for that.
+        let seconds = if k == 0 { 6 } else { 4 };
+        let secs = d.run(&format!("e. batch {k}"), seconds, Some(BAD));
         let batch = total(&secs);
-        let last2 = total(&secs[2..]);
+        let last2 = total(&secs[seconds - 2..]);
         let fresh: Vec<usize> = (100 + BATCH * k..100 + BATCH * (k + 1)).collect();
         let fresh_share: f64 = fresh.iter().map(|&i| last2.tally.share(s.name(i))).sum();
+        let window = format!("seconds {}-{}", seconds - 2, seconds - 1);
         println!(
-            "e. batch {k}: the {BATCH} new hosts got {:.0}% in seconds 2-3 (fair ~20%)",
+            "e. batch {k}: the {BATCH} new hosts got {:.0}% in {window} (fair ~20%)",
             fresh_share * 100.0
         );
         if fresh_share < 0.10 {
             problems.push(format!(
-                "batch {k}: the {BATCH} new hosts together got {:.0}% of the traffic in seconds 2-3 after joining (want >= 10%, fair ~20%)",
+                "batch {k}: the {BATCH} new hosts together got {:.0}% of the traffic in {window} after joining (want >= 10%, fair ~20%)",
                 fresh_share * 100.0
             ));
         }
