@@ -257,6 +257,10 @@ pub struct Steering {
     /// at full weight, so one that lands there is retried elsewhere; empty
     /// sets nothing.
     pub retry_on: String,
+    /// `retry_on` and `5xx`, for the idempotent requests left to Envoy's
+    /// balancer while a host is ejected: one that lands there is retried
+    /// after any error answer (a 500, a 504) too. Empty when `retry_on` is.
+    pub discovery_retry_on: String,
 }
 
 impl Default for Steering {
@@ -268,6 +272,7 @@ impl Default for Steering {
             strip_client_header: false,
             discovery_percent: 5,
             retry_on: DEFAULT_RETRY_ON.to_string(),
+            discovery_retry_on: discovery_retry_on(DEFAULT_RETRY_ON),
         }
     }
 }
@@ -607,6 +612,7 @@ impl Steering {
         o.string("retryOn", &mut retry_on)?;
         self.retry_on = retry_on_list(&retry_on)
             .map_err(|reason| ConfigError::new(o.path("retryOn"), reason))?;
+        self.discovery_retry_on = discovery_retry_on(&self.retry_on);
         let mut header = self.header.clone();
         o.string("header", &mut header)?;
         self.header =
@@ -643,6 +649,15 @@ const RETRY_ON_POLICIES: &[&str] = &[
     "retriable-headers",
     "http3-post-connect-failure",
 ];
+
+/// `retry_on` (normalised) with `5xx` added, or nothing when it is empty.
+fn discovery_retry_on(retry_on: &str) -> String {
+    if retry_on.is_empty() || retry_on.split(',').any(|p| p == "5xx") {
+        retry_on.to_string()
+    } else {
+        format!("{retry_on},5xx")
+    }
+}
 
 /// A comma-separated list of Envoy retry policies, normalised.
 fn retry_on_list(text: &str) -> Result<String, String> {

@@ -442,6 +442,14 @@ fn large_service_limits_and_discovery_settings_parse() {
     assert_eq!(defaults.limits.max_services, 256);
     assert!(defaults.limits.max_hosts_per_service >= 2048);
     assert_eq!(defaults.steering.discovery_percent, 5);
+    // What discovery's idempotent requests ask for while a host is ejected.
+    assert_eq!(config.steering.discovery_retry_on, "5xx,connect-failure");
+    assert_eq!(
+        defaults.steering.discovery_retry_on,
+        format!("{},5xx", crate::config::DEFAULT_RETRY_ON)
+    );
+    let off = parse(r#"{"steering": {"retryOn": ""}}"#).unwrap();
+    assert_eq!(off.steering.discovery_retry_on, "");
 }
 
 #[test]

@@ -189,10 +189,8 @@ impl Stream {
                 }
                 Some(Steer::Discover { retry_on }) => {
                     self.discovery = true;
-                    // Idempotent (see `Worker::steer_request`): an error
-                    // answer of the ejected host is retried too.
-                    if !self.probe && !retry_on.is_empty() {
-                        ask_for_retries(&format!("{retry_on},5xx"));
+                    if !self.probe {
+                        ask_for_retries(retry_on);
                     }
                 }
                 None => {}

@@ -520,9 +520,9 @@ impl<H: Host> Worker<H> {
         let steered_retry_on = if plan.mostly_healthy { retry_on } else { "" };
         // A request left to Envoy may land on the ejected host, whose error
         // answer (a 500, a 504) `retry_on` does not retry: only idempotent
-        // ones are left to Envoy then, asking to retry any 5xx (see the
-        // shell); the others are steered, and discovery waits for the next
-        // idempotent request.
+        // ones are left to Envoy then, asking to retry any 5xx
+        // (`discovery_retry_on`); the others are steered, and discovery
+        // waits for the next idempotent request.
         if !retry_on.is_empty() && plan.discovery_due(per_mille) && !idempotent() {
             per_mille = 0;
         }
@@ -554,7 +554,12 @@ impl<H: Host> Worker<H> {
                     retry_on: steered_retry_on,
                 })
             }
-            Choice::Envoy => Some(Steer::Discover { retry_on }),
+            // Idempotent (see above): an error answer of the ejected host
+            // is retried too.
+            Choice::Envoy if retry_on.is_empty() => Some(Steer::Discover { retry_on }),
+            Choice::Envoy => Some(Steer::Discover {
+                retry_on: &steering.discovery_retry_on,
+            }),
         }
     }
 
