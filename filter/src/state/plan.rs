@@ -169,21 +169,22 @@ impl Plan {
         })
     }
 
-    /// The next request's host, or `Envoy` for one of the
-    /// `discovery_per_mille` left to Envoy's load balancer.
     /// Whether the next [`pick`](Self::pick) at `discovery_per_mille`
     /// would leave the request to Envoy.
     pub fn discovery_due(&self, discovery_per_mille: u16) -> bool {
         self.first_next >= self.first.len() && self.credit + discovery_per_mille.min(1000) >= 1000
     }
 
+    /// The next request's host, or `Envoy` for one of the
+    /// `discovery_per_mille` left to Envoy's load balancer.
     pub fn pick(&mut self, discovery_per_mille: u16) -> Option<Choice<'_>> {
         if self.first_next < self.first.len() {
             self.first_next += 1;
             return self.first.get(self.first_next - 1).map(Choice::Host);
         }
+        let envoy = self.discovery_due(discovery_per_mille);
         self.credit += discovery_per_mille.min(1000);
-        if self.credit >= 1000 {
+        if envoy {
             self.credit -= 1000;
             return Some(Choice::Envoy);
         }
