@@ -366,7 +366,6 @@ impl KeepAlive {
         }
     }
 
-    /// `n` requests, `pause` between them; the number that were not 200.
     /// Sends `n` requests, paced as `pace` says; returns how many were
     /// answered with something other than a 200.
     fn send(&mut self, n: u32, pace: Pace) -> Result<u32, String> {
@@ -651,18 +650,18 @@ fn stretch(
 }
 
 /// How long each stretch of the even pair lasts, in back-to-back stretches.
+///
+/// The even pair: after the F P F triples have settled, `requests / 2`
+/// and then `requests` requests, each spread over the same time (this
+/// many times the last back-to-back stretch, so the larger one runs at
+/// under half the rate Envoy manages under callgrind and timers fire on
+/// time in both). Work that comes with time (Envoy's timers, meshguard's
+/// 100 ms ticks, which while serving cost about 1 M instructions a
+/// second) is then the same in both and cancels; the triples' fit leaves
+/// it to depend on how long the back-to-back stretch took, which on a
+/// loaded machine moved the per-request figure of the rows with busy
+/// ticks by up to 2 % between launches.
 const EVEN_SPAN_OF_FAST: f64 = 2.5;
-
-// The even pair: after the F P F triples have settled, `requests / 2`
-// and then `requests` requests, each spread over the same time
-// (`EVEN_SPAN_OF_FAST` times the last back-to-back stretch, so the
-// larger one runs at under half the rate Envoy manages under callgrind
-// and timers fire on time in both). Work that comes with time (Envoy's
-// timers, meshguard's 100 ms ticks, which while serving cost about 1 M
-// instructions a second) is then the same in both and cancels; the
-// triples' fit leaves it to depend on how long the back-to-back stretch
-// took, which on a loaded machine moved the per-request figure of the
-// rows with busy ticks by up to 2 % between launches.
 
 /// Instructions per request from an even pair: what the `requests - requests / 2`
 /// more requests cost, less the busy rate for any difference in duration.
@@ -831,7 +830,7 @@ fn run_one(s: &Settings, row: Row, hosts: usize, repeat: usize) -> Result<Measur
         }
     }
     let steady = steady_of(&triples(&stretches, s.requests));
-    // The even pair (EVEN_PAIR): both paced, over the same time.
+    // The even pair (see `EVEN_SPAN_OF_FAST`): both paced, over the same time.
     let (per_request_triple, busy_per_second) = triples(&stretches, s.requests)
         .last()
         .copied()
